@@ -1,0 +1,22 @@
+"""q3r: the Quadratic Reweighted Rank Regularizer (Q3R) and AdamQ3R, in PyTorch.
+
+Ghosh, Nguyen, Kuemmerle, NeurIPS 2025, https://arxiv.org/abs/2511.04485
+"""
+from .adamq3r import AdamQ3R
+from .bank import OperatorBank
+from .diagnostics import diagnostics, flatten
+from .functional import effective_rank, q3r_value, reweight, tail_ratio
+from .operator import ReweightingOperator
+from .penalty import Q3RPenalty
+from .ranks import resolve_rank, target_rank
+from .schedules import GeometricEps, PaperEps, make_schedule
+from .targets import Target, select_targets
+from .truncation import LowRankLinear, SpectralCache, parameter_counts, retained_rank, truncate
+
+__all__ = [
+    "AdamQ3R", "Q3RPenalty", "ReweightingOperator", "OperatorBank", "Target", "select_targets",
+    "target_rank", "resolve_rank", "truncate", "SpectralCache", "LowRankLinear", "parameter_counts",
+    "retained_rank", "diagnostics", "flatten", "reweight", "q3r_value", "effective_rank", "tail_ratio",
+    "PaperEps", "GeometricEps", "make_schedule",
+]
+__version__ = "0.1.0"

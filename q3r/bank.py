@@ -1,0 +1,217 @@
+"""A bank of reweighting operators, batched by matrix shape (Algorithm 1 for many matrices).
+
+Same-shape targets form one group: their operators are stacked as U (G, d1, k),
+V (G, d2, k), sigma (G, k), eps (G,), so a reweighting is one batched decomposition and
+applying R is a few batched matmuls. A group carries ``width`` = k columns, at least
+r_target + 1 + oversample and at least r_env + 1 for every member (padding columns have
+s = 0 and contribute nothing).
+
+Refreshing uses a full SVD the first time and, after that, subspace iteration warm-started
+from the previous right singular subspace (``svd="warm"``), or always a full SVD
+(``svd="exact"``). When r_env grows past the width, the group is refitted with a full SVD
+at a larger width. On CPU that check is immediate; on an accelerator its answer is copied
+to the host without blocking and acted on at the next reweighting, so ``refresh`` never
+waits for the device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .decomposition import exact_triplets, warm_triplets
+from .functional import q3r_value, reweight, shift
+from .operator import ReweightingOperator
+from .ranks import resolve_rank
+from .schedules import EpsSchedule, make_schedule
+from .targets import Target
+
+SVD_MODES = ("warm", "exact")
+
+
+@dataclass(eq=False)
+class _Group:
+    targets: list[Target]
+    rank: int                       # r_target, the same for every member
+    width: int                      # columns carried (host int)
+    eps: Tensor                     # (G,), +inf before the first fit
+    U: Optional[Tensor] = None      # (G, d1, width)
+    V: Optional[Tensor] = None      # (G, d2, width)
+    sigma: Optional[Tensor] = None  # (G, width)
+    s: Optional[Tensor] = None      # (G, width)
+    pending: Optional[tuple] = field(default=None, repr=False)  # (host r_env max, event)
+
+    @property
+    def max_width(self) -> int:
+        return min(self.targets[0].shape)
+
+    def stacked(self, detach: bool = True) -> Tensor:
+        ws = [t.weight.detach() if detach else t.weight for t in self.targets]
+        return torch.stack(ws)      # (G, d1, d2)
+
+
+class OperatorBank:
+    """The reweighting operators of a list of targets, batched by shape.
+
+    Args:
+        targets: the regularized matrices (see ``select_targets``).
+        target_rank: a fraction in (0, 1] mapped through ``target_rank`` per shape, or an int rank.
+        eps_schedule: "paper" (default), "geometric", a dict with its arguments, or a callable.
+        svd: "warm" (subspace iteration from the previous fit) or "exact" (full SVD every time).
+        power_iters: subspace iterations per warm reweighting.
+        oversample: extra columns carried beyond r_env + 1, for the warm start's accuracy.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        target_rank: float | int = 0.2,
+        eps_schedule="paper",
+        svd: str = "warm",
+        power_iters: int = 1,
+        oversample: int = 8,
+    ):
+        if svd not in SVD_MODES:
+            raise ValueError(f"svd must be one of {SVD_MODES}, but got svd={svd!r}")
+        if power_iters < 1:
+            raise ValueError(f"power_iters must be >= 1, but got power_iters={power_iters}")
+        if oversample < 0:
+            raise ValueError(f"oversample must be >= 0, but got oversample={oversample}")
+        self.targets = list(targets)
+        self.schedule: EpsSchedule = make_schedule(eps_schedule)
+        self.svd, self.power_iters, self.oversample = svd, power_iters, oversample
+        self.groups: list[_Group] = []
+        by_key: dict[tuple, _Group] = {}
+        for t in self.targets:
+            w = t.weight
+            key = (t.shape, w.dtype, w.device)
+            if key not in by_key:
+                rank = resolve_rank(t.shape, target_rank)
+                width = min(min(t.shape), rank + 1 + oversample)
+                by_key[key] = _Group([], rank, width, w.new_full((0,), math.inf))
+                self.groups.append(by_key[key])
+            by_key[key].targets.append(t)
+        for g in self.groups:
+            g.eps = g.targets[0].weight.new_full((len(g.targets),), math.inf)
+
+    @property
+    def fitted(self) -> bool:
+        return all(g.U is not None for g in self.groups)
+
+    # ---- Algorithm 1, batched ------------------------------------------------------------
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Reweight every operator at the current weights (Algorithm 1)."""
+        for g in self.groups:
+            self._refresh_group(g)
+
+    def _refresh_group(self, g: _Group) -> None:
+        W = g.stacked()                                            # (G, d1, d2)
+        exact = self.svd == "exact" or g.U is None
+        if g.pending is not None:                                  # an accelerator's answer from last time
+            r_env_max, event = g.pending
+            event.synchronize()                                    # long finished: no stall
+            exact |= self._resize(g, int(r_env_max))
+            g.pending = None
+        if exact:
+            U, S, V = exact_triplets(W, g.width)
+        else:
+            U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
+        eps = self.schedule(g.eps, S[:, g.rank])                   # sigma_{r+1}(W)
+        r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
+        if W.device.type == "cpu":                                 # free to look now
+            if self._resize(g, int(r_env_max)) and S.shape[-1] < g.width:
+                U, S, V = exact_triplets(W, g.width)
+                eps = self.schedule(g.eps, S[:, g.rank])
+        else:
+            host = r_env_max.to("cpu", non_blocking=True)
+            event = torch.cuda.Event() if W.device.type == "cuda" else None
+            if event is not None:
+                event.record()
+            g.pending = (host, event or _Done())
+        g.U, g.sigma, g.V, g.eps = U, S, V, eps
+        g.s = shift(S, eps)
+
+    def _resize(self, g: _Group, r_env_max: int) -> bool:
+        """Fit the width to r_env (grow with slack, shrink when far too wide); True if it grew."""
+        want = min(g.max_width, max(g.rank + 1, r_env_max + 1) + self.oversample)
+        if r_env_max + 1 > g.width - self.oversample // 2 and want > g.width:
+            g.width = want
+            return True
+        if want < g.width - self.oversample:
+            g.width = want
+        return False
+
+    # ---- applying the operators ------------------------------------------------------------
+    def _require_fit(self) -> None:
+        if not self.fitted:
+            raise RuntimeError("the reweighting operators are not fitted yet: call refresh() first")
+
+    def reweighted(self) -> list[tuple[_Group, Tensor]]:
+        """R(W) of every target at its current weight, per group as (G, d1, d2)."""
+        self._require_fit()
+        return [(g, reweight(g.stacked(), g.U, g.V, g.s)) for g in self.groups]
+
+    def values(self, detach: bool = False) -> list[tuple[_Group, Tensor]]:
+        """Q3R values 1/2 <W, R(W)> per group as (G,), differentiable unless ``detach``."""
+        self._require_fit()
+        return [(g, q3r_value(g.stacked(detach), g.U, g.V, g.s)) for g in self.groups]
+
+    def total(self) -> Tensor:
+        """Sum of the Q3R values of all targets, differentiable in the weights."""
+        return sum(v.sum() for _, v in self.values())
+
+    def operators(self) -> dict[str, ReweightingOperator]:
+        """Each target's operator, cut to its own r_env columns."""
+        self._require_fit()
+        ops = {}
+        for g in self.groups:
+            for i, t in enumerate(g.targets):
+                r = int((g.s[i] < 0).sum())
+                ops[t.name] = ReweightingOperator(g.U[i, :, :r], g.sigma[i, :r], g.V[i, :, :r], float(g.eps[i]))
+        return ops
+
+    # ---- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Every target's operator (U, sigma, V, eps) by target name, plus its group's width."""
+        state = {}
+        for g in self.groups:
+            if g.pending is not None:                              # resolve now, so a resume is exact
+                r_env_max, event = g.pending
+                event.synchronize()
+                self._resize(g, int(r_env_max))
+                g.pending = None
+            for i, t in enumerate(g.targets):
+                entry = {"eps": g.eps[i].clone(), "width": g.width}
+                if g.U is not None:
+                    entry.update(U=g.U[i].clone(), sigma=g.sigma[i].clone(), V=g.V[i].clone())
+                state[t.name] = entry
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [t.name for t in self.targets if t.name not in state]
+        if missing:
+            raise KeyError(f"Q3R state has no operator for targets {missing}")
+        for g in self.groups:
+            entries = [state[t.name] for t in g.targets]
+            ref = g.targets[0].weight
+            g.width = int(entries[0]["width"])
+            g.eps = torch.stack([torch.as_tensor(e["eps"]) for e in entries]).to(ref.device, ref.dtype)
+            g.pending = None
+            if all("U" in e for e in entries):
+                g.U, g.sigma, g.V = (
+                    torch.stack([e[k] for e in entries]).to(ref.device, ref.dtype) for k in ("U", "sigma", "V")
+                )
+                g.s = shift(g.sigma, g.eps)
+            else:
+                g.U = g.sigma = g.V = g.s = None
+
+
+class _Done:
+    """Stands in for a device event where there is nothing to wait for."""
+
+    def synchronize(self) -> None:
+        pass

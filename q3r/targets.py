@@ -1,0 +1,125 @@
+"""Which matrices of a model Q3R regularizes: chosen once, by module-name pattern."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+# Fused projections that hold several square matrices stacked along the output dimension.
+FUSED = {"qkv": ("q", "k", "v")}
+
+
+@dataclass(eq=False)
+class Target:
+    """One regularized matrix: rows [row_start, row_end) of a 2-D parameter.
+
+    ``weight`` is a view into the parameter (so updates through it update the model);
+    a fused qkv Linear yields three Targets over the same parameter.
+    """
+
+    param: nn.Parameter
+    name: str
+    param_name: Optional[str] = None
+    row_start: int = 0
+    row_end: Optional[int] = None
+
+    def __post_init__(self):
+        if self.param.ndim != 2:
+            raise ValueError(f"target {self.name!r} must be a 2-D weight, but got shape {tuple(self.param.shape)}")
+        if self.row_end is None:
+            self.row_end = self.param.shape[0]
+
+    @property
+    def weight(self) -> Tensor:
+        """The matrix (a view into the parameter, autograd-connected)."""
+        return self.param[self.row_start:self.row_end]
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.row_start, self.row_end)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.row_end - self.row_start, self.param.shape[1])
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def rebind(self, model: nn.Module) -> "Target":
+        """The same matrix in another instance of the model (for example a deep copy)."""
+        if self.param_name is None:
+            raise ValueError(f"target {self.name!r} has no param_name, so it cannot be found in another model")
+        params = dict(model.named_parameters(remove_duplicate=False))
+        if self.param_name not in params:
+            raise KeyError(f"target {self.name!r}: no parameter {self.param_name!r} in {type(model).__name__}")
+        return Target(params[self.param_name], self.name, self.param_name, self.row_start, self.row_end)
+
+    def __repr__(self) -> str:
+        return f"Target({self.name!r}, shape={self.shape})"
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return any(leaf == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def linear_targets(module_name: str, linear: nn.Linear, split_fused: bool = True) -> list[Target]:
+    """Targets of one Linear: three for a fused qkv (3d x d), else its whole weight."""
+    pname = f"{module_name}.weight" if module_name else "weight"
+    leaf = module_name.rsplit(".", 1)[-1]
+    parts = FUSED.get(leaf) if split_fused else None
+    d_out, d_in = linear.weight.shape
+    if parts and d_out == len(parts) * d_in:
+        return [
+            Target(linear.weight, f"{module_name}[{p}]", pname, i * d_in, (i + 1) * d_in)
+            for i, p in enumerate(parts)
+        ]
+    return [Target(linear.weight, module_name, pname)]
+
+
+def select_targets(
+    model: nn.Module,
+    modules: Sequence[str] = ("qkv", "proj", "fc1", "fc2"),
+    split_fused: bool = True,
+) -> list[Target]:
+    """The regularized matrices of ``model``: every nn.Linear whose name matches a pattern.
+
+    A pattern matches a module's last name component exactly ("qkv", "fc1", "query") or its
+    full dotted name as a glob ("blocks.*.attn.qkv"). Hugging Face encoders use
+    ``modules=("query", "key", "value", "dense")``. A fused qkv Linear of shape 3d x d
+    yields three d x d targets Q, K, V (views into the same weight).
+    """
+    if isinstance(modules, str):
+        modules = (modules,)
+    targets = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and _matches(name, modules):
+            targets.extend(linear_targets(name, module, split_fused))
+    if not targets:
+        raise ValueError(
+            f"no nn.Linear in {type(model).__name__} matches modules={tuple(modules)}; "
+            f"Linear layers present: {[n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:12]}"
+        )
+    return targets
+
+
+def as_targets(items: Iterable[Union[Target, nn.Linear, Tensor]]) -> list[Target]:
+    """Normalise what users pass as ``targets``: Targets, nn.Linear modules or weight tensors."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Target):
+            out.append(item)
+        elif isinstance(item, nn.Linear):
+            out.append(Target(item.weight, f"linear{i}"))
+        elif isinstance(item, torch.Tensor):
+            out.append(Target(item, f"matrix{i}"))
+        else:
+            raise TypeError(f"targets must be Targets, nn.Linear modules or 2-D tensors, but got {type(item).__name__}")
+    names = [t.name for t in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"target names must be unique, but got {names}")
+    return out
