@@ -107,10 +107,7 @@ class AdamQ3R(Adam):
             if bank is not None and group["lmbda"] != 0:
                 if self._q3r_step % group["period"] == 0 or not bank.fitted:
                     bank.refresh()
-                for g, R in bank.reweighted():               # R(W_t), before W moves
-                    weights = [t.weight.detach() for t in g.targets]
-                    torch._foreach_add_(weights, list(R.to(weights[0].dtype).unbind(0)),
-                                        alpha=-group["lr"] * group["lmbda"])
+                bank.descend(group["lr"] * group["lmbda"])   # W <- W - lr * lmbda * R(W_t)
             self._adam_step(group, regularized)
         self._q3r_step += 1
         return loss

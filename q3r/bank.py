@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .decomposition import exact_triplets, warm_triplets
-from .functional import q3r_value, reweight, shift
+from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .ranks import resolve_rank
 from .schedules import EpsSchedule, make_schedule
@@ -42,6 +42,7 @@ class _Group:
     V: Optional[Tensor] = None      # (G, d2, width)
     sigma: Optional[Tensor] = None  # (G, width)
     s: Optional[Tensor] = None      # (G, width)
+    k_apply: int = 0                # leading columns with s < 0 somewhere in the group (host int)
     pending: Optional[tuple] = field(default=None, repr=False)  # (host r_env max, event)
 
     @property
@@ -51,6 +52,11 @@ class _Group:
     def stacked(self, detach: bool = True) -> Tensor:
         ws = [t.weight.detach() if detach else t.weight for t in self.targets]
         return torch.stack(ws)      # (G, d1, d2)
+
+    def factors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """U, V, s cut to the k_apply columns that can be non-zero."""
+        k = self.k_apply
+        return self.U[..., :k], self.V[..., :k], self.s[..., :k]
 
 
 class OperatorBank:
@@ -122,10 +128,13 @@ class OperatorBank:
             U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
         eps = self.schedule(g.eps, S[:, g.rank])                   # sigma_{r+1}(W)
         r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
+        k_apply = S.shape[-1]
         if W.device.type == "cpu":                                 # free to look now
             if self._resize(g, int(r_env_max)) and S.shape[-1] < g.width:
                 U, S, V = exact_triplets(W, g.width)
                 eps = self.schedule(g.eps, S[:, g.rank])
+                r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
+            k_apply = max(1, int(r_env_max))
         else:
             host = r_env_max.to("cpu", non_blocking=True)
             event = torch.cuda.Event() if W.device.type == "cuda" else None
@@ -134,6 +143,7 @@ class OperatorBank:
             g.pending = (host, event or _Done())
         g.U, g.sigma, g.V, g.eps = U, S, V, eps
         g.s = shift(S, eps)
+        g.k_apply = k_apply
 
     def _resize(self, g: _Group, r_env_max: int) -> bool:
         """Fit the width to r_env (grow with slack, shrink when far too wide); True if it grew."""
@@ -153,12 +163,23 @@ class OperatorBank:
     def reweighted(self) -> list[tuple[_Group, Tensor]]:
         """R(W) of every target at its current weight, per group as (G, d1, d2)."""
         self._require_fit()
-        return [(g, reweight(g.stacked(), g.U, g.V, g.s)) for g in self.groups]
+        return [(g, reweight(g.stacked(), *g.factors())) for g in self.groups]
+
+    @torch.no_grad()
+    def descend(self, scale: float) -> None:
+        """W <- W - scale * R(W) for every target, in place: one fused batched matmul per group."""
+        self._require_fit()
+        for g in self.groups:
+            weights = [t.weight.detach() for t in g.targets]
+            W = torch.stack(weights)                                   # (G, d1, d2), a copy
+            X, Y = reweight_factors(W, *g.factors())                   # R(W) = W + X Y
+            W.baddbmm_(X, Y, beta=1.0 - scale, alpha=-scale)
+            torch._foreach_copy_(weights, W.unbind(0))
 
     def values(self, detach: bool = False) -> list[tuple[_Group, Tensor]]:
         """Q3R values 1/2 <W, R(W)> per group as (G,), differentiable unless ``detach``."""
         self._require_fit()
-        return [(g, q3r_value(g.stacked(detach), g.U, g.V, g.s)) for g in self.groups]
+        return [(g, q3r_value(g.stacked(detach), *g.factors())) for g in self.groups]
 
     def total(self) -> Tensor:
         """Sum of the Q3R values of all targets, differentiable in the weights."""
@@ -206,6 +227,7 @@ class OperatorBank:
                     torch.stack([e[k] for e in entries]).to(ref.device, ref.dtype) for k in ("U", "sigma", "V")
                 )
                 g.s = shift(g.sigma, g.eps)
+                g.k_apply = g.width if g.s.device.type != "cpu" else max(1, int((g.s < 0).sum(-1).max()))
             else:
                 g.U = g.sigma = g.V = g.s = None
 

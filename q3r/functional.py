@@ -25,14 +25,29 @@ def shift(sigma: Tensor, eps: Tensor) -> Tensor:
     return torch.where(above, eps / torch.where(above, sigma, 1.0) - 1.0, 0.0)
 
 
+def reweight_factors(Z: Tensor, U: Tensor, V: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """X (..., d1, 2k), Y (..., 2k, d2) with R(Z) = Z + X @ Y (Appendix C, regrouped).
+
+    R(Z) = (I + U S U^T) Z (I + V S V^T) = Z + U S (A + C S V^T) + B S V^T with A = U^T Z,
+    B = Z V, C = A V; stacking [U S, B S] against [A + C S V^T; V^T] makes the two
+    rank-k products one matmul of inner size 2k. Cost O(k d1 d2).
+    """
+    sr = s.unsqueeze(-2)                           # (..., 1, k)
+    A = U.mT @ Z                                   # (..., k, d2)
+    B = Z @ V                                      # (..., d1, k)
+    C = A @ V                                      # (..., k, k)
+    X = torch.cat([U * sr, B * sr], dim=-1)        # (..., d1, 2k)
+    Y = torch.cat([A + (C * sr) @ V.mT, V.mT], dim=-2)  # (..., 2k, d2)
+    return X, Y
+
+
 def reweight(Z: Tensor, U: Tensor, V: Tensor, s: Tensor) -> Tensor:
     """R_{W',eps}(Z) = (I + U S U^T) Z (I + V S V^T), the O(k d1 d2) form of Appendix C.
 
     Expanded, this is Z + U S (U^T Z + (U^T Z V) S V^T) + (Z V) S V^T.
     """
-    Us = U * s.unsqueeze(-2)                       # (..., d1, k)
-    Y = Z + Us @ (U.mT @ Z)                        # (..., d1, d2)  (I + U S U^T) Z
-    return Y + ((Y @ V) * s.unsqueeze(-2)) @ V.mT  # (..., d1, d2)  ... (I + V S V^T)
+    X, Y = reweight_factors(Z, U, V, s)
+    return torch.baddbmm(Z, X, Y) if Z.ndim == 3 else Z + X @ Y
 
 
 def q3r_value(Z: Tensor, U: Tensor, V: Tensor, s: Tensor) -> Tensor:

@@ -1,0 +1,168 @@
+"""select_targets on real models: timm ViT (fused qkv split into Q, K, V) and a tiny RoBERTa."""
+import pytest
+import torch
+from torch import nn
+
+from q3r.ranks import target_rank
+from q3r.targets import Target, as_targets, select_targets
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4,
+                             num_classes=10, depth=2)
+
+
+@pytest.fixture(scope="module")
+def roberta():
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100)
+    return transformers.RobertaForSequenceClassification(cfg)
+
+
+def test_vit_targets(vit):
+    targets = select_targets(vit)
+    names = [t.name for t in targets]
+    expected = []
+    for b in range(2):
+        expected += [f"blocks.{b}.attn.qkv[q]", f"blocks.{b}.attn.qkv[k]", f"blocks.{b}.attn.qkv[v]",
+                     f"blocks.{b}.attn.proj", f"blocks.{b}.mlp.fc1", f"blocks.{b}.mlp.fc2"]
+    assert sorted(names) == sorted(expected)
+    assert len(set(names)) == len(names)
+    assert not any("head" in n for n in names)
+    assert not any("patch_embed" in n for n in names)          # a Conv2d named proj is not a target
+    head_w = vit.head.weight
+    assert all(t.param is not head_w for t in targets)
+
+    by_name = {t.name: t for t in targets}
+    params = dict(vit.named_parameters())
+    for b in range(2):
+        qkv = vit.blocks[b].attn.qkv.weight
+        assert qkv.shape == (576, 192)
+        for i, part in enumerate("qkv"):
+            t = by_name[f"blocks.{b}.attn.qkv[{part}]"]
+            assert t.shape == (192, 192)
+            assert t.weight.shape == (192, 192)
+            assert t.param is qkv
+            assert t.param_name == f"blocks.{b}.attn.qkv.weight"
+            assert params[t.param_name] is qkv
+            assert t.weight.data_ptr() == qkv[i * 192:(i + 1) * 192].data_ptr()
+            assert torch.equal(t.weight, qkv[i * 192:(i + 1) * 192])
+            assert target_rank(t.shape, 0.2) == 19
+        assert by_name[f"blocks.{b}.attn.proj"].shape == (192, 192)
+        assert by_name[f"blocks.{b}.mlp.fc1"].shape == (768, 192)
+        assert by_name[f"blocks.{b}.mlp.fc2"].shape == (192, 768)
+        assert by_name[f"blocks.{b}.mlp.fc1"].param is vit.blocks[b].mlp.fc1.weight
+    # the three views share one storage but are distinct rows
+    q, k, v = (by_name[f"blocks.0.attn.qkv[{p}]"].weight for p in "qkv")
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+    assert len({q.data_ptr(), k.data_ptr(), v.data_ptr()}) == 3
+
+
+def test_vit_without_split(vit):
+    targets = select_targets(vit, modules=("qkv",), split_fused=False)
+    assert [t.name for t in targets] == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    assert all(t.shape == (576, 192) for t in targets)
+
+
+def test_vit_glob_pattern(vit):
+    targets = select_targets(vit, modules=("blocks.1.mlp.*",))
+    assert [t.name for t in targets] == ["blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]
+
+
+def test_target_weight_is_a_view(vit):
+    import copy
+    vit = copy.deepcopy(vit)                       # this test writes into the model
+    targets = {t.name: t for t in select_targets(vit)}
+    qkv = vit.blocks[0].attn.qkv.weight
+    before = qkv.detach().clone()
+    t = targets["blocks.0.attn.qkv[k]"]
+    with torch.no_grad():
+        t.weight.fill_(0.125)
+    assert torch.all(qkv[192:384] == 0.125)
+    assert torch.equal(qkv[:192], before[:192])
+    assert torch.equal(qkv[384:], before[384:])
+    with torch.no_grad():
+        qkv.copy_(before)
+    # the view is autograd-connected to the parameter
+    (t.weight.sum() * 2).backward()
+    assert torch.equal(qkv.grad[192:384], torch.full((192, 192), 2.0))
+    assert torch.all(qkv.grad[:192] == 0) and torch.all(qkv.grad[384:] == 0)
+    qkv.grad = None
+    # and a whole-weight target writes into the Linear
+    fc1 = targets["blocks.1.mlp.fc1"]
+    with torch.no_grad():
+        fc1.weight.mul_(0.0)
+    assert torch.all(vit.blocks[1].mlp.fc1.weight == 0)
+
+
+def test_rebind_finds_the_same_slice_in_a_copy(vit):
+    import copy
+    other = copy.deepcopy(vit)
+    t = {t.name: t for t in select_targets(vit)}["blocks.1.attn.qkv[v]"]
+    t2 = t.rebind(other)
+    assert t2.param is other.blocks[1].attn.qkv.weight
+    assert torch.equal(t2.weight, t.weight)
+    assert (t2.row_start, t2.row_end) == (384, 576)
+
+
+def test_roberta_targets(roberta):
+    targets = select_targets(roberta, modules=("query", "key", "value", "dense"))
+    names = [t.name for t in targets]
+    expected = []
+    for layer in range(2):
+        p = f"roberta.encoder.layer.{layer}"
+        expected += [f"{p}.attention.self.query", f"{p}.attention.self.key", f"{p}.attention.self.value",
+                     f"{p}.attention.output.dense", f"{p}.intermediate.dense", f"{p}.output.dense"]
+    encoder = [n for n in names if n.startswith("roberta.encoder.")]
+    assert sorted(encoder) == sorted(expected)
+    assert "classifier.out_proj" not in names
+    modules = dict(roberta.named_modules())
+    for t in targets:
+        assert t.param is modules[t.name].weight
+        assert t.shape == tuple(modules[t.name].weight.shape)
+        assert t.weight.data_ptr() == modules[t.name].weight.data_ptr()
+    shapes = {n: t.shape for n, t in zip(names, targets)}
+    assert shapes["roberta.encoder.layer.0.attention.self.query"] == (32, 32)
+    assert shapes["roberta.encoder.layer.0.intermediate.dense"] == (64, 32)
+    assert shapes["roberta.encoder.layer.0.output.dense"] == (32, 64)
+
+
+def test_roberta_encoder_only_with_globs(roberta):
+    pats = ("roberta.encoder.*.query", "roberta.encoder.*.key", "roberta.encoder.*.value",
+            "roberta.encoder.*.dense")
+    names = [t.name for t in select_targets(roberta, modules=pats)]
+    assert len(names) == 12
+    assert all(n.startswith("roberta.encoder.") for n in names)
+
+
+def test_nothing_matches_raises(vit, roberta):
+    with pytest.raises(ValueError, match="no_such_layer"):
+        select_targets(vit, modules=("no_such_layer",))
+    with pytest.raises(ValueError, match="qkv"):
+        select_targets(roberta)                                  # timm names on a BERT-style model
+    with pytest.raises(ValueError):
+        select_targets(nn.Sequential(nn.Conv2d(3, 3, 3)))
+
+
+def test_string_pattern_is_one_pattern(vit):
+    assert [t.name for t in select_targets(vit, modules="fc2")] == ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
+
+
+def test_as_targets():
+    lin = nn.Linear(4, 6)
+    w = nn.Parameter(torch.randn(5, 3))
+    ts = as_targets([lin, w, Target(nn.Parameter(torch.randn(3, 3)), "mine")])
+    assert [t.name for t in ts] == ["linear0", "matrix1", "mine"]
+    assert ts[0].param is lin.weight and ts[1].param is w
+    with pytest.raises(ValueError, match="unique"):
+        as_targets([Target(w, "a"), Target(lin.weight, "a")])
+    with pytest.raises(TypeError):
+        as_targets([3])
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        Target(nn.Parameter(torch.randn(4)), "vec")
