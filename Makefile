@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make sweep   # the main job (creates .venv on first use)
+#   make test    # the test suite (creates .venv on first use)
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch first, from the pinned release pair (this machine keeps it on disk; timm needs torchvision)
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install sweep test bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+sweep: $(STAMP)
+	$(VENV)/bin/q3r-tune demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/optimizer_overhead.py

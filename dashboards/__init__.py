@@ -1,0 +1,1 @@
+"""Reports and plots of q3r-tune sweeps."""

@@ -1,0 +1,1 @@
+"""q3r-tune orchestration: sweeps over Q3R hyperparameters (Ray Tune, Optuna, MLflow)."""
