@@ -151,13 +151,13 @@ class AdamQ3R(Adam):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         q3r = state_dict.pop("q3r", None)
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            _validate(group)
         if q3r is None:
             raise KeyError("this state_dict has no 'q3r' entry: it was not saved by AdamQ3R")
         if len(q3r["banks"]) != len(self._banks):
             raise ValueError(f"state has {len(q3r['banks'])} param groups, optimizer has {len(self._banks)}")
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            _validate(group)
         self._q3r_step = int(q3r["step"])
         for bank, bank_state in zip(self._banks, q3r["banks"]):
             if bank is not None:

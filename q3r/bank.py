@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .decomposition import exact_triplets, warm_triplets
+from .decomposition import warm_triplets
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .ranks import resolve_rank
@@ -117,39 +117,45 @@ class OperatorBank:
     def _refresh_group(self, g: _Group) -> None:
         W = g.stacked()                                            # (G, d1, d2)
         exact = self.svd == "exact" or g.U is None
+        on_cpu = W.device.type == "cpu"
         if g.pending is not None:                                  # an accelerator's answer from last time
-            r_env_max, event = g.pending
+            r_env_lagged, event = g.pending
             event.synchronize()                                    # long finished: no stall
-            exact |= self._resize(g, int(r_env_max))
+            exact |= self._resize(g, int(r_env_lagged))
             g.pending = None
-        if exact:
-            U, S, V = exact_triplets(W, g.width)
-        else:
+        if not exact:
             U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
-        eps = self.schedule(g.eps, S[:, g.rank])                   # sigma_{r+1}(W)
-        r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
-        k_apply = S.shape[-1]
-        if W.device.type == "cpu":                                 # free to look now
-            if self._resize(g, int(r_env_max)) and S.shape[-1] < g.width:
-                U, S, V = exact_triplets(W, g.width)
-                eps = self.schedule(g.eps, S[:, g.rank])
-                r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
-            k_apply = max(1, int(r_env_max))
-        else:
-            host = r_env_max.to("cpu", non_blocking=True)
-            event = torch.cuda.Event() if W.device.type == "cuda" else None
-            if event is not None:
-                event.record()
-            g.pending = (host, event or _Done())
+            eps = self.schedule(g.eps, S[:, g.rank])               # sigma_{r+1}(W)
+            r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
+            if on_cpu:                                             # free to look now
+                exact = self._resize(g, int(r_env_max))            # r_env reached the width: refit
+                k_apply = max(1, int(r_env_max))
+            else:
+                host = r_env_max.to("cpu", non_blocking=True)
+                event = torch.cuda.Event() if W.device.type == "cuda" else _Done()
+                if isinstance(event, torch.cuda.Event):
+                    event.record()
+                g.pending = (host, event)
+                k_apply = g.width
+        if exact:                                                  # full SVD: r_env is counted exactly
+            U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+            eps = self.schedule(g.eps, S[:, g.rank])
+            r_env_max = int((S > eps.unsqueeze(-1)).sum(-1).max())  # a host read, on this rare path only
+            g.width = self._width_for(g, r_env_max)
+            U, S, V = U[..., : g.width], S[..., : g.width], Vh[..., : g.width, :].mT
+            k_apply = max(1, r_env_max)
         g.U, g.sigma, g.V, g.eps = U, S, V, eps
         g.s = shift(S, eps)
         g.k_apply = k_apply
 
+    def _width_for(self, g: _Group, r_env_max: int) -> int:
+        return min(g.max_width, max(g.rank + 1, r_env_max + 1) + self.oversample)
+
     def _resize(self, g: _Group, r_env_max: int) -> bool:
-        """Fit the width to r_env (grow with slack, shrink when far too wide); True if it grew."""
-        want = min(g.max_width, max(g.rank + 1, r_env_max + 1) + self.oversample)
+        """After a warm fit: True if r_env came too close to the width (refit exactly);
+        shrink the width when it is far larger than needed."""
+        want = self._width_for(g, r_env_max)
         if r_env_max + 1 > g.width - self.oversample // 2 and want > g.width:
-            g.width = want
             return True
         if want < g.width - self.oversample:
             g.width = want
@@ -200,13 +206,13 @@ class OperatorBank:
         """Every target's operator (U, sigma, V, eps) by target name, plus its group's width."""
         state = {}
         for g in self.groups:
-            if g.pending is not None:                              # resolve now, so a resume is exact
-                r_env_max, event = g.pending
+            lagged = None
+            if g.pending is not None:                              # keep the answer, so a resume is identical
+                host, event = g.pending
                 event.synchronize()
-                self._resize(g, int(r_env_max))
-                g.pending = None
+                lagged = int(host)
             for i, t in enumerate(g.targets):
-                entry = {"eps": g.eps[i].clone(), "width": g.width}
+                entry = {"eps": g.eps[i].clone(), "width": g.width, "k_apply": g.k_apply, "pending": lagged}
                 if g.U is not None:
                     entry.update(U=g.U[i].clone(), sigma=g.sigma[i].clone(), V=g.V[i].clone())
                 state[t.name] = entry
@@ -221,13 +227,14 @@ class OperatorBank:
             ref = g.targets[0].weight
             g.width = int(entries[0]["width"])
             g.eps = torch.stack([torch.as_tensor(e["eps"]) for e in entries]).to(ref.device, ref.dtype)
-            g.pending = None
+            lagged = entries[0].get("pending")
+            g.pending = None if lagged is None else (torch.tensor(lagged), _Done())
+            g.k_apply = int(entries[0].get("k_apply", g.width))
             if all("U" in e for e in entries):
                 g.U, g.sigma, g.V = (
                     torch.stack([e[k] for e in entries]).to(ref.device, ref.dtype) for k in ("U", "sigma", "V")
                 )
                 g.s = shift(g.sigma, g.eps)
-                g.k_apply = g.width if g.s.device.type != "cpu" else max(1, int((g.s < 0).sum(-1).max()))
             else:
                 g.U = g.sigma = g.V = g.s = None
 

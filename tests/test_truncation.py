@@ -1,0 +1,121 @@
+"""Truncation: best rank-r(p) approximations, one SVD per target, factorized export, counts."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import q3r
+from q3r.truncation import SpectralCache, parameter_counts, retained_rank
+from tests.reference import singular_values, target_rank_ref
+
+
+class Block(nn.Module):
+    """A fused qkv (3d x d), a square proj and a rectangular fc1, like a ViT block."""
+
+    def __init__(self, d=12, h=30):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.fc1 = nn.Linear(d, h)
+        self.head = nn.Linear(h, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(torch.relu(self.fc1(self.proj(q * k + v))))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Block().double()
+
+
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5])
+def test_frobenius_error_is_root_of_dropped_energy(model, p):
+    targets = q3r.select_targets(model)
+    cut = q3r.truncate(model, targets, p)
+    for t in targets:
+        sigma = singular_values(t.weight)                      # numpy reference, descending
+        r = target_rank_ref(*t.shape, p)
+        err = torch.linalg.norm(t.rebind(cut).weight - t.weight).item()
+        assert err == pytest.approx(math.sqrt(float(np.sum(sigma[r:] ** 2))), rel=1e-9)
+        assert np.linalg.matrix_rank(t.rebind(cut).weight.detach().numpy(), tol=1e-9) == r
+
+
+def test_original_untouched_and_biases_kept(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cut = q3r.truncate(model, q3r.select_targets(model), 0.1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    for name in ("qkv.bias", "proj.bias", "fc1.bias"):
+        assert torch.equal(cut.state_dict()[name], before[name])
+    assert not torch.equal(cut.state_dict()["qkv.weight"], before["qkv.weight"])
+    assert torch.equal(cut.state_dict()["head.weight"], before["head.weight"])  # not a target
+
+
+def test_retention_one_changes_nothing(model):
+    cut = q3r.truncate(model, q3r.select_targets(model), 1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(cut.state_dict()[k], v)
+
+
+def test_qkv_parts_truncated_separately(model):
+    targets = q3r.select_targets(model)
+    cut = q3r.truncate(model, targets, 0.2)
+    W = cut.qkv.weight.detach().numpy()
+    r = target_rank_ref(12, 12, 0.2)
+    for i in range(3):
+        assert np.linalg.matrix_rank(W[12 * i:12 * (i + 1)], tol=1e-9) == r
+    assert np.linalg.matrix_rank(W, tol=1e-9) == 3 * r  # not one rank-r cut of the 36 x 12 matrix
+
+
+def test_one_svd_per_target_serves_every_level(model, monkeypatch):
+    targets = q3r.select_targets(model)
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(a[0].shape) or real_svd(*a, **k))
+    cache = SpectralCache(targets)
+    n_svd = len(calls)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    for p in (0.05, 0.1, 0.2, 0.4, 1.0):
+        with cache.applied(p):
+            out = model(x)
+        expected = cache.truncated_model(model, p)(x)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert len(calls) == n_svd                               # no SVD after the cache was built
+    assert sum(s[0] for s in calls) == len(targets)          # one batched SVD, G matrices, per shape
+    torch.testing.assert_close(model(x), cache.truncated_model(model, 1.0)(x))  # restored
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 1.0])
+def test_factorized_export_same_outputs_and_real_saving(model, p):
+    targets = q3r.select_targets(model)
+    cache = SpectralCache(targets)
+    dense = cache.truncated_model(model, p)
+    fact = cache.factorized_model(model, p)
+    x = torch.randn(7, 12, dtype=torch.float64)
+    torch.testing.assert_close(fact(x), dense(x), rtol=1e-10, atol=1e-10)
+    counts = parameter_counts(model, targets, p)
+    assert sum(q.numel() for q in fact.parameters()) == counts["model_kept"]
+    if p < 1.0:
+        assert isinstance(fact.qkv, q3r.LowRankLinear)
+        assert counts["model_kept"] < counts["model_dense"]
+
+
+def test_parameter_counts_by_hand(model):
+    targets = q3r.select_targets(model)
+    counts = parameter_counts(model, targets, 0.2)
+    r_sq, r_fc = target_rank_ref(12, 12, 0.2), target_rank_ref(30, 12, 0.2)
+    assert counts["targets"]["qkv[q]"] == (144, r_sq * 24)
+    assert counts["targets"]["fc1"] == (360, r_fc * 42)
+    assert counts["targeted_kept"] == 4 * r_sq * 24 + r_fc * 42
+    assert counts["model_dense"] == sum(q.numel() for q in model.parameters())
+
+
+def test_retained_rank_is_the_one_formula():
+    assert retained_rank((192, 192), 0.2) == 19 == q3r.target_rank((192, 192), 0.2)
+    assert retained_rank((192, 192), 1.0) is None
+    with pytest.raises(ValueError, match="fraction=0"):
+        retained_rank((192, 192), 0)
