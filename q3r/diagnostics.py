@@ -32,7 +32,11 @@ def diagnostics(
     targets = as_targets(targets)
     out: dict[str, dict[str, float]] = {}
     for t in targets:
-        sigma = spectra.singular_values(t.name) if spectra is not None else torch.linalg.svdvals(t.weight.float())
+        if spectra is not None:
+            sigma = spectra.singular_values(t.name)
+        else:
+            w = t.weight.detach()
+            sigma = torch.linalg.svdvals(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w)
         out[t.name] = {
             "eff_rank": float(effective_rank(sigma)),
             "tail_ratio": float(tail_ratio(sigma, resolve_rank(t.shape, target_rank))),

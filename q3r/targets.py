@@ -8,6 +8,15 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+# Named module-pattern sets; select_targets(model, PRESETS["hf-encoder"]) for BERT/RoBERTa encoders,
+# whose classification heads also contain a "dense" Linear that the leaf name alone would pick up.
+PRESETS = {
+    "vit": ("qkv", "proj", "fc1", "fc2"),
+    "hf-encoder": ("*.layer.*.attention.self.query", "*.layer.*.attention.self.key",
+                   "*.layer.*.attention.self.value", "*.layer.*.attention.output.dense",
+                   "*.layer.*.intermediate.dense", "*.layer.*.output.dense"),
+}
+
 # Fused projections that hold several square matrices stacked along the output dimension.
 FUSED = {"qkv": ("q", "k", "v")}
 
@@ -91,10 +100,11 @@ def select_targets(
     A pattern matches a module's last name component exactly ("qkv", "fc1", "query") or its
     full dotted name as a glob ("blocks.*.attn.qkv"). Hugging Face encoders use
     ``modules=("query", "key", "value", "dense")``. A fused qkv Linear of shape 3d x d
-    yields three d x d targets Q, K, V (views into the same weight).
+    yields three d x d targets Q, K, V (views into the same weight). ``modules`` may also name
+    a preset: "vit" or "hf-encoder" (see ``PRESETS``).
     """
     if isinstance(modules, str):
-        modules = (modules,)
+        modules = PRESETS.get(modules, (modules,))
     targets = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and _matches(name, modules):

@@ -1,0 +1,13 @@
+"""The benchmark scripts run (a smoke test of the script, not a timing)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_optimizer_overhead_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "optimizer_overhead.py"), "--smoke-test", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "batch    2: ratio" in out.stdout
