@@ -51,7 +51,8 @@ class _Group:
 
     def stacked(self, detach: bool = True) -> Tensor:
         ws = [t.weight.detach() if detach else t.weight for t in self.targets]
-        return torch.stack(ws)      # (G, d1, d2)
+        W = torch.stack(ws)         # (G, d1, d2)
+        return W.float() if W.dtype in (torch.float16, torch.bfloat16) else W   # SVDs need fp32+
 
     def factors(self) -> tuple[Tensor, Tensor, Tensor]:
         """U, V, s cut to the k_apply columns that can be non-zero."""
@@ -101,7 +102,7 @@ class OperatorBank:
                 self.groups.append(by_key[key])
             by_key[key].targets.append(t)
         for g in self.groups:
-            g.eps = g.targets[0].weight.new_full((len(g.targets),), math.inf)
+            g.eps = g.stacked().new_full((len(g.targets),), math.inf)
 
     @property
     def fitted(self) -> bool:
@@ -177,7 +178,7 @@ class OperatorBank:
         self._require_fit()
         for g in self.groups:
             weights = [t.weight.detach() for t in g.targets]
-            W = torch.stack(weights)                                   # (G, d1, d2), a copy
+            W = g.stacked()                                            # (G, d1, d2), a copy
             X, Y = reweight_factors(W, *g.factors())                   # R(W) = W + X Y
             W.baddbmm_(X, Y, beta=1.0 - scale, alpha=-scale)
             torch._foreach_copy_(weights, W.unbind(0))
@@ -224,7 +225,7 @@ class OperatorBank:
             raise KeyError(f"Q3R state has no operator for targets {missing}")
         for g in self.groups:
             entries = [state[t.name] for t in g.targets]
-            ref = g.targets[0].weight
+            ref = g.stacked()
             g.width = int(entries[0]["width"])
             g.eps = torch.stack([torch.as_tensor(e["eps"]) for e in entries]).to(ref.device, ref.dtype)
             lagged = entries[0].get("pending")

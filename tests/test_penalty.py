@@ -59,3 +59,17 @@ def test_penalty_trains_weights_toward_low_rank():
 def test_penalty_rejects_bad_period():
     with pytest.raises(ValueError, match="period=0"):
         q3r.Q3RPenalty([nn.Linear(4, 4)], period=0)
+
+
+def test_bfloat16_weights_train_with_fp32_operators():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 24, bias=False).to(torch.bfloat16)
+    opt = q3r.AdamQ3R(lin.parameters(), targets=[lin], target_rank=0.2, lmbda=0.5, lr=1e-2)
+    before = lin.weight.detach().clone()
+    lin.weight.grad = torch.zeros_like(lin.weight)
+    opt.step()
+    assert lin.weight.dtype == torch.bfloat16 and not torch.equal(lin.weight, before)
+    assert opt.banks[0].groups[0].U.dtype == torch.float32
+    pen = q3r.Q3RPenalty([lin], target_rank=0.2)
+    pen.penalty().backward()
+    assert lin.weight.grad.dtype == torch.bfloat16 and torch.isfinite(lin.weight.grad.float()).all()
