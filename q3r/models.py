@@ -25,3 +25,33 @@ def build_vit(info: DatasetInfo, size: str = "tiny", patch_size: int | None = No
         raise ValueError(f"patch_size={patch} does not divide image_size={info.image_size}")
     return VisionTransformer(img_size=info.image_size, patch_size=patch, in_chans=info.channels,
                              num_classes=info.num_classes, embed_dim=dim, depth=n_blocks, num_heads=n_heads)
+
+
+def build_hf_classifier(path: str, num_labels: int):
+    """A Hugging Face sequence classifier from a local directory: with weights if it holds
+    them (the fine-tuning path), else from its config.json alone. Nothing is fetched."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(f"model.path must be a local Hugging Face model directory or config.json, "
+                                f"but {path!r} does not exist (nothing is downloaded at run time)")
+    p = Path(path)
+    folder = p.parent if p.is_file() else p
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    if has_weights:
+        return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, local_files_only=True)
+    config = AutoConfig.from_pretrained(folder, num_labels=num_labels, local_files_only=True)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def build_model(cfg, info: DatasetInfo):
+    """The model of a trial from its ``ModelConfig`` and the dataset's ``DatasetInfo``."""
+    if cfg.kind == "vit":
+        if info.kind != "image":
+            raise ValueError(f"model.kind='vit' needs an image dataset, but {info.name!r} is {info.kind}")
+        return build_vit(info, cfg.size, cfg.patch_size, cfg.depth, cfg.width, cfg.heads)
+    if cfg.kind == "hf":
+        return build_hf_classifier(cfg.path, info.num_classes)
+    raise ValueError(f"unknown model.kind {cfg.kind!r}; known: ['hf', 'vit']")

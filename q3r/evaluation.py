@@ -1,0 +1,68 @@
+"""Scoring: accuracy of the full model and after truncation at each retention level.
+
+K retention levels cost one SVD per targeted matrix (``SpectralCache``) plus K evaluation
+passes with the truncated weights swapped in place.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .targets import Target
+from .truncation import SpectralCache, parameter_counts
+
+
+def level_key(p: float) -> str:
+    """The stable name of a retention level: 0.2 -> "0.2", 1.0 -> "1"."""
+    return f"{float(p):g}"
+
+
+def forward_batch(model: nn.Module, batch, device: torch.device):
+    """(logits, labels) of an image batch (x, y) or a tokenized batch {"input_ids", ..., "labels"}."""
+    if isinstance(batch, dict):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        return model(**batch).logits, labels
+    x, y = batch
+    return model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False) -> float:
+    """Top-1 accuracy (for a one-output regression head: Pearson correlation)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    preds, golds = [], []
+    for batch in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, y = forward_batch(model, batch, device)
+        if logits.shape[-1] == 1:
+            preds.append(logits.float().squeeze(-1).cpu())
+            golds.append(y.float().cpu())
+            continue
+        correct += (logits.argmax(-1) == y).sum().item()
+        total += len(y)
+    model.train(was_training)
+    if preds:
+        return float(torch.corrcoef(torch.stack([torch.cat(preds), torch.cat(golds)]))[0, 1])
+    return correct / max(total, 1)
+
+
+def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retentions: Sequence[float],
+          device: torch.device, amp: bool = False) -> tuple[dict, SpectralCache]:
+    """{"acc", "acc@p", "params@p", "targeted@p"} for every level p; "acc" is the full model."""
+    cache = SpectralCache(targets)
+    out: dict = {}
+    for p in retentions:
+        key = level_key(p)
+        with cache.applied(p):
+            out[f"acc@{key}"] = accuracy(model, loader, device, amp)
+        counts = parameter_counts(model, targets, p)
+        out[f"params@{key}"] = counts["model_kept"]
+        out[f"targeted@{key}"] = counts["targeted_kept"] / counts["targeted_dense"]
+    full = level_key(1.0)
+    out["acc"] = out[f"acc@{full}"] if f"acc@{full}" in out else accuracy(model, loader, device, amp)
+    return out, cache

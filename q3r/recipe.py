@@ -1,0 +1,191 @@
+"""The training recipe of one trial, usable on its own (``q3r-tune train``) or inside a sweep.
+
+Every ``eval_every`` epochs the trial scores the full model and its truncations at every
+retention level, adds the Q3R diagnostics, hands one flat dict to ``report`` and writes a
+checkpoint from which ``run_trial(..., resume=True)`` continues identically. A trial whose
+loss turns non-finite, or whose accuracy sits at chance (rank collapse), stops itself.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .config import TrialConfig
+from .data import load_dataset
+from .diagnostics import diagnostics, flatten
+from .evaluation import forward_batch, score
+from .models import build_model
+from .targets import select_targets
+from .techniques import build_technique
+
+CHECKPOINT = "checkpoint.pt"
+Report = Callable[[dict], None]
+
+
+@dataclass
+class TrialResult:
+    status: str                                  # completed, diverged, collapsed
+    epoch: int
+    metrics: dict = field(default_factory=dict)  # the last evaluation
+    history: list = field(default_factory=list)  # every evaluation
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_schedule(cfg: TrialConfig, optimizer, steps_per_epoch: int):
+    """Constant (the paper's default) or linear warmup then cosine decay, stepped per batch."""
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = cfg.train.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if cfg.train.schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def task_loss(logits, y):
+    if logits.shape[-1] == 1:                    # a regression head (GLUE STS-B)
+        return F.mse_loss(logits.squeeze(-1).float(), y.float())
+    return F.cross_entropy(logits.float(), y)
+
+
+def run_trial(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
+              resume: bool = False, log: Callable[[str], None] = lambda s: None) -> TrialResult:
+    """Train one configuration; ``report`` receives the flat metrics dict of every evaluation."""
+    torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    on_gpu = device.type == "cuda"
+    seed_everything(cfg.train.seed)
+    d = cfg.data
+    train_set, val_set, info = load_dataset(d.name, data_root=d.data_root, seed=cfg.train.seed, augment=d.augment,
+                                            download=d.download, image_size=d.image_size, task=d.task,
+                                            tokenizer=d.tokenizer, max_length=d.max_length, limit=d.limit)
+    model = build_model(cfg.model, info).to(device)
+    t = cfg.technique
+    tech = build_technique(t.name, model, modules=tuple(cfg.model.modules), lr=t.lr, weight_decay=t.weight_decay,
+                           lmbda=t.lmbda, target_rank=t.target_rank, period=t.period, depth=t.depth,
+                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune)
+    val_loader = DataLoader(val_set, batch_size=max(256, cfg.train.batch_size), pin_memory=on_gpu)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    sched = make_schedule(cfg, tech.optimizer, steps_per_epoch)
+    amp = cfg.train.amp and on_gpu
+    history: list = []
+    start_epoch = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        tech.model.load_state_dict(state["model"])
+        tech.load_state_dict(state["technique"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_to_tuple(state["rng"]["python"]))
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    chance_evals = 0
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)   # shuffles resume identically
+        loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=order,
+                            pin_memory=on_gpu, drop_last=False)
+        tech.model.train()
+        loss_sum, n = torch.zeros((), device=device), 0
+        for batch in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits, y = forward_batch(tech.model, batch, device)
+                loss = task_loss(logits, y)
+            total = loss + tech.extra_loss()
+            tech.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if on_gpu and cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(tech.model.parameters(), cfg.train.grad_clip)
+            tech.optimizer.step()
+            sched.step()
+            loss_sum += loss.detach()
+            n += 1
+        train_loss = float(loss_sum) / max(n, 1)                # one host sync per epoch
+        done = epoch + 1
+        status = "running"
+        if not math.isfinite(train_loss):
+            status = "diverged"
+        is_eval = done % cfg.train.eval_every == 0 or done == cfg.train.epochs or status != "running"
+        if not is_eval:
+            log(f"epoch {done}/{cfg.train.epochs}  loss {train_loss:.4f}")
+            continue
+        metrics = {"epoch": done, "train_loss": train_loss, "time_s": time.perf_counter() - started}
+        if status == "running":
+            metrics.update(evaluate(cfg, tech, val_loader, device, amp))
+            at_chance = info.num_classes > 1 and metrics["acc"] < 1.5 / info.num_classes
+            chance_evals = chance_evals + 1 if at_chance else 0
+            if chance_evals >= cfg.train.collapse_patience:
+                status = "collapsed"
+        if status == "running" and done == cfg.train.epochs:
+            status = "completed"
+        metrics["status"] = status
+        history.append(metrics)
+        log(_progress_line(metrics, cfg))
+        if ckpt_path is not None and status != "diverged":
+            save_checkpoint(ckpt_path, tech, sched, done, history)
+        if report is not None:
+            report(metrics)
+        if status != "running":
+            return TrialResult(status, done, metrics, history)
+    last = history[-1] if history else {}
+    return TrialResult(last.get("status", "completed"), cfg.train.epochs, last, history)
+
+
+def evaluate(cfg: TrialConfig, tech, val_loader, device, amp) -> dict:
+    """Scores at every retention level plus the mean Q3R diagnostics, as one flat dict."""
+    dense = tech.dense_model()
+    targets = select_targets(dense, tuple(cfg.model.modules))
+    metrics, cache = score(dense, targets, val_loader, cfg.train.retentions, device, amp)
+    diag = diagnostics(targets, cfg.technique.target_rank, banks=tech.banks(), spectra=cache)
+    metrics.update({k: v for k, v in flatten(diag).items() if k.startswith("diag/mean/")})
+    return metrics
+
+
+def save_checkpoint(path: Path, tech, sched, epoch: int, history: list) -> None:
+    """Model, optimizer with its Q3R operators, scheduler, RNG states; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": tech.model.state_dict(), "technique": tech.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "history": history,
+             "rng": {"torch": torch.get_rng_state(), "python": _to_list(random.getstate())}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _to_list(x):
+    return [_to_list(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def _progress_line(m: dict, cfg: TrialConfig) -> str:
+    accs = "  ".join(f"{k[4:]}:{m[k]:.3f}" for k in m if k.startswith("acc@"))
+    acc = f"acc {m['acc']:.3f}  " if "acc" in m else ""
+    return f"epoch {m['epoch']}/{cfg.train.epochs}  loss {m['train_loss']:.4f}  {acc}{accs}  [{m['status']}]"
