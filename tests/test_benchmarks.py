@@ -11,3 +11,10 @@ def test_optimizer_overhead_smoke():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "batch    2: ratio" in out.stdout
+
+
+def test_scoring_cost_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scoring_cost.py"), "--smoke-test", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("ratio") == 2

@@ -1,0 +1,67 @@
+"""Cost of scoring a trial at K retention levels relative to K plain evaluation passes.
+
+Scoring = one batched SVD per targeted matrix (SpectralCache) + K evaluation passes with the
+truncated weights swapped in place + restoring them. The ratio to K plain passes should stay
+<= 1.2. Repetitions are interleaved in one process; the median ratio is printed per setup.
+
+    python benchmarks/scoring_cost.py
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from q3r import select_targets
+from q3r.data import DatasetInfo, load_digits
+from q3r.evaluation import accuracy, score
+from q3r.models import build_vit
+
+RETENTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
+
+
+def setups(n_val: int):
+    _, val, info = load_digits(0)
+    yield "digits ViT 4x64, 360 val images", build_vit(info, depth=4, width=64), DataLoader(val, batch_size=256)
+    info32 = DatasetInfo("synthetic32", 32, 3, 10)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n_val, 3, 32, 32, generator=g), torch.randint(0, 10, (n_val,), generator=g))
+    yield f"ViT-Tiny 32px, {n_val} val images", build_vit(info32, "tiny"), DataLoader(data, batch_size=256)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--n-val", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--smoke-test", action="store_true")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke_test:
+        args.reps, args.n_val = 1, 64
+    device = torch.device("cpu")
+    k = len(RETENTIONS)
+    print(f"scoring time / {k} plain evaluation passes, CPU {torch.get_num_threads()} threads")
+    for name, model, loader in setups(args.n_val):
+        model.eval()
+        targets = select_targets(model)
+        ratios = []
+        accuracy(model, loader, device)                               # warm-up
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            score(model, targets, loader, RETENTIONS, device)
+            t1 = time.perf_counter()
+            for _ in range(k):
+                accuracy(model, loader, device)
+            t2 = time.perf_counter()
+            ratios.append((t1 - t0) / (t2 - t1))
+        print(f"{name}: ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, "
+              f"{args.reps} reps, {len(targets)} matrices)")
+
+
+if __name__ == "__main__":
+    main()
