@@ -126,7 +126,7 @@ class OperatorBank:
             g.pending = None
         if not exact:
             U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
-            eps = self.schedule(g.eps, S[:, g.rank])               # sigma_{r+1}(W)
+            eps = self._next_eps(g, S[:, g.rank])                  # sigma_{r+1}(W)
             r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
             if on_cpu:                                             # free to look now
                 exact = self._resize(g, int(r_env_max))            # r_env reached the width: refit
@@ -140,7 +140,7 @@ class OperatorBank:
                 k_apply = g.width
         if exact:                                                  # full SVD: r_env is counted exactly
             U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-            eps = self.schedule(g.eps, S[:, g.rank])
+            eps = self._next_eps(g, S[:, g.rank])
             r_env_max = int((S > eps.unsqueeze(-1)).sum(-1).max())  # a host read, on this rare path only
             g.width = self._width_for(g, r_env_max)
             U, S, V = U[..., : g.width], S[..., : g.width], Vh[..., : g.width, :].mT
@@ -148,6 +148,13 @@ class OperatorBank:
         g.U, g.sigma, g.V, g.eps = U, S, V, eps
         g.s = shift(S, eps)
         g.k_apply = k_apply
+
+    def _next_eps(self, g: _Group, sigma_next: Tensor) -> Tensor:
+        """The schedule's eps; a matrix with sigma_{r+1} = 0 (a zero-initialised Delta W in
+        fine-tuning) keeps its old eps (+inf at first: R is the identity) instead of eps = 0,
+        which would switch Q3R off for the rest of training."""
+        eps = self.schedule(g.eps, sigma_next)
+        return torch.where(eps > 0, eps, g.eps)
 
     def _width_for(self, g: _Group, r_env_max: int) -> int:
         return min(g.max_width, max(g.rank + 1, r_env_max + 1) + self.oversample)

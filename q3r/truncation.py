@@ -145,6 +145,20 @@ class LowRankLinear(nn.Module):
             out.order.append(key)
         return out
 
+    def merged_weight(self) -> Tensor:
+        """The (d_out, d_in) weight these segments compute."""
+        return torch.cat([self.dense[k] if k in self.dense else self.A[k] @ self.B[k] for k in self.order])
+
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear with the merged weight (and the bias)."""
+        W = self.merged_weight().detach()
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=W.device, dtype=W.dtype)
+        with torch.no_grad():
+            out.weight.copy_(W)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         parts = [x @ self.dense[k].mT if k in self.dense else (x @ self.B[k].mT) @ self.A[k].mT for k in self.order]
         y = torch.cat(parts, dim=-1)                         # (..., d_out)

@@ -1,0 +1,85 @@
+"""One trial end to end on digits: reports, checkpoints and resume, divergence, the train CLI."""
+import json
+
+import pytest
+import torch
+
+from q3r import config
+from q3r.recipe import CHECKPOINT, run_trial
+from tuning.cli import main as cli
+
+
+def tiny(technique="adamq3r", **train):
+    raw = {"data": {"name": "digits", "limit": 256},
+           "model": {"kind": "vit", "depth": 1, "width": 16, "heads": 2},
+           "technique": {"name": technique, "lr": 3e-3, "lmbda": 0.5, "target_rank": 0.2, "period": 3},
+           "train": {"epochs": 4, "batch_size": 64, "eval_every": 2, "retentions": [0.1, 0.5, 1.0], **train}}
+    return config.from_dict(raw)
+
+
+@pytest.mark.parametrize("technique", ["adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita"])
+def test_every_technique_reports_truncation_scores(technique):
+    reports = []
+    result = run_trial(tiny(technique), report=reports.append)
+    assert result.status == "completed" and [r["epoch"] for r in reports] == [2, 4]
+    last = reports[-1]
+    for p in ("0.1", "0.5", "1"):
+        assert 0.0 <= last[f"acc@{p}"] <= 1.0 and last[f"params@{p}"] > 0
+    assert last["params@0.1"] < last["params@0.5"] < last["params@1"]
+    assert last["acc"] == last["acc@1"]
+    assert "diag/mean/eff_rank" in last
+    if technique in ("adamq3r", "adam_q3r_loss"):
+        assert last["diag/mean/eps"] > 0 and "diag/mean/q3r" in last
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_is_identical(tmp_path):
+    full = run_trial(tiny(), checkpoint_dir=str(tmp_path / "a"))
+
+    def stop_after_first(metrics):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(tiny(), report=stop_after_first, checkpoint_dir=str(tmp_path / "b"))
+    state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2
+    resumed = run_trial(tiny(), checkpoint_dir=str(tmp_path / "b"), resume=True)
+    assert resumed.status == "completed" and len(resumed.history) == 2
+    for key, value in full.metrics.items():
+        if key != "time_s":
+            assert resumed.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_diverging_trial_stops_itself():
+    result = run_trial(config.from_dict({
+        "data": {"name": "digits", "limit": 128}, "model": {"depth": 1, "width": 16, "heads": 2},
+        "technique": {"name": "adamw", "lr": 1e30}, "train": {"epochs": 20, "eval_every": 5}}))
+    assert result.status in ("diverged", "collapsed") and result.epoch < 20
+
+
+def test_rank_collapse_stops_itself():
+    cfg = tiny("adamq3r", epochs=30, eval_every=1)
+    cfg.technique.lmbda, cfg.technique.lr, cfg.technique.target_rank = 1e3, 1e-2, 0.05
+    result = run_trial(cfg)
+    assert result.status == "collapsed" and result.epoch < 30
+
+
+def test_train_cli(tmp_path, capsys):
+    spec = tmp_path / "t.yaml"
+    config.dump(tiny("adamw"), spec)
+    out = tmp_path / "out"
+    assert cli(["train", str(spec), "--set", "train.epochs=2", "--set", "technique.lr=0.002", "--out", str(out)]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["status"] == "completed" and "acc@0.1" in scores["metrics"]
+    assert config.load(out / "config.yaml").technique.lr == 0.002
+    assert "retention   0.1: accuracy" in capsys.readouterr().out
+
+
+def test_train_cli_bad_spec(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("technique:\n  name: adamq3r\n  lmbda: lots\n")
+    assert cli(["train", str(spec)]) == 2
+    assert "technique.lmbda must be float, but got 'lots'" in capsys.readouterr().err
