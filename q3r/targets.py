@@ -104,7 +104,8 @@ def select_targets(
     a preset: "vit" or "hf-encoder" (see ``PRESETS``).
     """
     if isinstance(modules, str):
-        modules = PRESETS.get(modules, (modules,))
+        modules = (modules,)
+    modules = tuple(p for m in modules for p in PRESETS.get(m, (m,)))
     targets = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and _matches(name, modules):

@@ -139,9 +139,9 @@ def build_lora(model, *, modules, lr, weight_decay, target_rank, lora_rank, fine
 def _peft_lora(model, modules, lr, weight_decay, rank):
     from peft import LoraConfig, get_peft_model
 
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in _targeted_linears(model, modules)})
+    names = _targeted_linears(model, modules)          # full names: a leaf like "dense" is also in heads
     heads = [h for h in HEADS if isinstance(getattr(model, h, None), nn.Module)]
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=leaves,
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=names,
                                                   modules_to_save=heads or None))
     opt = torch.optim.AdamW(_trainable(peft_model), lr=lr, weight_decay=weight_decay)
     return Technique("lora", peft_model, opt, merge=lambda m: copy.deepcopy(m).merge_and_unload())
@@ -176,6 +176,7 @@ def build_technique(name: str, model: nn.Module, *, modules=("qkv", "proj", "fc1
         raise ValueError(f"unknown technique {name!r}; known: {list_techniques()}")
     if not lr > 0:
         raise ValueError(f"learning rate must be > 0, but got lr={lr!r}")
-    return TECHNIQUES[name](model, modules=tuple(modules), lr=lr, weight_decay=weight_decay, lmbda=lmbda,
+    modules = (modules,) if isinstance(modules, str) else tuple(modules)
+    return TECHNIQUES[name](model, modules=modules, lr=lr, weight_decay=weight_decay, lmbda=lmbda,
                             target_rank=target_rank, period=period, depth=depth, alpha=alpha,
                             lora_rank=lora_rank, finetune=finetune)

@@ -117,3 +117,26 @@ def test_unknown_technique_lists_names():
     with pytest.raises(ValueError, match=r"unknown technique 'sgd'; known: \['adam_q3r_loss', 'adamq3r'"):
         build_technique("sgd", vit())
     assert list_techniques() == ["adam_q3r_loss", "adamq3r", "adamw", "lora", "lorita"]
+
+
+@pytest.mark.parametrize("name", ["lora", "adamq3r"])
+def test_finetuning_a_hugging_face_encoder(name):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=100, max_position_embeddings=40, num_labels=3)
+    model = RobertaForSequenceClassification(cfg).eval()
+    frozen = model.roberta.encoder.layer[0].attention.self.query.weight.detach().clone()
+    tech = build_technique(name, model, modules="hf-encoder", lr=1e-2, target_rank=2, lora_rank=4, finetune=True)
+    ids = torch.randint(3, 100, (8, 12), generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    for _ in range(5):
+        loss = F.cross_entropy(tech.model(input_ids=ids).logits, y) + tech.extra_loss()
+        tech.optimizer.zero_grad(); loss.backward(); tech.optimizer.step()
+    dense = tech.dense_model().eval()
+    torch.testing.assert_close(dense(input_ids=ids).logits, tech.model(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+    assert len(q3r.select_targets(dense, "hf-encoder")) == 6
+    base = tech.model.roberta if name == "adamq3r" else tech.model.base_model.model.roberta
+    query = base.encoder.layer[0].attention.self.query
+    assert torch.equal(query.base_layer.weight, frozen)
