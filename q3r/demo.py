@@ -1,71 +1,47 @@
-"""A real training run on the embedded digits data: AdamW against AdamQ3R, scored by truncation.
+"""The main job until the sweep exists: one trial of each technique on the embedded digits data.
 
-This is the main job until the sweep exists: it trains the same small ViT twice and prints
-the validation accuracy of each after truncating every targeted matrix to rank r(p).
+Every trial runs the library's recipe (``run_trial``) with the same model, budget and seed,
+and is scored by the same truncation code; the table shows validation accuracy after each
+targeted matrix is cut to rank r(p), and the parameter count of the whole model at each p.
 """
 from __future__ import annotations
 
 import time
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from . import config
+from .recipe import run_trial
 
-from . import AdamQ3R, SpectralCache, parameter_counts, select_targets
-from .data import load_digits
-from .models import build_vit
-
-RETENTIONS = (0.05, 0.1, 0.2, 0.4, 1.0)
-
-
-@torch.no_grad()
-def accuracy(model, loader) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += (model(x).argmax(-1) == y).sum().item()
-        total += len(y)
-    model.train()
-    return correct / total
+TECHNIQUES = {  # technique -> its hyperparameters (the issue's reference settings for AdamQ3R)
+    "adamw": {"weight_decay": 0.05},
+    "adamq3r": {"lmbda": 1.0, "target_rank": 0.1, "period": 5},
+    "adam_q3r_loss": {"lmbda": 1.0, "target_rank": 0.1, "period": 5},
+    "lora": {"target_rank": 0.2},
+    "lorita": {"depth": 2, "alpha": 0.1},
+}
+RETENTIONS = [0.05, 0.1, 0.2, 0.4, 1.0]
 
 
-def train(technique: str, epochs: int, seed: int = 0, lr: float = 1e-3, lmbda: float = 1.0,
-          target_rank: float = 0.1, period: int = 5) -> dict:
-    train_set, val_set, info = load_digits(seed)
-    torch.manual_seed(seed)
-    model = build_vit(info, depth=4, width=64)
-    targets = select_targets(model)
-    if technique == "adamq3r":
-        opt = AdamQ3R(model.parameters(), lr=lr, targets=targets, target_rank=target_rank, lmbda=lmbda, period=period)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    val = DataLoader(val_set, batch_size=512)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    cache = SpectralCache(targets)
-    scores = {}
-    for p in RETENTIONS:
-        with cache.applied(p):
-            scores[p] = accuracy(model, val)
-    return {"scores": scores, "seconds": time.perf_counter() - start,
-            "params": {p: parameter_counts(model, targets, p)["model_kept"] for p in RETENTIONS}}
+def trial_config(technique: str, epochs: int, threads: int, seed: int = 0) -> config.TrialConfig:
+    return config.from_dict({
+        "data": {"name": "digits"},
+        "model": {"kind": "vit", "depth": 4, "width": 64},
+        "technique": {"name": technique, "lr": 1e-3, **TECHNIQUES[technique]},
+        "train": {"epochs": epochs, "batch_size": 64, "eval_every": epochs, "retentions": RETENTIONS,
+                  "seed": seed, "threads": threads, "device": "cpu"},
+    })
 
 
-def main(epochs: int = 30, threads: int = 2) -> None:
-    torch.set_num_threads(threads)
-    print(f"digits, ViT 4 blocks x 64 wide, {epochs} epochs; accuracy after truncation at retention p")
+def main(epochs: int = 40, threads: int = 2, techniques=tuple(TECHNIQUES)) -> dict:
+    print(f"digits, ViT 4 blocks x 64 wide, {epochs} epochs, lr 1e-3; accuracy after truncation at retention p")
     rows = {}
-    for technique in ("adamw", "adamq3r"):
-        rows[technique] = train(technique, epochs)
-        print(f"  trained {technique} in {rows[technique]['seconds']:.0f}s")
-    header = "technique  " + "  ".join(f"p={p:<5}" for p in RETENTIONS)
-    print(header)
-    for technique, r in rows.items():
-        print(f"{technique:<10} " + "  ".join(f"{r['scores'][p]:<7.3f}" for p in RETENTIONS))
-    print("params     " + "  ".join(f"{rows['adamw']['params'][p]:<7d}" for p in RETENTIONS))
+    for name in techniques:
+        start = time.perf_counter()
+        rows[name] = run_trial(trial_config(name, epochs, threads)).metrics
+        print(f"  {name}: {rows[name]['status']} in {time.perf_counter() - start:.0f}s")
+    keys = [f"{p:g}" for p in RETENTIONS]
+    print("technique      " + "".join(f"p={k:<7}" for k in keys))
+    for name, m in rows.items():
+        print(f"{name:<14} " + "".join(f"{m[f'acc@{k}']:<9.3f}" for k in keys))
+    any_row = next(iter(rows.values()))
+    print("parameters     " + "".join(f"{any_row[f'params@{k}']:<9d}" for k in keys))
+    return rows

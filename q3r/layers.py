@@ -1,16 +1,22 @@
-"""Trainable replacements of nn.Linear for the baselines, each with ``to_linear()`` to merge.
+"""Trainable replacements of nn.Linear for the techniques, each with ``to_linear()`` to merge.
 
-Like peft's LoRA layers: one method computes the layer's effective weight, reused by
-``forward`` and by merging into a plain Linear for truncation scoring.
+As in peft's LoRA layers: one method (``merged_weight``) computes the layer's effective
+weight and is reused by ``forward`` and by merging into a plain nn.Linear, which the one
+truncation code then scores alike for every technique. LoRA pre-training reuses
+``truncation.LowRankLinear`` (rank-r factor pairs per row segment, with the same contract).
 """
 from __future__ import annotations
+
+import copy
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _plain_linear(weight: Tensor, bias) -> nn.Linear:
+def plain_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
+    """An nn.Linear holding copies of ``weight`` (d_out, d_in) and ``bias``."""
     out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         out.weight.copy_(weight)
@@ -20,38 +26,61 @@ def _plain_linear(weight: Tensor, bias) -> nn.Linear:
 
 
 class ProductLinear(nn.Module):
-    """LoRITa: W = W_D ... W_2 W_1 with W_1 (d_out, d_in) and W_2..W_D (d_out, d_out).
+    """LoRITa (Alkhouri et al. 2024): each matrix is a product W = W_D ... W_2 W_1.
 
-    Initialised at W_1 = the original weight and W_k = I, so the product starts at the
-    original weight; weight decay on the factors then favours low rank (Alkhouri et al. 2024).
+    Convention: W_1 is (d_out, d_in) and W_2 .. W_D are square (d_out, d_out), i.e. the extra
+    factors act on the output side. A Linear whose rows hold several matrices (a fused qkv,
+    3d x d) gets one product per row segment, so Q, K and V are each over-parameterised as
+    d x d products. Initialised at W_1 = the original weight and W_k = I, so the product starts
+    at the original weight; weight decay on the factors then favours low rank.
     """
 
-    def __init__(self, linear: nn.Linear, depth: int):
+    def __init__(self, linear: nn.Linear, depth: int, segments: Optional[Sequence[tuple[int, int]]] = None):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"LoRITa depth must be >= 1, but got depth={depth}")
-        W = linear.weight.detach()
-        eye = torch.eye(W.shape[0], device=W.device, dtype=W.dtype)
-        self.factors = nn.ParameterList([nn.Parameter(W.clone())] + [nn.Parameter(eye.clone()) for _ in range(depth - 1)])
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"LoRITa depth must be an int >= 1, but got depth={depth!r}")
+        W = linear.weight.detach()                                  # (d_out, d_in)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.segments = list(segments) if segments else [(0, W.shape[0])]
+        if sum(end - start for start, end in self.segments) != W.shape[0]:
+            raise ValueError(f"segments {self.segments} must cover the {W.shape[0]} rows of the weight")
+        self.products = nn.ModuleList()
+        for start, end in self.segments:
+            eye = torch.eye(end - start, device=W.device, dtype=W.dtype)
+            self.products.append(nn.ParameterList(
+                [nn.Parameter(W[start:end].clone())] + [nn.Parameter(eye.clone()) for _ in range(depth - 1)]))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
 
+    @property
+    def factors(self) -> list[nn.Parameter]:
+        """Every factor of every product (the parameters that get weight decay alpha)."""
+        return [f for product in self.products for f in product]
+
     def merged_weight(self) -> Tensor:
-        W = self.factors[0]
-        for f in self.factors[1:]:
-            W = f @ W                                     # (d_out, d_in)
-        return W
+        parts = []
+        for product in self.products:
+            W = product[0]                                          # (d_seg, d_in)
+            for f in product[1:]:
+                W = f @ W                                           # (d_seg, d_seg) @ (d_seg, d_in)
+            parts.append(W)
+        return torch.cat(parts)                                     # (d_out, d_in)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.merged_weight(), self.bias)
 
     def to_linear(self) -> nn.Linear:
-        return _plain_linear(self.merged_weight().detach(), None if self.bias is None else self.bias.detach())
+        return plain_linear(self.merged_weight().detach(), None if self.bias is None else self.bias.detach())
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"depth={len(self.products[0])}, segments={len(self.segments)}")
 
 
 class DeltaLinear(nn.Module):
-    """Fine-tuning with Q3R (paper Section 5.2): y = x (W0 + Delta W)^T + b, W0 frozen.
+    """Fine-tuning with Q3R (paper Section 5.2): y = x (W0 + Delta W)^T + b, W0 and b frozen.
 
-    ``delta`` starts at zero and is the matrix that Q3R regularizes.
+    ``base_layer`` is the pretrained Linear; ``delta`` (same shape, zero at the start) is the
+    trainable update that Q3R regularizes.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -59,7 +88,7 @@ class DeltaLinear(nn.Module):
         self.base_layer = linear
         for p in linear.parameters():
             p.requires_grad_(False)
-        self.delta = nn.Parameter(torch.zeros_like(linear.weight))
+        self.delta = nn.Parameter(torch.zeros_like(linear.weight))  # (d_out, d_in)
 
     @property
     def in_features(self) -> int:
@@ -73,15 +102,16 @@ class DeltaLinear(nn.Module):
         return self.base_layer.weight + self.delta
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.base_layer(x) + F.linear(x, self.delta)
+        return F.linear(x, self.merged_weight(), self.base_layer.bias)
 
     def to_linear(self) -> nn.Linear:
         b = self.base_layer.bias
-        return _plain_linear(self.merged_weight().detach(), None if b is None else b.detach())
+        return plain_linear(self.merged_weight().detach(), None if b is None else b.detach())
 
 
-def replace_modules(model: nn.Module, names, build) -> dict[str, nn.Module]:
-    """Replace each named submodule by ``build(name, module)``; returns {name: new module}."""
+def replace_modules(model: nn.Module, names: Sequence[str],
+                    build: Callable[[str, nn.Module], nn.Module]) -> dict[str, nn.Module]:
+    """Replace each named submodule by ``build(name, module)``, in place; returns {name: new module}."""
     new = {}
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
@@ -93,8 +123,6 @@ def replace_modules(model: nn.Module, names, build) -> dict[str, nn.Module]:
 
 def merge_layers(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in which every layer with ``to_linear()`` is a plain nn.Linear."""
-    import copy
-
     clone = copy.deepcopy(model)
     names = [n for n, m in clone.named_modules() if n and hasattr(m, "to_linear")]
     replace_modules(clone, names, lambda _, m: m.to_linear())

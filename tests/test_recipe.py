@@ -13,7 +13,8 @@ def tiny(technique="adamq3r", **train):
     raw = {"data": {"name": "digits", "limit": 256},
            "model": {"kind": "vit", "depth": 1, "width": 16, "heads": 2},
            "technique": {"name": technique, "lr": 3e-3, "lmbda": 0.5, "target_rank": 0.2, "period": 3},
-           "train": {"epochs": 4, "batch_size": 64, "eval_every": 2, "retentions": [0.1, 0.5, 1.0], **train}}
+           "train": {"epochs": 4, "batch_size": 64, "eval_every": 2, "retentions": [0.1, 0.5, 1.0],
+                     "collapse_patience": 100, **train}}
     return config.from_dict(raw)
 
 
@@ -48,8 +49,9 @@ def test_resume_from_checkpoint_is_identical(tmp_path):
     assert state["epoch"] == 2
     resumed = run_trial(tiny(), checkpoint_dir=str(tmp_path / "b"), resume=True)
     assert resumed.status == "completed" and len(resumed.history) == 2
+    assert resumed.metrics["status"] == full.metrics["status"]
     for key, value in full.metrics.items():
-        if key != "time_s":
+        if key not in ("time_s", "status"):
             assert resumed.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
@@ -61,7 +63,7 @@ def test_diverging_trial_stops_itself():
 
 
 def test_rank_collapse_stops_itself():
-    cfg = tiny("adamq3r", epochs=30, eval_every=1)
+    cfg = tiny("adamq3r", epochs=30, eval_every=1, collapse_patience=2)
     cfg.technique.lmbda, cfg.technique.lr, cfg.technique.target_rank = 1e3, 1e-2, 0.05
     result = run_trial(cfg)
     assert result.status == "collapsed" and result.epoch < 30

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="q3r-tune", description="Tune Q3R low-rank training.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train AdamW and AdamQ3R on digits and score them by truncation")
-    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--epochs", type=int, default=40)
     demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", help="train one configuration from a trial spec and score it by truncation")
