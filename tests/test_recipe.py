@@ -85,3 +85,34 @@ def test_train_cli_bad_spec(tmp_path, capsys):
     spec.write_text("technique:\n  name: adamq3r\n  lmbda: lots\n")
     assert cli(["train", str(spec)]) == 2
     assert "technique.lmbda must be float, but got 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("technique", ["adamq3r", "lora"])
+def test_glue_finetuning_trial_from_local_model_and_tokenizer(tmp_path, technique):
+    """The fine-tuning path end to end: GLUE tsv files, a local HF model directory, a local tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
+
+    words = "the a film is good bad great movie boring fun".split()
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(RobertaConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=20,
+        max_position_embeddings=40, pad_token_id=0, num_labels=2)).save_pretrained(tmp_path / "model")
+    rows = ["the film is good\t1", "a bad movie\t0", "great fun\t1", "boring film\t0"] * 8
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    (tmp_path / "glue" / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (tmp_path / "glue" / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:4]) + "\n")
+    cfg = config.from_dict({
+        "data": {"name": "glue", "task": "sst2", "data_root": str(tmp_path / "glue"),
+                 "tokenizer": str(tmp_path / "tok"), "max_length": 8},
+        "model": {"kind": "hf", "path": str(tmp_path / "model"), "modules": ["hf-encoder"]},
+        "technique": {"name": technique, "lr": 1e-2, "lmbda": 0.1, "target_rank": 4, "lora_rank": 4, "finetune": True},
+        "train": {"epochs": 2, "batch_size": 8, "eval_every": 1, "retentions": [0.2, 1.0], "collapse_patience": 100,
+                  "schedule": "cosine", "warmup_epochs": 1}})
+    reports = []
+    result = run_trial(cfg, report=reports.append)
+    assert result.status == "completed" and len(reports) == 2
+    assert 0.0 <= reports[-1]["acc@0.2"] <= 1.0 and reports[-1]["params@0.2"] < reports[-1]["params@1"]
