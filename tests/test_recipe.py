@@ -116,3 +116,11 @@ def test_glue_finetuning_trial_from_local_model_and_tokenizer(tmp_path, techniqu
     result = run_trial(cfg, report=reports.append)
     assert result.status == "completed" and len(reports) == 2
     assert 0.0 <= reports[-1]["acc@0.2"] <= 1.0 and reports[-1]["params@0.2"] < reports[-1]["params@1"]
+
+
+def test_train_cli_missing_dataset_is_one_clear_error(tmp_path, capsys):
+    spec = tmp_path / "c.yaml"
+    spec.write_text(f"data:\n  name: cifar10\n  data_root: {tmp_path / 'nowhere'}\n")
+    assert cli(["train", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "download" in err

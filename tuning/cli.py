@@ -27,7 +27,12 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, out / "config.yaml")
     print(f"training {cfg.technique.name} on {cfg.data.name}; checkpoints and scores in {out}")
-    result = run_trial(cfg, checkpoint_dir=str(out), resume=args.resume, log=print)
+    from q3r.data import DatasetError
+    try:
+        result = run_trial(cfg, checkpoint_dir=str(out), resume=args.resume, log=print)
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"q3r-tune train: {e}", file=sys.stderr)
+        return 2
     (out / "scores.json").write_text(json.dumps({"status": result.status, "epoch": result.epoch,
                                                  "metrics": result.metrics, "history": result.history}, indent=2))
     m = result.metrics
