@@ -78,6 +78,7 @@ class AdamQ3R(Adam):
         self.targets = as_targets(targets)
         self._q3r_step = 0
         self._banks = self._build_banks()
+        self._regularized = frozenset(id(t.param) for t in self.targets)   # decided once, not per step
 
     def _build_banks(self) -> list[Optional[OperatorBank]]:
         owner = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
@@ -91,10 +92,6 @@ class AdamQ3R(Adam):
             for g, ts in zip(self.param_groups, per_group)
         ]
 
-    @property
-    def regularized_param_ids(self) -> set[int]:
-        return {id(t.param) for t in self.targets}
-
     @torch.no_grad()
     def step(self, closure=None):
         """One AdamQ3R step; reweights the operators first when step mod period == 0."""
@@ -102,17 +99,16 @@ class AdamQ3R(Adam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        regularized = self.regularized_param_ids
         for group, bank in zip(self.param_groups, self._banks):
             if bank is not None and group["lmbda"] != 0:
                 if self._q3r_step % group["period"] == 0 or not bank.fitted:
                     bank.refresh()
                 bank.descend(group["lr"] * group["lmbda"])   # W <- W - lr * lmbda * R(W_t)
-            self._adam_step(group, regularized)
+            self._adam_step(group, self._regularized)
         self._q3r_step += 1
         return loss
 
-    def _adam_step(self, group: dict, regularized: set[int]) -> None:
+    def _adam_step(self, group: dict, regularized: frozenset[int]) -> None:
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
         has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
         lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)

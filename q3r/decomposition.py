@@ -1,18 +1,12 @@
-"""Singular triplets for Algorithm 1: exact (full SVD) or warm-started (subspace iteration).
+"""Warm-started singular triplets for Algorithm 1 (the exact path is a full SVD in bank.py).
 
-Both work on a batch of same-shape matrices W (G, d1, d2) and return the leading `width`
-triplets U (G, d1, width), sigma (G, width), V (G, d2, width), sigma sorted descending.
+It works on a batch of same-shape matrices W (G, d1, d2) and returns the leading k
+triplets U (G, d1, k), sigma (G, k), V (G, d2, k), sigma sorted descending.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def exact_triplets(W: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Leading `width` triplets from a full (thin) SVD of every matrix in the batch."""
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-    return U[..., :width], S[..., :width], Vh[..., :width, :].mT
 
 
 def warm_triplets(W: Tensor, V0: Tensor, iters: int = 1) -> tuple[Tensor, Tensor, Tensor]:

@@ -425,15 +425,20 @@ def test_weight_decay_does_not_add_to_the_q3r_step():
                                rtol=1e-12, atol=1e-14)
 
 
+def backward_both(m1, m2, t):
+    """The same loss, on the same batch, backpropagated through both twin models."""
+    for m in (m1, m2):
+        x, y = batch(m, t)
+        m.zero_grad()
+        F.mse_loss(m(x), y).backward()
+
+
 def test_non_regularized_params_match_adamw():
     m1, m2 = make(), make()
     opt1 = torch.optim.AdamW([m1.fc1.bias, m1.fc2.bias], lr=1e-2, weight_decay=0.1)
     opt2 = tiny_opt(m2, lr=1e-2, weight_decay=0.1, lmbda=0.5, target_rank=0.5)
     for t in range(5):
-        for m in (m1, m2):
-            x, y = batch(m, t)
-            m.zero_grad()
-            F.mse_loss(m(x), y).backward()
+        backward_both(m1, m2, t)
         opt1.step()
         opt2.step()
         with torch.no_grad():                       # keep m1's weights in step with m2's
@@ -454,10 +459,7 @@ def test_param_group_overrides():
     opt = AdamQ3R(groups, lr=1e-2, targets=targets, target_rank=0.5)
     assert opt.param_groups[0]["period"] == 5 and opt.param_groups[1]["period"] == 2
     for t in range(4):
-        for m in (m1, m2):
-            x, y = batch(m, t)
-            m.zero_grad()
-            F.mse_loss(m(x), y).backward()
+        backward_both(m1, m2, t)
         adam.step()
         opt.step()
         with torch.no_grad():
