@@ -44,6 +44,99 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def _fail(command: str, error: Exception) -> int:
+    print(f"q3r-tune {command}: {error}", file=sys.stderr)
+    return 2
+
+
+def _sweep_errors():
+    from .spec import SpecError
+    from .tracking import TrackingError
+    return (SpecError, TrackingError, FileNotFoundError, ValueError)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .sweep import run_sweep
+    try:
+        spec = load_spec(args.spec, args.set, variant=args.variant)
+        outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
+                            num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    except _sweep_errors() as e:
+        return _fail("sweep", e)
+    _where(outcome)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .sweep import resume_sweep
+    try:
+        outcome = resume_sweep(args.name, address=args.address, tracking_uri=args.tracking_uri,
+                               num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    except _sweep_errors() as e:
+        return _fail("resume", e)
+    _where(outcome)
+    return 0
+
+
+def _where(outcome) -> None:
+    print(f"sweep {outcome.name}: {len(outcome.records)} trials; MLflow tracking URI {outcome.tracking_uri}, "
+          f"parent run {outcome.parent_run_id}")
+    print(f"  inspect: q3r-tune pareto {outcome.name} | q3r-tune recommend {outcome.name} --budget 0.2")
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from .pareto import format_table, front_table, fronts
+    from .results import load_sweep
+    from .tracking import default_uri
+    try:
+        parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
+    except _sweep_errors() as e:
+        return _fail("pareto", e)
+    result = fronts(records)
+    if not result.all_points:
+        return _fail("pareto", ValueError(f"sweep {args.name!r} has no trial that finished its full budget yet"))
+    fronts_to_show = {"all techniques": result.overall}
+    if args.per_technique:
+        fronts_to_show.update(result.per_technique)
+    for title, front in fronts_to_show.items():
+        hv = result.hypervolume if title == "all techniques" else result.per_technique_hypervolume[title]
+        print(f"Pareto front, {title} (hypervolume {hv:.4f}, {len(front)} points):")
+        print(format_table(front_table(front)))
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .recommend import parse_budget, recommend, write_spec
+    from .results import load_sweep
+    from .tracking import default_uri
+    try:
+        budget = parse_budget(args.budget)
+        parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
+        rec = recommend(records, budget)
+    except _sweep_errors() as e:
+        return _fail("recommend", e)
+    p = rec.point
+    out = Path(args.out or f"recommended-{args.name}-{args.budget}.yaml")
+    write_spec(rec, out)
+    hp = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
+    print(f"best within budget {args.budget}: {p.technique}  {hp}")
+    print(f"  retention {p.retention:g}: accuracy {p.accuracy:.4f}, {p.parameters:,} parameters "
+          f"({p.targeted:.1%} of the targeted matrices), trial {p.trial_id}")
+    for alt in rec.alternatives:
+        print(f"  runner-up: {alt.technique} at retention {alt.retention:g}: accuracy {alt.accuracy:.4f}, "
+              f"{alt.parameters:,} parameters")
+    print(f"trial spec written to {out}; run it with: q3r-tune train {out}")
+    return 0
+
+
+def _tracking_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default sqlite:///./mlruns.db; an http:// server for clusters)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="q3r-tune", description="Tune Q3R low-rank training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default runs/<spec name>)")
     train.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
     train.set_defaults(func=_train)
+
+    sweep = sub.add_parser("sweep", help="run a sweep spec with Ray Tune (ASHA + Optuna), tracked in MLflow")
+    sweep.add_argument("spec", help="a sweep spec, e.g. search_spaces/digits_vit.yaml")
+    sweep.add_argument("--variant", help="a named variant of the spec (e.g. grid)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field, e.g. --set num_samples=4 (repeatable)")
+    sweep.add_argument("--storage", help="folder for Ray's trial state and checkpoints (default ./q3r-runs)")
+    for p in (sweep, sub.add_parser("resume", help="continue an interrupted sweep, found by its name")):
+        if p is not sweep:
+            p.add_argument("name", help="the sweep's name (its MLflow experiment)")
+            p.set_defaults(func=_resume)
+        _tracking_option(p)
+        p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local)")
+        p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+        p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: all)")
+    sweep.set_defaults(func=_sweep)
+
+    pareto = sub.add_parser("pareto", help="print a sweep's accuracy-vs-parameters Pareto front")
+    pareto.add_argument("name", help="the sweep's name (its MLflow experiment)")
+    pareto.add_argument("--per-technique", action="store_true", help="also print each technique's front")
+    _tracking_option(pareto)
+    pareto.set_defaults(func=_pareto)
+
+    rec = sub.add_parser("recommend", help="the best configuration within a parameter budget, as a trial spec")
+    rec.add_argument("name", help="the sweep's name (its MLflow experiment)")
+    rec.add_argument("--budget", required=True,
+                     help="a fraction of the targeted parameters (0.2) or a whole-model parameter count (50000)")
+    rec.add_argument("--out", help="where to write the trial spec (default recommended-NAME-BUDGET.yaml)")
+    _tracking_option(rec)
+    rec.set_defaults(func=_recommend)
     return parser
 
 

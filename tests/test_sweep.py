@@ -1,0 +1,101 @@
+"""A real sweep on tiny work: Ray Tune with ASHA, Optuna TPE, MLflow parent and child runs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import optuna
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from q3r import config
+from tuning import cli
+from tuning.results import load_records
+from tuning.spec import from_dict
+from tuning.sweep import run_sweep
+from tuning.tracking import find_sweep
+
+from sweep_helpers import short_tmp, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    ray_tmp = short_tmp()
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
+    try:
+        spec = from_dict(tiny_spec(), source="tiny.yaml")
+        uri = f"sqlite:///{folder / 'mlruns.db'}"
+        outcome = run_sweep(spec, tracking_uri=uri, storage=str(folder / "runs"))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return spec, uri, outcome, folder
+
+
+def test_asha_stopped_trials_are_pruned_in_optuna(sweep):
+    spec, uri, outcome, folder = sweep
+    statuses = [r.status for r in outcome.records]
+    assert len(statuses) == spec.num_samples
+    assert statuses.count("stopped") >= 1 and statuses.count("completed") >= 1
+    assert set(statuses) <= {"completed", "stopped"}
+    study = optuna.load_study(study_name=spec.experiment_name,
+                              storage=f"sqlite:///{outcome.storage}/optuna.db")
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.PRUNED) == statuses.count("stopped")
+    assert states.count(TrialState.COMPLETE) == statuses.count("completed")
+    for r in outcome.records:        # the study's objective is the value the trial reported
+        if r.status == "completed":
+            assert any(t.value == pytest.approx(r.metrics["objective"]) for t in study.trials
+                       if t.state == TrialState.COMPLETE)
+
+
+def test_mlflow_parent_and_one_child_per_trial(sweep):
+    spec, uri, outcome, folder = sweep
+    client = MlflowClient(uri)
+    parent = find_sweep(client, spec.experiment_name)
+    assert parent.info.run_id == outcome.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.source.git.commit"]
+    assert parent.data.tags["version.torch"] and parent.data.params["num_samples"] == "8"
+    records = load_records(client, parent.info.run_id)
+    assert len(records) == spec.num_samples and len({r.trial_id for r in records}) == spec.num_samples
+    for r in records:
+        run = client.get_run(r.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.params["technique.name"] == r.technique
+        for key in ("acc_at_0.1", "acc_at_0.5", "acc_at_1", "params_at_0.1", "targeted_at_0.5", "objective"):
+            steps = [m.step for m in client.get_metric_history(r.run_id, key)]
+            assert steps == list(range(1, r.epoch + 1)), key      # every evaluation, stepped by epoch
+        expected = sum(r.metrics[f"acc@{p}"] for p in ("0.1", "0.5")) / 2
+        assert r.metrics["objective"] == pytest.approx(expected)
+        assert r.epoch == (spec.epochs if r.status == "completed" else r.epoch) and r.epoch >= 1
+        assert config.from_dict(r.config).technique.name == r.technique
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "pareto", "recommendations.json", "recommended", "sweep_spec.yaml"} <= artifacts
+    local = client.download_artifacts(parent.info.run_id, "pareto/fronts.json", str(folder))
+    fronts = json.loads(open(local).read())
+    assert fronts["overall"] and 0 < fronts["hypervolume"] <= 1
+    assert parent.data.metrics["hypervolume"] == pytest.approx(fronts["hypervolume"])
+
+
+def test_pareto_and_recommend_commands_read_the_sweep(sweep, tmp_path, capsys):
+    spec, uri, outcome, folder = sweep
+    assert cli.main(["pareto", spec.experiment_name, "--tracking-uri", uri, "--per-technique"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front, all techniques" in out and "adamq3r" in out + "adamw"
+    target = tmp_path / "rec.yaml"
+    assert cli.main(["recommend", spec.experiment_name, "--tracking-uri", uri, "--budget", "0.5",
+                     "--out", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "best within budget 0.5" in out
+    cfg = config.load(target)                       # q3r-tune train runs it as is
+    assert cfg.technique.name in ("adamq3r", "adamw") and cfg.train.epochs == spec.epochs
+    assert cli.main(["recommend", spec.experiment_name, "--tracking-uri", uri, "--budget", "1e-9"]) == 2
+    assert "budget" in capsys.readouterr().err
+    assert cli.main(["pareto", "no-such-sweep", "--tracking-uri", uri]) == 2
+    assert "no sweep named 'no-such-sweep'" in capsys.readouterr().err

@@ -1,0 +1,184 @@
+"""Pareto fronts of a sweep: fewer parameters against higher accuracy after truncation.
+
+Compute, never draw: every function here takes ``TrialRecord``s (or ``Point``s) and returns plain
+typed values; the CLI prints them with ``format_table`` and the dashboards plot them.
+
+One trial scored at K retention levels gives K points: ``acc@p`` against ``params@p`` (whole-model
+parameter count after truncating every targeted matrix to rank r(p)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Sequence
+
+from .records import COMPLETED, STATUSES, TrialRecord
+
+
+class Point(NamedTuple):
+    """One trial truncated at one retention level."""
+
+    trial_id: str
+    technique: str
+    params: dict          # the searched hyperparameters of the trial
+    retention: float      # p
+    parameters: int       # params@p: whole-model parameter count after truncation
+    targeted: float       # targeted@p: fraction of the targeted matrices' parameters kept
+    accuracy: float       # acc@p: validation accuracy after truncation
+    run_id: str
+
+
+def _statuses(statuses: Iterable[str]) -> tuple[str, ...]:
+    statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ValueError(f"statuses must be drawn from {STATUSES}, but got {statuses=}")
+    return statuses
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,)) -> list[Point]:
+    """One point per (trial, retention level) of the trials whose status is in ``statuses``.
+
+    Levels without a finite accuracy or parameter count are left out; ``targeted`` is NaN where
+    the trial did not report ``targeted@p``.
+    """
+    statuses = _statuses(statuses)
+    out = []
+    for rec in records:
+        if rec.status not in statuses:
+            continue
+        levels = []
+        for key in rec.metrics:
+            if not key.startswith("acc@"):
+                continue
+            level = key[4:]
+            try:
+                retention = float(level)
+            except ValueError:
+                continue
+            acc, params = rec.metrics[key], rec.metrics.get(f"params@{level}")
+            if _finite(acc) and _finite(params):
+                targeted = rec.metrics.get(f"targeted@{level}")
+                targeted = float(targeted) if _finite(targeted) else math.nan
+                levels.append(Point(rec.trial_id, rec.technique, rec.params, retention,
+                                    int(round(float(params))), targeted, float(acc), rec.run_id))
+        out.extend(sorted(levels, key=lambda p: p.retention))
+    return out
+
+
+def dominates(a: Point, b: Point) -> bool:
+    """``a`` has no more parameters and no less accuracy than ``b``, and is strictly better in one."""
+    return (a.parameters <= b.parameters and a.accuracy >= b.accuracy
+            and (a.parameters < b.parameters or a.accuracy > b.accuracy))
+
+
+def _order(p: Point):
+    return (p.parameters, -p.accuracy, p.trial_id, p.retention)
+
+
+def pareto_front(pts: Iterable[Point]) -> list[Point]:
+    """The non-dominated points, by parameters ascending (so accuracy strictly ascending too).
+
+    Of points with identical parameters and accuracy one is kept: the lowest trial_id, then the
+    lowest retention. An O(n log n) sort and one sweep.
+    """
+    front: list[Point] = []
+    best = -math.inf
+    for p in sorted((p for p in pts if _finite(p.accuracy)), key=_order):
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def hypervolume(front: Iterable[Point], ref_parameters: float, ref_accuracy: float = 0.0) -> float:
+    """The area dominated by ``front`` and bounded by (ref_parameters, ref_accuracy).
+
+    Parameters are divided by ``ref_parameters``, so for accuracies in [0, 1] and ref_accuracy 0
+    the value lies in [0, 1]. Points with more parameters than the reference or less accuracy
+    contribute nothing; ``front`` need not be non-dominated.
+    """
+    if not _finite(ref_parameters) or ref_parameters <= 0:
+        raise ValueError(f"ref_parameters must be a positive number, but got {ref_parameters=}")
+    if not _finite(ref_accuracy):
+        raise ValueError(f"ref_accuracy must be a finite number, but got {ref_accuracy=}")
+    inside = pareto_front(p for p in front if p.parameters <= ref_parameters and p.accuracy >= ref_accuracy)
+    area = 0.0
+    for p, nxt in zip(inside, inside[1:] + [None]):
+        right = 1.0 if nxt is None else nxt.parameters / ref_parameters
+        area += (right - p.parameters / ref_parameters) * (p.accuracy - ref_accuracy)
+    return area
+
+
+@dataclass(frozen=True)
+class ParetoResult:
+    overall: list[Point]
+    per_technique: dict[str, list[Point]]
+    hypervolume: float
+    per_technique_hypervolume: dict[str, float]
+    ref_parameters: int
+    all_points: list[Point]
+
+
+def fronts(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,)) -> ParetoResult:
+    """The overall front and one per technique, with hypervolumes against one reference: the
+    largest parameter count among the points (the dense model) and accuracy 0."""
+    pts = points(records, statuses)
+    ref = max((p.parameters for p in pts), default=0)
+    per_technique = {t: pareto_front(p for p in pts if p.technique == t)
+                     for t in sorted({p.technique for p in pts})}
+    overall = pareto_front(pts)
+
+    def hv(front):
+        return hypervolume(front, ref) if ref > 0 else 0.0
+
+    return ParetoResult(overall=overall, per_technique=per_technique, hypervolume=hv(overall),
+                        per_technique_hypervolume={t: hv(f) for t, f in per_technique.items()},
+                        ref_parameters=ref, all_points=pts)
+
+
+def format_params(params: dict) -> str:
+    """{"lr": 1e-3, "lmbda": 0.5} -> "lmbda=0.5 lr=0.001" (keys sorted)."""
+    def value(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return " ".join(f"{k}={value(v)}" for k, v in sorted(params.items()))
+
+
+def front_table(front: Iterable[Point]) -> list[dict]:
+    """Rows for printing or logging, one per point, in the given order."""
+    return [{"technique": p.technique, "hyperparameters": format_params(p.params), "retention": p.retention,
+             "parameters": p.parameters, "accuracy": p.accuracy, "trial_id": p.trial_id} for p in front]
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A plain aligned text table: numbers right-aligned, text left-aligned."""
+    if not rows:
+        return "(no rows)"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows)
+               for c in columns]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])

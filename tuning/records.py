@@ -1,0 +1,45 @@
+"""What a sweep knows about one trial, as read back from MLflow (or built in tests by hand).
+
+``tuning.results`` fills these from the sweep's child runs; ``tuning.pareto``, ``tuning.recommend``
+and ``dashboards`` compute from them and never touch MLflow or Ray themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Final statuses of a trial (the MLflow tag ``q3r.status``):
+COMPLETED = "completed"      # ran its full budget of epochs
+STOPPED = "stopped"          # stopped early by the scheduler (ASHA)
+DIVERGED = "diverged"        # non-finite loss: stopped itself
+COLLAPSED = "collapsed"      # accuracy at chance after rank collapse: stopped itself
+FAILED = "failed"            # raised an error
+RUNNING = "running"          # not finished (the sweep is still going, or was interrupted)
+STATUSES = (COMPLETED, STOPPED, DIVERGED, COLLAPSED, FAILED, RUNNING)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a sweep.
+
+    ``params`` holds the searched hyperparameters only, by their trial-spec field names
+    (``{"lmbda": 0.5, "target_rank": 0.1, "period": 5, "lr": 1e-3}``); ``config`` is the whole
+    trial spec as a dict (``q3r.config.from_dict(config)`` rebuilds it, ``q3r-tune train`` runs it).
+    ``metrics`` is the last evaluation's flat dict: ``acc``, ``acc@0.2``, ``params@0.2`` (whole-model
+    parameter count after truncation at 0.2), ``targeted@0.2`` (fraction of the targeted matrices'
+    parameters kept), ``objective``, ``diag/mean/...``. ``history`` is every evaluation, in epoch order,
+    each a flat dict with at least ``epoch`` and ``objective``.
+    """
+
+    trial_id: str
+    technique: str
+    params: dict
+    status: str
+    epoch: int
+    metrics: dict
+    history: tuple = ()
+    config: dict = field(default_factory=dict)
+    run_id: str = ""
+
+    def retentions(self) -> list[float]:
+        """The retention levels this trial was scored at, ascending."""
+        return sorted(float(k[4:]) for k in self.metrics if k.startswith("acc@"))

@@ -1,0 +1,74 @@
+"""Read a sweep back from MLflow as ``TrialRecord``s (finished or still running).
+
+Everything that looks at a sweep after the fact (``pareto``, ``recommend``, ``report``, the
+dashboards) starts here, from the tracking store alone: no Ray, no files of the driver.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from mlflow.tracking import MlflowClient
+
+from .records import TrialRecord
+from .tracking import CONFIG, PARAMS, PARENT, STATUS, TECHNIQUE, TRIAL_ID, find_sweep, metric_key
+
+HISTORY_KEYS = ("epoch", "objective", "acc", "train_loss")   # per-evaluation series kept in ``history``
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list:
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def record_of(client: MlflowClient, run, with_history: bool = True) -> TrialRecord:
+    tags, data = run.data.tags, run.data
+    metrics = {metric_key(k): (int(v) if k.startswith("params_at_") else v) for k, v in data.metrics.items()}
+    history: list = []
+    if with_history:
+        series = {k: client.get_metric_history(run.info.run_id, k) for k in HISTORY_KEYS if k in data.metrics}
+        steps: dict = {}
+        for key, points in series.items():
+            for m in points:
+                steps.setdefault(int(m.step), {})[key] = m.value
+        history = [dict(v, epoch=s) for s, v in sorted(steps.items())]
+    return TrialRecord(trial_id=tags.get(TRIAL_ID, run.info.run_id), technique=tags.get(TECHNIQUE, "?"),
+                       params=json.loads(tags.get(PARAMS, "{}")), status=tags.get(STATUS, "running"),
+                       epoch=int(metrics.get("epoch", 0)), metrics=metrics, history=tuple(history),
+                       config=json.loads(tags.get(CONFIG, "{}")), run_id=run.info.run_id)
+
+
+def load_records(client: MlflowClient, parent_run_id: str, with_history: bool = True) -> list[TrialRecord]:
+    """Every trial of the sweep whose parent run is ``parent_run_id``, ordered by trial id."""
+    records = [record_of(client, r, with_history) for r in child_runs(client, parent_run_id)]
+    return sorted(records, key=lambda r: r.trial_id)
+
+
+def load_sweep(tracking_uri: str, name: str, with_history: bool = True) -> tuple[object, list[TrialRecord]]:
+    """(parent run, trial records) of the latest sweep in the experiment ``name``."""
+    from .tracking import check_tracking
+
+    client = check_tracking(tracking_uri)
+    parent = find_sweep(client, name)
+    return parent, load_records(client, parent.info.run_id, with_history)
+
+
+def results_table(records: list[TrialRecord], retentions: Optional[list] = None) -> list[dict]:
+    """One flat row per trial: id, technique, status, epoch, hyperparameters, objective, acc@p."""
+    rows = []
+    for r in records:
+        row = {"trial_id": r.trial_id, "technique": r.technique, "status": r.status, "epoch": r.epoch}
+        row.update(r.params)
+        row["objective"] = r.metrics.get("objective")
+        for p in retentions or r.retentions():
+            key = f"{p:g}"
+            row[f"acc@{key}"] = r.metrics.get(f"acc@{key}")
+        rows.append(row)
+    return rows

@@ -1,0 +1,172 @@
+"""Run a sweep: Ray Tune trials of the recipe, ASHA, Optuna, every trial mirrored into MLflow.
+
+``run_sweep(spec)`` checks the tracking store first (an unreachable server fails before any
+trial starts), opens the sweep's parent run, runs the Tuner, then publishes the results table,
+the Pareto fronts and the recommendations on the parent run. ``resume_sweep(name)`` finds an
+interrupted sweep by its experiment name and continues it: finished trials are kept, unfinished
+ones continue from their last checkpoint, and every trial keeps its MLflow run.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")   # experiment state on disk within a second
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from .publish import publish
+from .records import TrialRecord
+from .results import load_records
+from .searcher import make_searcher
+from .space import split_config
+from .spec import SweepSpec, from_dict
+from .tracking import TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, start_sweep
+from .trainable import train_trial
+
+PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"))
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    tracking_uri: str
+    parent_run_id: str
+    storage: str
+    records: list
+    summary: dict
+
+
+def resolve_paths(spec_dict: dict, base: Path) -> dict:
+    """Relative data/model paths made absolute: trials run in their own working directories."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec_dict.items()}
+    for section, key in PATH_FIELDS:
+        value = out.get(section, {}).get(key)
+        if value and not Path(value).is_absolute():
+            out[section][key] = str((base / value).resolve())
+    return out
+
+
+def trial_config(spec_dict: dict, config: dict):
+    """(technique, params, TrialConfig) of one Ray trial config; picklable through functools.partial."""
+    technique, params = split_config(config)
+    return technique, params, from_dict(spec_dict).trial_config(technique, params)
+
+
+class _TrialConfigOf:
+    """A picklable callable: Ray config -> (technique, params, TrialConfig) for the tracking callback."""
+
+    def __init__(self, spec_dict: dict):
+        self.spec_dict = spec_dict
+
+    def __call__(self, config: dict):
+        return trial_config(self.spec_dict, config)
+
+
+def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int]) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=False)
+
+
+def check_resources(spec: SweepSpec) -> None:
+    total = ray.cluster_resources()
+    cpu, gpu = total.get("CPU", 0), total.get("GPU", 0)
+    if spec.resources.cpu > cpu or spec.resources.gpu > gpu:
+        raise TrackingError(f"{spec.source}: a trial asks for resources {{cpu: {spec.resources.cpu}, gpu: "
+                            f"{spec.resources.gpu}}} but the Ray cluster has {{cpu: {cpu:g}, gpu: {gpu:g}}}")
+
+
+def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, callbacks: list):
+    (storage / run_name).mkdir(parents=True, exist_ok=True)
+    searcher, param_space = make_searcher(spec, storage=f"sqlite:///{storage / run_name / 'optuna.db'}"
+                                          if spec.searcher.kind != "grid" else None)
+    if spec.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=spec.max_t,
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    run_config = tune.RunConfig(name=run_name, storage_path=str(storage), callbacks=callbacks,
+                                failure_config=tune.FailureConfig(max_failures=2),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1)
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                  max_concurrent_trials=spec.max_concurrent)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+              storage: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+              log: Callable[[str], None] = print) -> SweepOutcome:
+    uri = tracking_uri or spec.tracking.uri or default_uri()
+    client = check_tracking(uri)                              # before anything starts
+    spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
+    storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
+    run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    connect(address, num_cpus, num_gpus)
+    check_resources(spec)
+    parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
+    log(f"sweep {spec.experiment_name}: {spec.num_samples} trials, MLflow parent run {parent} in {uri}")
+    callbacks = [TrialRuns(uri, spec.experiment_name, parent, _TrialConfigOf(spec_dict), spec.max_t)]
+    tuner = make_tuner(spec, spec_dict, storage_dir, run_name, callbacks)
+    return _finish(client, uri, spec, parent, str(storage_dir / run_name), tuner.fit(), log)
+
+
+def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+                 log: Callable[[str], None] = print) -> SweepOutcome:
+    """Continue the latest sweep of experiment ``name`` where its driver stopped."""
+    uri = tracking_uri or default_uri()
+    client = check_tracking(uri)
+    parent_run = find_sweep(client, name)
+    parent = parent_run.info.run_id
+    path = parent_run.data.tags.get("q3r.storage", "")
+    if not tune.Tuner.can_restore(path):
+        raise TrackingError(f"sweep {name!r}: its Ray experiment folder {path!r} is missing or holds no state")
+    spec_dict = _load_spec_artifact(client, parent)
+    spec = from_dict(spec_dict, source=f"sweep {name}")
+    connect(address, num_cpus, num_gpus)
+    client.update_run(parent, status="RUNNING")
+    log(f"resuming sweep {name} from {path}")
+    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    return _finish(client, uri, spec, parent, path, tuner.fit(), log)
+
+
+def _load_spec_artifact(client, run_id: str) -> dict:
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    local = download_artifacts(run_id=run_id, artifact_path="sweep_spec.yaml", tracking_uri=client.tracking_uri)
+    return yaml.safe_load(Path(local).read_text())
+
+
+def _finish(client, uri: str, spec: SweepSpec, parent: str, storage: str, grid, log) -> SweepOutcome:
+    """Close leftover runs, publish the results on the parent run, close it."""
+    records: list[TrialRecord] = load_records(client, parent)
+    for r in records:
+        if r.status == "running":              # the tuner has returned: no trial of this sweep still runs
+            client.set_tag(r.run_id, "q3r.status", "failed")
+            client.set_terminated(r.run_id, "FAILED")
+    records = load_records(client, parent)
+    summary = publish(client, parent, spec, records, log=log)
+    errors = sum(1 for r in grid if r.error is not None)
+    client.set_terminated(parent, "FINISHED")
+    log(f"MLflow: experiment {spec.experiment_name!r}, parent run {parent}, tracking URI {uri}"
+        + (f"; {errors} trial(s) failed" if errors else ""))
+    return SweepOutcome(spec.experiment_name, uri, parent, storage, records, summary)

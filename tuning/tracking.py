@@ -1,0 +1,207 @@
+"""MLflow bookkeeping: one parent run per sweep, one child run per trial, no duplicates on resume.
+
+Runs are found again by tags, never created twice: the parent carries ``q3r.role = sweep``, each
+child ``q3r.trial_id`` and ``mlflow.parentRunId``. MLflow metric names may not contain ``@``, so the
+trial metric ``acc@0.2`` is logged as ``acc_at_0.2`` (``mlflow_key`` / ``metric_key`` convert).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from .records import COMPLETED, FAILED, STOPPED
+
+ROLE, SWEEP = "q3r.role", "sweep"
+TRIAL_ID, STATUS, TECHNIQUE, PARAMS, CONFIG = "q3r.trial_id", "q3r.status", "q3r.technique", "q3r.params", "q3r.config"
+PARENT = "mlflow.parentRunId"
+LOGGED = ("acc", "objective", "train_loss", "epoch", "time_s")      # plus every acc@/params@/targeted@/diag/ key
+PACKAGES = ("q3r-tune", "torch", "timm", "transformers", "ray", "optuna", "mlflow", "peft")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable server, unwritable path, unknown sweep)."""
+
+
+def default_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+def mlflow_key(key: str) -> str:
+    return key.replace("@", "_at_")
+
+
+def metric_key(key: str) -> str:
+    return key.replace("_at_", "@")
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> MlflowClient:
+    """A client for ``uri``, or a ``TrackingError`` that names the URI, before any trial starts."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as reply:
+                if reply.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {reply.status} at /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
+                                f"start one with `mlflow server --host HOST --port PORT` or pass another "
+                                f"--tracking-uri") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        raise TrackingError(f"tracking store {uri} cannot be used: {e}") from None
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        raise TrackingError(f"no sweep named {name!r} in the tracking store {client.tracking_uri}")
+    location = None
+    if client.tracking_uri.startswith("sqlite:///"):   # artifacts beside the database, not in the cwd
+        location = (Path(client.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def find_sweep(client: MlflowClient, name: str):
+    """The latest parent run of the sweep named ``name`` (its MLflow experiment)."""
+    exp_id = experiment_id(client, name, create=False)
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{ROLE}` = '{SWEEP}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"experiment {name!r} in {client.tracking_uri} holds no q3r-tune sweep")
+    return runs[0]
+
+
+def start_sweep(client: MlflowClient, name: str, spec_dict: dict, storage: str) -> str:
+    """Create the parent run: the spec, the git commit, package versions; returns its run id."""
+    exp_id = experiment_id(client, name)
+    tags = {ROLE: SWEEP, "q3r.storage": storage, "mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+            "mlflow.source.git.commit": git_commit()}
+    tags.update({f"version.{p}": version(p) for p in PACKAGES})
+    run = client.create_run(exp_id, tags=tags)
+    flat = {k: v for k, v in spec_dict.items() if not isinstance(v, (dict, list))}
+    flat.update({f"{sec}.{k}": v for sec in ("scheduler", "searcher", "resources")
+                 for k, v in spec_dict.get(sec, {}).items()})
+    flat["techniques"] = ",".join(spec_dict.get("techniques", {}))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
+    client.log_dict(run.info.run_id, spec_dict, "sweep_spec.yaml")
+    return run.info.run_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def final_status(result: Optional[dict], max_t: int) -> str:
+    """completed, stopped (by the scheduler), diverged or collapsed, from a trial's last result."""
+    status = (result or {}).get("status", "running")
+    if status == "running":
+        return COMPLETED if (result or {}).get("epoch", 0) >= max_t else STOPPED
+    return status
+
+
+class TrialRuns(Callback):
+    """A Ray Tune callback that mirrors every trial into a child run of the sweep's parent run."""
+
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, trial_config, max_t: int):
+        self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent_run_id
+        self.trial_config = trial_config          # (Ray config) -> (technique, params, TrialConfig)
+        self.max_t = max_t
+        self._runs: dict[str, str] = {}           # trial id -> run id
+        self._last_step: dict[str, int] = {}      # run id -> last epoch logged (no duplicates on resume)
+        self._client: Optional[MlflowClient] = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self):                       # Ray saves callbacks with the experiment state
+        return {**self.__dict__, "_client": None}
+
+    def run_for(self, trial) -> str:
+        """The trial's child run: found by its tags if it exists (after a resume), else created."""
+        tid = trial.trial_id
+        if tid in self._runs:
+            return self._runs[tid]
+        exp_id = experiment_id(self.client, self.experiment)
+        found = self.client.search_runs([exp_id], filter_string=f"tags.`{TRIAL_ID}` = '{tid}' and "
+                                                                f"tags.`{PARENT}` = '{self.parent}'")
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._last_step[run_id] = max((int(m.value) for m in history), default=0)
+        else:
+            technique, params, cfg = self.trial_config(trial.config)
+            tags = {PARENT: self.parent, TRIAL_ID: tid, TECHNIQUE: technique, STATUS: "running",
+                    PARAMS: json.dumps(params), CONFIG: json.dumps(cfg.to_dict()),
+                    "mlflow.runName": f"{technique}-{tid}"}
+            run_id = self.client.create_run(exp_id, tags=tags).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.flat().items()])
+            self._last_step[run_id] = 0
+        self._runs[tid] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, STATUS, "running")
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_for(trial)
+        step = int(result.get("epoch", 0))
+        if step <= self._last_step.get(run_id, 0):   # already logged before an interruption
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(mlflow_key(k), float(v), now, step) for k, v in result.items()
+                   if (k in LOGGED or "@" in k or k.startswith("diag/")) and isinstance(v, (int, float))]
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(STATUS, "running")])
+        self._last_step[run_id] = step
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finish(trial, final_status(trial.last_result, self.max_t), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finish(trial, FAILED, "FAILED")
+
+    def finish(self, trial, status: str, run_status: str) -> None:
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, STATUS, status)
+        self.client.set_terminated(run_id, run_status)
+
+
+__all__ = ["TrackingError", "TrialRuns", "check_tracking", "default_uri", "find_sweep", "start_sweep",
+           "mlflow_key", "metric_key", "final_status", "experiment_id", "STOPPED"]

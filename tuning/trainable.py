@@ -1,0 +1,54 @@
+"""The Ray Tune trainable: one trial of a sweep is one ``q3r.recipe.run_trial`` call.
+
+Every evaluation is forwarded to Ray with the sweep's scalar ``objective`` added and the
+trial's checkpoint attached, so ASHA can stop the trial and a restarted worker (or a resumed
+sweep) continues from the last evaluation instead of from scratch.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from q3r.recipe import CHECKPOINT, run_trial
+
+from .spec import from_dict, objective_value
+from .space import split_config
+
+DIVERGED_OBJECTIVE = 0.0   # a diverged trial has no accuracy; it scores the worst possible objective
+
+
+def trial_metrics(metrics: dict, objective: str, retentions) -> dict:
+    """The dict a trial reports to Ray: the recipe's metrics plus ``objective``."""
+    out = dict(metrics)
+    if metrics.get("status") == "diverged":
+        out["objective"] = DIVERGED_OBJECTIVE
+    else:
+        out["objective"] = objective_value(metrics, objective, retentions)
+    return out
+
+
+def train_trial(config: dict, spec: dict) -> None:
+    """Ray Tune function trainable; ``spec`` is the sweep spec as a dict (``SweepSpec.to_dict()``)."""
+    sweep = from_dict(spec)
+    technique, params = split_config(config)
+    cfg = sweep.trial_config(technique, params)
+    workdir = Path(tempfile.mkdtemp(prefix="q3r-trial-"))
+    resume = False
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:                       # a retried worker or a resumed sweep
+        with checkpoint.as_directory() as d:
+            shutil.copy(Path(d) / CHECKPOINT, workdir / CHECKPOINT)
+        resume = True
+
+    def report(metrics: dict) -> None:
+        out = trial_metrics(metrics, sweep.objective, sweep.retentions)
+        has_ckpt = (workdir / CHECKPOINT).is_file() and metrics.get("status") != "diverged"
+        tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(workdir)) if has_ckpt else None)
+
+    try:
+        run_trial(cfg, report=report, checkpoint_dir=str(workdir), resume=resume)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
