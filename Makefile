@@ -23,6 +23,8 @@ sweep: $(STAMP)
 	$(VENV)/bin/q3r-tune demo
 
 test: $(STAMP)
+	-@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the browser test of the report will be skipped"
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -61,6 +61,8 @@ class TechniqueConfig:
     alpha: float = 0.1                     # lorita: weight decay of the factors
     lora_rank: Optional[int] = None        # lora fine-tuning rank (pre-training uses r(target_rank))
     finetune: bool = False                 # regularize Delta W on frozen pretrained weights
+    eps_schedule: str = "paper"            # Q3R techniques: eps never rises ("paper") or "geometric" decay
+    svd: str = "warm"                      # Q3R techniques: warm-started subspace iteration or "exact" SVDs
 
 
 @dataclass
@@ -100,6 +102,8 @@ CHOICES = {
     "data.augment": (None, "none", "basic", "strong"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.schedule": ("constant", "cosine"),
+    "technique.eps_schedule": ("paper", "geometric"),
+    "technique.svd": ("warm", "exact"),
 }
 POSITIVE = {"train.epochs", "train.batch_size", "train.eval_every", "train.threads", "technique.period",
             "technique.depth", "data.max_length"}

@@ -11,10 +11,10 @@ import time
 from . import config
 from .recipe import run_trial
 
-TECHNIQUES = {  # technique -> its hyperparameters (the reference settings for AdamQ3R)
+TECHNIQUES = {  # technique -> its hyperparameters (lmbda 5: see the README's seed-averaged comparison)
     "adamw": {"weight_decay": 0.05},
-    "adamq3r": {"lmbda": 1.0, "target_rank": 0.1, "period": 5},
-    "adam_q3r_loss": {"lmbda": 1.0, "target_rank": 0.1, "period": 5},
+    "adamq3r": {"lmbda": 5.0, "target_rank": 0.1, "period": 5},
+    "adam_q3r_loss": {"lmbda": 5.0, "target_rank": 0.1, "period": 5},
     "lora": {"target_rank": 0.2},
     "lorita": {"depth": 2, "alpha": 0.1},
 }
@@ -26,13 +26,13 @@ def trial_config(technique: str, epochs: int, threads: int, seed: int = 0) -> co
         "data": {"name": "digits"},
         "model": {"kind": "vit", "depth": 4, "width": 64},
         "technique": {"name": technique, "lr": 1e-3, **TECHNIQUES[technique]},
-        "train": {"epochs": epochs, "batch_size": 64, "eval_every": epochs, "retentions": RETENTIONS,
+        "train": {"epochs": epochs, "batch_size": 32, "eval_every": epochs, "retentions": RETENTIONS,
                   "seed": seed, "threads": threads, "device": "cpu"},
     })
 
 
 def main(epochs: int = 40, threads: int = 2, techniques=tuple(TECHNIQUES)) -> dict:
-    print(f"digits, ViT 4 blocks x 64 wide, {epochs} epochs, lr 1e-3; accuracy after truncation at retention p")
+    print(f"digits, ViT 4 blocks x 64 wide, {epochs} epochs, lr 1e-3, batch 32; accuracy after truncation at retention p")
     rows = {}
     for name in techniques:
         start = time.perf_counter()

@@ -40,7 +40,7 @@ GLUE_TASKS = {
     "rte": GlueTask("RTE", "dev.tsv", True, ("sentence1", "sentence2"), "label",
                     ("entailment", "not_entailment"), 2),
     "mnli": GlueTask("MNLI", "dev_matched.tsv", True, ("sentence1", "sentence2"), "gold_label",
-                     ("contradiction", "entailment", "neutral"), 3),
+                     ("entailment", "neutral", "contradiction"), 3),   # Hugging Face's glue/mnli label ids
     "qqp": GlueTask("QQP", "dev.tsv", True, ("question1", "question2"), "is_duplicate", None, 2, True),
     "stsb": GlueTask("STS-B", "dev.tsv", True, ("sentence1", "sentence2"), "score", (), 1),
 }

@@ -66,6 +66,11 @@ def make_schedule(cfg: TrialConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def q3r_options(t) -> dict:
+    """The operator-bank options of the spec, for the techniques that have a Q3R operator."""
+    return {"eps_schedule": t.eps_schedule, "svd": t.svd} if t.name in ("adamq3r", "adam_q3r_loss") else {}
+
+
 def task_loss(logits, y):
     if logits.shape[-1] == 1:                    # a regression head (GLUE STS-B)
         return F.mse_loss(logits.squeeze(-1).float(), y.float())
@@ -87,7 +92,7 @@ def run_trial(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir:
     t = cfg.technique
     tech = build_technique(t.name, model, modules=tuple(cfg.model.modules), lr=t.lr, weight_decay=t.weight_decay,
                            lmbda=t.lmbda, target_rank=t.target_rank, period=t.period, depth=t.depth,
-                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune)
+                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **q3r_options(t))
     val_loader = DataLoader(val_set, batch_size=max(256, cfg.train.batch_size), pin_memory=on_gpu)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
     sched = make_schedule(cfg, tech.optimizer, steps_per_epoch)

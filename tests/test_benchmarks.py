@@ -18,3 +18,10 @@ def test_scoring_cost_smoke():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("ratio") == 2
+
+
+def test_digits_techniques_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "digits_techniques.py"), "--smoke-test"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "ratio adamq3r/adamw" in out.stdout and out.stdout.count("mean") == 2

@@ -255,7 +255,7 @@ def test_glue_missing_file_tokenizer_and_task(tmp_path, tokenizer):
     ("qnli", "QNLI", "dev.tsv", "index\tquestion\tsentence\tlabel", "0\tis he good\the is good\tnot_entailment", 1),
     ("rte", "RTE", "dev.tsv", "index\tsentence1\tsentence2\tlabel", "0\ta cat sat\tthe cat sat\tentailment", 0),
     ("mnli", "MNLI", "dev_matched.tsv", "index\tgenre\tsentence1\tsentence2\tlabel1\tgold_label",
-     "0\tfiction\the ran\tshe ran\tneutral\tneutral", 2),
+     "0\tfiction\the ran\tshe ran\tneutral\tneutral", 1),   # HF order: entailment 0, neutral 1, contradiction 2
     ("qqp", "QQP", "dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "0\t1\t2\tyes\tno\t1", 1),
 ])
 def test_glue_other_tasks(tmp_path, tokenizer, task, folder, dev, header, row, label):

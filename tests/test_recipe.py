@@ -124,3 +124,18 @@ def test_train_cli_missing_dataset_is_one_clear_error(tmp_path, capsys):
     assert cli(["train", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "download" in err
+
+
+@pytest.mark.parametrize("technique", ["adamq3r", "adam_q3r_loss"])
+def test_spec_bank_options_reach_the_operators(technique, monkeypatch):
+    from q3r import recipe
+    from q3r.schedules import GeometricEps
+
+    built = []
+    real = recipe.build_technique
+    monkeypatch.setattr(recipe, "build_technique", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    cfg = tiny(technique, epochs=1, eval_every=1)
+    cfg.technique.svd, cfg.technique.eps_schedule = "exact", "geometric"
+    assert run_trial(cfg).status == "completed"
+    (bank,) = built[0].banks()
+    assert bank.svd == "exact" and isinstance(bank.schedule, GeometricEps)

@@ -32,8 +32,7 @@ def free_port() -> int:
 
 
 def test_two_node_cluster_survives_a_worker_node_removed_mid_trial(tmp_path):
-    ray_tmp = short_tmp()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_temp_dir": str(ray_tmp)})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -64,7 +63,6 @@ def test_two_node_cluster_survives_a_worker_node_removed_mid_trial(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert removed.is_set(), "the worker node was never removed mid-trial"
     assert len(outcome.records) == 3
     assert all(r.status == "completed" and r.epoch == 8 for r in outcome.records), \

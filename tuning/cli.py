@@ -132,6 +132,39 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import time
+
+    from dashboards.report import write_pngs, write_report
+
+    from .results import load_sweep
+    from .tracking import default_uri
+    uri = args.tracking_uri or default_uri()
+    try:
+        parent, records = load_sweep(uri, args.name)
+    except _sweep_errors() as e:
+        return _fail("report", e)
+    subtitle = (f"MLflow {uri}, parent run {parent.info.run_id} ({parent.info.status}), "
+                f"read {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    out = write_report(records, args.out or f"report-{args.name}.html", title=f"q3r-tune sweep {args.name}",
+                       subtitle=subtitle)
+    print(f"report of {len(records)} trials written to {out.resolve()}")
+    if args.pngs:
+        for path in write_pngs(records, args.pngs):
+            print(f"  {path}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from dashboards.ui import UIError, serve
+
+    from .tracking import default_uri
+    try:
+        return serve(args.tracking_uri or default_uri(), args.host, args.port, log=lambda m: print(m, flush=True))
+    except UIError as e:
+        return _fail("ui", e)
+
+
 def _tracking_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default sqlite:///./mlruns.db; an http:// server for clusters)")
@@ -181,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", help="where to write the trial spec (default recommended-NAME-BUDGET.yaml)")
     _tracking_option(rec)
     rec.set_defaults(func=_recommend)
+
+    report = sub.add_parser("report", help="write a sweep's HTML report (Pareto front, retention curves, "
+                                           "sensitivity, ASHA progress, recommendations)")
+    report.add_argument("name", help="the sweep's name (its MLflow experiment); finished or still running")
+    report.add_argument("-o", "--out", help="the HTML file to write (default report-NAME.html)")
+    report.add_argument("--pngs", metavar="FOLDER", help="also write the figures as PNGs into FOLDER")
+    _tracking_option(report)
+    report.set_defaults(func=_report)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store until Ctrl+C")
+    _tracking_option(ui)
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    ui.set_defaults(func=_ui)
     return parser
 
 

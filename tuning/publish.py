@@ -1,17 +1,21 @@
 """What a finished sweep leaves on its MLflow parent run: results, Pareto fronts, recommendations.
 
 Artifacts: ``results.csv`` (one row per trial), ``pareto/front.csv`` and ``pareto/fronts.json``
-(overall and per technique, with hypervolumes), ``pareto/front.png``, ``recommendations.json``
-(the best configuration at each budget) and ``recommended/<budget>.yaml`` (trial specs that
-``q3r-tune train`` runs as they are). Metrics: ``hypervolume`` and ``hypervolume/<technique>``.
+(overall and per technique, with hypervolumes), ``recommendations.json`` (the best configuration
+at each budget), ``recommended/<budget>.yaml`` (trial specs that ``q3r-tune train`` runs as they
+are), ``report.html`` (the interactive report of ``dashboards``, also for a sweep without a finished
+trial) and ``figures/*.png`` (its figures as images). Metrics: ``hypervolume`` and
+``hypervolume/<technique>``.
 """
 from __future__ import annotations
 
 import csv
 import io
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote, urlparse
 
 from .pareto import format_table, front_table, fronts
 from .recommend import recommend, recommendation_table, write_spec
@@ -43,6 +47,7 @@ def publish(client, parent: str, spec, records: list, log: Callable[[str], None]
     summary: dict = {"trials": len(records), "completed": sum(r.status == "completed" for r in records)}
     if not result.all_points:
         log("no trial finished its full budget: no Pareto front yet")
+        summary.update(log_report(client, parent, records, log))
         return summary
     client.log_text(parent, to_csv(front_table(result.overall)), "pareto/front.csv")
     client.log_dict(parent, {"hypervolume": result.hypervolume, "ref_parameters": result.ref_parameters,
@@ -64,22 +69,45 @@ def publish(client, parent: str, spec, records: list, log: Callable[[str], None]
             path = Path(tmp) / f"budget-{budget:g}.yaml"
             write_spec(rec, path)
             client.log_artifact(parent, str(path), "recommended")
-        png = Path(tmp) / "front.png"
-        if draw_front_png(result, png):
-            client.log_artifact(parent, str(png), "pareto")
     log("Pareto front (accuracy vs parameters, trials that finished their budget):")
     log(format_table(front_table(result.overall)))
     log("Recommended hyperparameters by budget (fraction of the targeted parameters):")
     log(format_table([{k: v for k, v in row.items()} for row in table]))
     summary.update(hypervolume=result.hypervolume, front=len(result.overall), recommendations=table)
+    summary.update(log_report(client, parent, records, log))
     return summary
 
 
-def draw_front_png(result, path: Path) -> bool:
-    """The front as a PNG (the full interactive report is ``q3r-tune report``)."""
+def local_path(uri: str):
+    """The local file behind an artifact URI (file:// or a plain path), else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if not parsed.scheme or len(parsed.scheme) == 1:          # a path (or a Windows drive letter)
+        return Path(uri)
+    return None
+
+
+def log_report(client, parent: str, records: list, log: Callable[[str], None] = print) -> dict:
+    """Log the full report (``report.html``) and its figures (``figures/*.png``) on the parent run;
+    returns ``{"report": path}``, a local path when the artifact store is local, else its URI.
+    A report that cannot be drawn is logged as such and does not fail the sweep."""
     try:
-        from dashboards.static import pareto_png
-    except ImportError:
-        return False
-    pareto_png(result, path)
-    return True
+        from dashboards.report import write_pngs, write_report
+
+        run = client.get_run(parent)
+        name = client.get_experiment(run.info.experiment_id).name
+        with tempfile.TemporaryDirectory() as tmp:
+            html = write_report(records, Path(tmp) / "report.html", title=f"q3r-tune sweep {name}",
+                                subtitle=f"MLflow parent run {parent}, written when the sweep finished at "
+                                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+            client.log_artifact(parent, str(html))
+            for png in write_pngs(records, Path(tmp) / "figures"):
+                client.log_artifact(parent, str(png), "figures")
+    except Exception as e:  # noqa: BLE001 - hours of trials must not be lost to a drawing error
+        log(f"the sweep report could not be written: {type(e).__name__}: {e}")
+        return {"report_error": f"{type(e).__name__}: {e}"}
+    where = run.info.artifact_uri.rstrip("/") + "/report.html"
+    local = local_path(where)
+    log(f"report: {local or where} (also in the MLflow UI: `q3r-tune ui`, parent run {parent}, Artifacts)")
+    return {"report": str(local) if local else where}

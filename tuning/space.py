@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 RANGES = ("loguniform", "uniform", "int", "logint")
 DIST_KINDS = RANGES + ("choice",)
 
-_Q3R = ("lr", "lmbda", "target_rank", "period", "weight_decay")
+_Q3R = ("lr", "lmbda", "target_rank", "period", "weight_decay", "eps_schedule", "svd")
 TECHNIQUE_PARAMS = {  # what a sweep may set per technique; `finetune` (true/false) is accepted for every one
     "adamq3r": _Q3R,
     "adam_q3r_loss": _Q3R,
@@ -52,6 +52,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "depth": (lambda v: _int(v) and v >= 1, "an int >= 1"),
     "lora_rank": (lambda v: v is None or (_int(v) and v >= 1), "null or an int >= 1"),
     "finetune": (lambda v: isinstance(v, bool), "true or false"),
+    "eps_schedule": (lambda v: v in ("paper", "geometric"), "'paper' or 'geometric'"),
+    "svd": (lambda v: v in ("warm", "exact"), "'warm' or 'exact'"),
 }
 
 

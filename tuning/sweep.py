@@ -89,6 +89,13 @@ def check_resources(spec: SweepSpec) -> None:
                             f"{spec.resources.gpu}}} but the Ray cluster has {{cpu: {cpu:g}, gpu: {gpu:g}}}")
 
 
+def progress_reporter() -> tune.CLIReporter:
+    """A status table every 30 s: trial, state, technique, epoch, objective."""
+    return tune.CLIReporter(metric_columns={"epoch": "epoch", "objective": "objective", "acc": "acc"},
+                            parameter_columns={"technique": "technique"}, max_report_frequency=30,
+                            max_progress_rows=30, sort_by_metric=False)
+
+
 def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, callbacks: list):
     (storage / run_name).mkdir(parents=True, exist_ok=True)
     searcher, param_space = make_searcher(spec, storage=f"sqlite:///{storage / run_name / 'optuna.db'}"
@@ -103,7 +110,8 @@ def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, c
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     run_config = tune.RunConfig(name=run_name, storage_path=str(storage), callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=2),
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1)
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+                                progress_reporter=progress_reporter())
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
                                   max_concurrent_trials=spec.max_concurrent)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

@@ -1,0 +1,199 @@
+"""The data behind each figure of a sweep report: pure functions of ``TrialRecord``s.
+
+Compute, never draw: ``dashboards.figures`` (plotly) and ``dashboards.static`` (matplotlib) plot
+what these functions return and decide nothing themselves. The Pareto front and the
+recommendation table come from ``tuning.pareto.fronts`` and ``tuning.recommend.recommendation_table``.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+from tuning.pareto import ParetoResult, fronts
+from tuning.recommend import recommendation_table
+from tuning.records import COMPLETED, STATUSES, STOPPED, TrialRecord
+
+BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.4)              # fractions of the targeted parameters
+SENSITIVITY_PARAMS = ("lmbda", "target_rank", "period", "lr")
+LOG_PARAMS = frozenset({"lmbda", "lr"})           # drawn on a log axis
+BASELINE = "adamw"                                 # the unregularized model of the reference line
+
+
+def finite(value) -> bool:
+    """A real number that is not NaN or infinite (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def objective(record: TrialRecord) -> Optional[float]:
+    """The trial's last reported objective, or None if it has none (yet)."""
+    value = record.metrics.get("objective")
+    return float(value) if finite(value) else None
+
+
+def full_accuracy(record: TrialRecord) -> Optional[float]:
+    """Accuracy of the untruncated model: ``acc``, else ``acc@1``; None if neither is a number."""
+    for key in ("acc", "acc@1"):
+        if finite(record.metrics.get(key)):
+            return float(record.metrics[key])
+    return None
+
+
+# --- summary ---------------------------------------------------------------------------------------
+
+class Summary(NamedTuple):
+    trials: int
+    by_status: dict          # status -> count, in the order of tuning.records.STATUSES (others last)
+    techniques: tuple        # sorted
+    completed: int
+
+    @property
+    def finished(self) -> bool:
+        """At least one trial ran its full budget (so fronts and recommendations exist)."""
+        return self.completed > 0
+
+
+def summary(records: Iterable[TrialRecord]) -> Summary:
+    records = list(records)
+    counts = Counter(r.status for r in records)
+    order = [s for s in STATUSES if s in counts] + sorted(s for s in counts if s not in STATUSES)
+    return Summary(trials=len(records), by_status={s: counts[s] for s in order},
+                   techniques=tuple(sorted({r.technique for r in records})), completed=counts[COMPLETED])
+
+
+# --- 1. the Pareto front ---------------------------------------------------------------------------
+
+def pareto(records: Iterable[TrialRecord]) -> ParetoResult:
+    """Every (trial, retention) point of the completed trials, the overall and per-technique fronts."""
+    return fronts(records)
+
+
+# --- 2. accuracy against retention of each technique's best configuration ---------------------------
+
+class RetentionCurve(NamedTuple):
+    technique: str
+    trial_id: str
+    params: dict
+    objective: float
+    retentions: tuple        # ascending
+    accuracies: tuple        # acc@p at each retention
+
+
+class RetentionData(NamedTuple):
+    curves: list             # one RetentionCurve per technique, sorted by technique
+    reference: Optional[float]   # the best full-model accuracy of a completed adamw trial (None: no such trial)
+    reference_trial: Optional[str]
+
+
+def _levels(record: TrialRecord) -> list[tuple[float, float]]:
+    out = []
+    for key, value in record.metrics.items():
+        if not key.startswith("acc@") or not finite(value):
+            continue
+        try:
+            out.append((float(key[4:]), float(value)))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def best_trials(records: Iterable[TrialRecord]) -> dict[str, TrialRecord]:
+    """technique -> its completed trial with the highest objective (ties: the lowest trial id)."""
+    best: dict[str, TrialRecord] = {}
+    for r in sorted(records, key=lambda r: r.trial_id):
+        value = objective(r)
+        if r.status != COMPLETED or value is None:
+            continue
+        if r.technique not in best or value > objective(best[r.technique]):
+            best[r.technique] = r
+    return dict(sorted(best.items()))
+
+
+def retention_curves(records: Iterable[TrialRecord], baseline: str = BASELINE) -> RetentionData:
+    records = list(records)
+    curves = []
+    for tech, r in best_trials(records).items():
+        levels = _levels(r)
+        curves.append(RetentionCurve(tech, r.trial_id, r.params, objective(r),
+                                     tuple(p for p, _ in levels), tuple(a for _, a in levels)))
+    reference, ref_trial = None, None
+    for r in sorted(records, key=lambda r: r.trial_id):
+        acc = full_accuracy(r) if r.status == COMPLETED and r.technique == baseline else None
+        if acc is not None and (reference is None or acc > reference):
+            reference, ref_trial = acc, r.trial_id
+    return RetentionData(curves, reference, ref_trial)
+
+
+# --- 3. sensitivity of the objective to each hyperparameter ----------------------------------------
+
+class SensitivityPoint(NamedTuple):
+    value: float
+    objective: float
+    technique: str
+    status: str
+    trial_id: str
+
+
+class Sensitivity(NamedTuple):
+    param: str
+    log_x: bool
+    points: list             # SensitivityPoints, by trial id
+
+
+def sensitivity(records: Iterable[TrialRecord], params: Sequence[str] = SENSITIVITY_PARAMS) -> list[Sensitivity]:
+    """For each of ``params`` that some trial searched: (value, objective) of every trial with an
+    objective, whatever its status. Non-positive values are left out of the log-scale panels."""
+    records = sorted(records, key=lambda r: r.trial_id)
+    out = []
+    for name in params:
+        if not any(name in r.params for r in records):
+            continue
+        log_x = name in LOG_PARAMS
+        pts = []
+        for r in records:
+            value, obj = r.params.get(name), objective(r)
+            if obj is None or not finite(value) or (log_x and float(value) <= 0):
+                continue
+            pts.append(SensitivityPoint(float(value), obj, r.technique, r.status, r.trial_id))
+        out.append(Sensitivity(name, log_x, pts))
+    return out
+
+
+# --- 4. ASHA progress -------------------------------------------------------------------------------
+
+class Progress(NamedTuple):
+    trial_id: str
+    technique: str
+    status: str
+    epochs: tuple
+    objectives: tuple
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped early by the scheduler."""
+        return self.status == STOPPED
+
+
+def progress(records: Iterable[TrialRecord]) -> list[Progress]:
+    """The objective at every evaluation of every trial that reported one, by trial id; works on
+    running sweeps (their trials simply have shorter histories)."""
+    out = []
+    for r in sorted(records, key=lambda r: r.trial_id):
+        pts = sorted((int(h["epoch"]), float(h["objective"])) for h in r.history
+                     if finite(h.get("epoch")) and finite(h.get("objective")))
+        if pts:
+            out.append(Progress(r.trial_id, r.technique, r.status, tuple(e for e, _ in pts),
+                                tuple(o for _, o in pts)))
+    return out
+
+
+# --- 5. recommendations -----------------------------------------------------------------------------
+
+def recommendations(records: Iterable[TrialRecord], budgets: Iterable = BUDGETS) -> list[dict]:
+    """The most accurate completed (trial, retention) within each budget; budgets nobody reaches are left out."""
+    return recommendation_table(records, budgets)
