@@ -84,7 +84,8 @@ def plot_retention(data: RetentionData) -> go.Figure:
     for c in data.curves:
         text = f"{c.technique}, trial {c.trial_id}<br>objective {c.objective:.4f}<br>{params_text(c.params)}"
         fig.add_trace(go.Scatter(
-            x=list(c.retentions), y=list(c.accuracies), mode="lines+markers", name=f"{c.technique} (trial {c.trial_id})",
+            x=list(c.retentions), y=list(c.accuracies), mode="lines+markers",
+            name=f"{c.technique} (trial {c.trial_id})",
             line=dict(color=colour(c.technique, techniques), width=2), marker=dict(size=8),
             text=[text] * len(c.retentions),
             hovertemplate="retention %{x:g}: accuracy %{y:.4f}<br>%{text}<extra></extra>"))

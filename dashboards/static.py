@@ -99,14 +99,16 @@ def sensitivity_png(panels, path: Path) -> Path:
     techniques = sorted({p.technique for s in panels for p in s.points})
     labelled: set = set()
     for ax, s in zip(axes.flat, panels):
-        for p in s.points:
-            label = p.technique if p.technique not in labelled else None
-            labelled.add(p.technique)
-            ax.scatter([p.value], [p.objective], s=30, marker=marker(p.status), label=label,
-                       color=colour(p.technique, techniques))
+        for tech, status in sorted({(p.technique, p.status) for p in s.points}):
+            pts = [p for p in s.points if (p.technique, p.status) == (tech, status)]
+            ax.scatter([p.value for p in pts], [p.objective for p in pts], s=30, marker=marker(status),
+                       color=colour(tech, techniques), label=tech if tech not in labelled else None)
+            labelled.add(tech)
         if s.log_x:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(_plt().NullFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(s.param)
         ax.set_ylabel(AXES["objective"])
         ax.grid(alpha=0.3)

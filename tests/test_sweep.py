@@ -99,3 +99,30 @@ def test_pareto_and_recommend_commands_read_the_sweep(sweep, tmp_path, capsys):
     assert "budget" in capsys.readouterr().err
     assert cli.main(["pareto", "no-such-sweep", "--tracking-uri", uri]) == 2
     assert "no sweep named 'no-such-sweep'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("searcher", ["grid", "multi"])
+def test_grid_and_multi_objective_searchers(searcher, tmp_path):
+    techniques = {"adamw": {"lr": {"choice": [2.0e-3, 5.0e-3]}},
+                  "adamq3r": {"lr": 3.0e-3, "lmbda": {"choice": [0.5, 2.0]}, "target_rank": 0.2, "period": 5}}
+    spec = from_dict(tiny_spec(name=f"tiny-{searcher}", epochs=1, num_samples=1 if searcher == "grid" else 3,
+                               techniques=techniques, scheduler={"kind": "fifo"}, searcher={"kind": searcher}),
+                     source="tiny.yaml")
+    ray_tmp = short_tmp()
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
+    try:
+        outcome = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage=str(tmp_path / "runs"))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    seen = sorted((r.technique, tuple(sorted(r.params.items()))) for r in outcome.records)
+    assert all(r.status == "completed" for r in outcome.records)
+    if searcher == "grid":                               # every grid point exactly once
+        assert seen == sorted([("adamw", (("lr", 2e-3),)), ("adamw", (("lr", 5e-3),)),
+                               ("adamq3r", (("lmbda", 0.5), ("lr", 3e-3), ("period", 5), ("target_rank", 0.2))),
+                               ("adamq3r", (("lmbda", 2.0), ("lr", 3e-3), ("period", 5), ("target_rank", 0.2)))])
+    else:                                                # one Optuna value per retention level p < 1
+        study = optuna.load_study(study_name=spec.experiment_name, storage=f"sqlite:///{outcome.storage}/optuna.db")
+        assert len(study.directions) == 2 and len(study.trials) == 3
+        for t in study.trials:
+            assert t.state == TrialState.COMPLETE and len(t.values) == 2
