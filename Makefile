@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install sweep test bench
+.PHONY: install sweep demo test bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 sweep: $(STAMP)
+	$(VENV)/bin/q3r-tune sweep search_spaces/digits_vit.yaml
+	$(VENV)/bin/q3r-tune report digits-vit -o report.html
+
+demo: $(STAMP)
 	$(VENV)/bin/q3r-tune demo
 
 test: $(STAMP)
