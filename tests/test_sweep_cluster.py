@@ -117,3 +117,13 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path, capsys):
     assert cli.main(["sweep", str(path), "--tracking-uri", url, "--storage", str(tmp_path / "runs")]) == 2
     assert "is unreachable" in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()      # nothing was started
+
+
+def test_missing_dataset_fails_before_any_trial(tmp_path, capsys):
+    spec = tiny_spec(name="nodata", data={"name": "cifar10", "data_root": "no/such/folder"})
+    path = write_spec(tmp_path, spec)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert cli.main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "cifar10" in err and "no/such/folder" in err
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()

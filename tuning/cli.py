@@ -50,9 +50,11 @@ def _fail(command: str, error: Exception) -> int:
 
 
 def _sweep_errors():
+    from q3r.data import DatasetError
+
     from .spec import SpecError
     from .tracking import TrackingError
-    return (SpecError, TrackingError, FileNotFoundError, ValueError)
+    return (SpecError, TrackingError, DatasetError, FileNotFoundError, ValueError)
 
 
 def _sweep(args: argparse.Namespace) -> int:

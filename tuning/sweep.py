@@ -23,6 +23,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from q3r.data import DatasetError, load_dataset
+
 from .publish import publish
 from .records import TrialRecord
 from .results import load_records
@@ -69,6 +71,27 @@ class _TrialConfigOf:
 
     def __call__(self, config: dict):
         return trial_config(self.spec_dict, config)
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Fail before Ray starts when the base trial's data or model is not where the spec says.
+
+    Reads the dataset once with a one-item training split (ImageNet-style folders: only their
+    layout, not the million files) and checks a Hugging Face model path exists.
+    """
+    d = spec.data
+    if d.name == "imagefolder":
+        root = Path(d.data_root or ".")
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise DatasetError(f"{spec.source}: imagefolder: missing folder {root / split}; lay the images "
+                                   f"out as {root}/train/<class>/<image> and {root}/val/<class>/<image>")
+    else:
+        load_dataset(d.name, data_root=d.data_root, augment=d.augment, download=d.download,
+                     image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length, limit=1)
+    if spec.model.kind == "hf" and not (spec.model.path and Path(spec.model.path).exists()):
+        raise FileNotFoundError(f"{spec.source}: model.path {spec.model.path!r} does not exist; point it at a "
+                                f"local Hugging Face model directory (nothing is downloaded at run time)")
 
 
 def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int]) -> None:
@@ -123,6 +146,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     uri = tracking_uri or spec.tracking.uri or default_uri()
     client = check_tracking(uri)                              # before anything starts
     spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
+    preflight(from_dict(spec_dict, source=spec.source))
     storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
     run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     connect(address, num_cpus, num_gpus)
