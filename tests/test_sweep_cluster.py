@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 def test_two_node_cluster_survives_a_worker_node_removed_mid_trial(tmp_path):
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
