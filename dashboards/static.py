@@ -30,6 +30,16 @@ def _save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
     return path
 
 
+def _finish(fig, ax, path: Path, figure: str, x: str, y: str) -> Path:
+    """Axis labels, title, grid and legend of a one-panel figure, then save it."""
+    ax.set_xlabel(AXES[x])
+    ax.set_ylabel(AXES[y])
+    ax.set_title(TITLES[figure], fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _empty(path: Path, title: str, text: str) -> Path:
     fig, ax = _plt().subplots(figsize=(7, 3), dpi=DPI)
     ax.set_title(title, fontsize=10)
@@ -57,12 +67,7 @@ def pareto_png(result, path: Path) -> Path:
     ax.scatter([p.parameters for p in overall], [p.accuracy for p in overall], s=50, zorder=3,
                color=[colour(p.technique, techniques) for p in overall], edgecolors="black")
     ax.set_xscale("log")
-    ax.set_xlabel(AXES["parameters"])
-    ax.set_ylabel(AXES["accuracy"])
-    ax.set_title(TITLES["pareto"], fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "pareto", "parameters", "accuracy")
 
 
 def retention_png(data, path: Path) -> Path:
@@ -81,12 +86,7 @@ def retention_png(data, path: Path) -> Path:
     if levels:
         ax.set_xticks(levels, [f"{p:g}" for p in levels])
         ax.minorticks_off()
-    ax.set_xlabel(AXES["retention"])
-    ax.set_ylabel(AXES["accuracy"])
-    ax.set_title(TITLES["retention"], fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "retention", "retention", "accuracy")
 
 
 def sensitivity_png(panels, path: Path) -> Path:
@@ -135,12 +135,7 @@ def progress_png(curves, path: Path) -> Path:
         if ends:
             ax.scatter([c.epochs[-1] for c in ends], [c.objectives[-1] for c in ends], marker=mark, s=60,
                        facecolors="black" if mark == "X" else "none", edgecolors="black", zorder=3, label=name)
-    ax.set_xlabel(AXES["epoch"])
-    ax.set_ylabel(AXES["objective"])
-    ax.set_title(TITLES["progress"], fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "progress", "epoch", "objective")
 
 
 COLUMNS = ("budget", "technique", "hyperparameters", "retention", "parameters", "accuracy", "trial_id")

@@ -13,21 +13,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
+
+from tuning.tracking import artifact_root, sqlite_path
 
 STARTUP_TIMEOUT = 180.0       # seconds: a busy 2-core machine takes a while to import MLflow's server
 
 
 class UIError(RuntimeError):
     """The UI cannot be started (port taken, no tracking store, the server exited)."""
-
-
-def artifact_root(uri: str) -> Optional[str]:
-    """Where ``tuning.tracking.experiment_id`` puts the artifacts of a sqlite store: beside the database."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return None
 
 
 def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
@@ -78,7 +72,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = STARTUP_TIME
 
 def start(uri: str, host: str = "127.0.0.1", port: int = 5000, **popen) -> subprocess.Popen:
     """Start ``mlflow server`` on ``uri`` in a new process group; returns at once (see wait_healthy)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
         raise UIError(f"no tracking store at {uri}: run a sweep first, or pass --tracking-uri")
     check_port(host, port)
     return subprocess.Popen(server_command(uri, host, port), start_new_session=True, **popen)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
 from torch import Tensor
 
 from .bank import OperatorBank

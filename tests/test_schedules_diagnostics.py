@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import q3r
-from q3r.schedules import GeometricEps, PaperEps, make_schedule
+from q3r.schedules import GeometricEps, make_schedule
 
 
 def test_paper_schedule_is_min_and_starts_at_sigma_next():

@@ -8,6 +8,7 @@ ones continue from their last checkpoint, and every trial keeps its MLflow run.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -26,12 +27,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from q3r.data import DatasetError, load_dataset
 
 from .publish import publish
-from .records import TrialRecord
+from .records import FAILED, TrialRecord
 from .results import load_records
 from .searcher import make_searcher
 from .space import split_config
 from .spec import SweepSpec, from_dict
-from .tracking import TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, start_sweep
+from .tracking import STATUS, TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, start_sweep
 from .trainable import train_trial
 
 PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"))
@@ -61,16 +62,6 @@ def trial_config(spec_dict: dict, config: dict):
     """(technique, params, TrialConfig) of one Ray trial config; picklable through functools.partial."""
     technique, params = split_config(config)
     return technique, params, from_dict(spec_dict).trial_config(technique, params)
-
-
-class _TrialConfigOf:
-    """A picklable callable: Ray config -> (technique, params, TrialConfig) for the tracking callback."""
-
-    def __init__(self, spec_dict: dict):
-        self.spec_dict = spec_dict
-
-    def __call__(self, config: dict):
-        return trial_config(self.spec_dict, config)
 
 
 def preflight(spec: SweepSpec) -> None:
@@ -153,7 +144,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     check_resources(spec)
     parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
     log(f"sweep {spec.experiment_name}: {spec.num_samples} trials, MLflow parent run {parent} in {uri}")
-    callbacks = [TrialRuns(uri, spec.experiment_name, parent, _TrialConfigOf(spec_dict), spec.max_t)]
+    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.max_t)]
     tuner = make_tuner(spec, spec_dict, storage_dir, run_name, callbacks)
     return _finish(client, uri, spec, parent, str(storage_dir / run_name), tuner.fit(), log)
 
@@ -193,7 +184,7 @@ def _finish(client, uri: str, spec: SweepSpec, parent: str, storage: str, grid, 
     records: list[TrialRecord] = load_records(client, parent)
     for r in records:
         if r.status == "running":              # the tuner has returned: no trial of this sweep still runs
-            client.set_tag(r.run_id, "q3r.status", "failed")
+            client.set_tag(r.run_id, STATUS, FAILED)
             client.set_terminated(r.run_id, "FAILED")
     records = load_records(client, parent)
     summary = publish(client, parent, spec, records, log=log)

@@ -36,6 +36,17 @@ def default_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlruns.db'}"
 
 
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` tracking URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Where a sqlite store keeps artifacts: ``mlartifacts/`` beside the database (not in the cwd)."""
+    db = sqlite_path(uri)
+    return (db.parent / "mlartifacts").as_uri() if db else None
+
+
 def mlflow_key(key: str) -> str:
     return key.replace("@", "_at_")
 
@@ -56,8 +67,8 @@ def check_tracking(uri: str, timeout: float = 5.0) -> MlflowClient:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
                                 f"start one with `mlflow server --host HOST --port PORT` or pass another "
                                 f"--tracking-uri") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+    elif sqlite_path(uri) is not None:
+        folder = sqlite_path(uri).parent
         if not folder.is_dir():
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
     client = MlflowClient(uri)
@@ -74,10 +85,8 @@ def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
         return exp.experiment_id
     if not create:
         raise TrackingError(f"no sweep named {name!r} in the tracking store {client.tracking_uri}")
-    location = None
-    if client.tracking_uri.startswith("sqlite:///"):   # artifacts beside the database, not in the cwd
-        location = (Path(client.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    root = artifact_root(client.tracking_uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
 
 
 def find_sweep(client: MlflowClient, name: str):
@@ -202,6 +211,3 @@ class TrialRuns(Callback):
         self.client.set_tag(run_id, STATUS, status)
         self.client.set_terminated(run_id, run_status)
 
-
-__all__ = ["TrackingError", "TrialRuns", "check_tracking", "default_uri", "find_sweep", "start_sweep",
-           "mlflow_key", "metric_key", "final_status", "experiment_id", "STOPPED"]
