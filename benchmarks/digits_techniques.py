@@ -1,7 +1,7 @@
 """Accuracy kept after truncation by each technique on digits, averaged over seeds.
 
 Every (technique, seed) trial runs the library recipe with the main job's settings
-(``q3r.demo``: ViT 4 blocks x 64 wide, lr 1e-3, batch 32, 40 epochs), one torch thread per
+(``tuning.trial.demo``: ViT 4 blocks x 64 wide, lr 1e-3, batch 32, 40 epochs), one torch thread per
 trial and ``--jobs`` trials at a time. Prints accuracy at each retention level per seed,
 the mean over seeds, and the ratio of each technique's mean to AdamW's at p = 0.1 and 0.2.
 
@@ -14,8 +14,8 @@ import argparse
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 
-from q3r.demo import RETENTIONS, TECHNIQUES, trial_config
-from q3r.recipe import run_trial
+from tuning.trial.demo import RETENTIONS, TECHNIQUES, trial_config
+from tuning.trial.recipe import run_trial
 
 
 def one(args) -> tuple:

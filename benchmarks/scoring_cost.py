@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from q3r import select_targets
-from q3r.data import DatasetInfo, load_digits
-from q3r.evaluation import accuracy, score
-from q3r.models import build_vit
+from tuning.trial.data import DatasetInfo, load_digits
+from tuning.trial.evaluation import accuracy, score
+from tuning.trial.models import build_vit
 
 RETENTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
 

@@ -1,6 +1,7 @@
-"""q3r: the Quadratic Reweighted Rank Regularizer (Q3R) and AdamQ3R, in PyTorch.
+"""q3r: the Quadratic Reweighted Rank Regularizer (Q3R), AdamQ3R and SVD truncation, in PyTorch.
 
-Ghosh, Nguyen, Kuemmerle, NeurIPS 2025, https://arxiv.org/abs/2511.04485
+The library alone: it imports torch and nothing else of q3r-tune's stack (no timm, transformers,
+peft, scikit-learn, Ray, Optuna or MLflow). Ghosh, Nguyen, Kuemmerle, NeurIPS 2025, arXiv 2511.04485.
 """
 from .adamq3r import AdamQ3R
 from .bank import OperatorBank

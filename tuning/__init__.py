@@ -1,1 +1,4 @@
-"""q3r-tune orchestration: sweeps over Q3R hyperparameters (Ray Tune, Optuna, MLflow)."""
+"""tuning: sweeps of one-trial runs (``tuning.trial``) with Ray Tune, ASHA, Optuna and MLflow, scored
+fronts and recommendations, and the ``q3r-tune`` CLI. Imports q3r and tuning.trial; never dashboards
+(except the CLI's report commands and the report published at a sweep's end, imported when called).
+"""

@@ -6,7 +6,7 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from q3r.demo import main as demo
+    from .trial.demo import main as demo
     demo(epochs=args.epochs, threads=args.threads)
     return 0
 
@@ -15,19 +15,19 @@ def _train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from q3r import config
-    from q3r.recipe import run_trial
+    from .trial import spec as config
+    from .trial.recipe import run_trial
 
     try:
         cfg = config.load(args.spec, args.set)
-    except config.ConfigError as e:
+    except config.SpecError as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     out.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, out / "config.yaml")
     print(f"training {cfg.technique.name} on {cfg.data.name}; checkpoints and scores in {out}")
-    from q3r.data import DatasetError
+    from .trial.data import DatasetError
     try:
         result = run_trial(cfg, checkpoint_dir=str(out), resume=args.resume, log=print)
     except (DatasetError, FileNotFoundError) as e:
@@ -50,10 +50,9 @@ def _fail(command: str, error: Exception) -> int:
 
 
 def _sweep_errors():
-    from q3r.data import DatasetError
-
     from .spec import SpecError
     from .tracking import TrackingError
+    from .trial.data import DatasetError
     return (SpecError, TrackingError, DatasetError, FileNotFoundError, ValueError)
 
 
@@ -167,6 +166,12 @@ def _ui(args: argparse.Namespace) -> int:
         return _fail("ui", e)
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from .spec import json_schema
+    print(json_schema(args.kind))
+    return 0
+
+
 def _tracking_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default sqlite:///./mlruns.db; an http:// server for clusters)")
@@ -224,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--pngs", metavar="FOLDER", help="also write the figures as PNGs into FOLDER")
     _tracking_option(report)
     report.set_defaults(func=_report)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of sweep specs (or trial specs), for editors")
+    schema.add_argument("kind", nargs="?", choices=("sweep", "trial"), default="sweep")
+    schema.set_defaults(func=_schema)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store until Ctrl+C")
     _tracking_option(ui)

@@ -111,7 +111,7 @@ def _plain(value):
 
 def recommended_config(rec: Recommendation) -> dict:
     """The source trial's spec with ``train.retentions`` including the recommended level and 1.0."""
-    from q3r.config import from_dict   # imports torch: only when a spec is wanted
+    from .trial.spec import from_dict   # imports torch: only when a spec is wanted
 
     if not rec.record.config:
         raise ValueError(f"trial {rec.record.trial_id!r} carries no config to recommend")

@@ -23,7 +23,7 @@ class TrialRecord:
 
     ``params`` holds the searched hyperparameters only, by their trial-spec field names
     (``{"lmbda": 0.5, "target_rank": 0.1, "period": 5, "lr": 1e-3}``); ``config`` is the whole
-    trial spec as a dict (``q3r.config.from_dict(config)`` rebuilds it, ``q3r-tune train`` runs it).
+    trial spec as a dict (``tuning.trial.spec.from_dict(config)`` rebuilds it, ``q3r-tune train`` runs it).
     ``metrics`` is the last evaluation's flat dict: ``acc``, ``acc@0.2``, ``params@0.2`` (whole-model
     parameter count after truncation at 0.2), ``targeted@0.2`` (fraction of the targeted matrices'
     parameters kept), ``objective``, ``diag/mean/...``. ``history`` is every evaluation, in epoch order,

@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from .space import grid_points, optuna_space
+from .space import OptunaSpace, grid_points
 from .spec import SweepSpec
 from .trainable import DIVERGED_OBJECTIVE
 
@@ -62,10 +62,10 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
     """
     kind = spec.searcher.kind
     if kind == "grid":
-        return BasicVariantGenerator(random_state=spec.seed), {"point": tune.grid_search(grid_points(spec))}
+        return BasicVariantGenerator(random_state=spec.seed), {"point": tune.grid_search(grid_points(spec.spaces))}
     metrics = spec.objective_metrics()
     metric, mode = (metrics, ["max"] * len(metrics)) if kind == "multi" else ("objective", "max")
-    searcher = PruningOptunaSearch(space=optuna_space(spec), metric=metric, mode=mode,
+    searcher = PruningOptunaSearch(space=OptunaSpace(spec.spaces), metric=metric, mode=mode,
                                    sampler=make_sampler(kind, spec.seed), seed=spec.seed, max_t=spec.max_t,
                                    study_name=spec.experiment_name,
                                    storage=optuna.storages.RDBStorage(storage) if storage else None)

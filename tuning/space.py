@@ -1,81 +1,122 @@
-"""The search space of a sweep: which parameters each technique takes, their distributions, and
-their conversion for the searchers.
+"""The search space of a sweep: which parameters each technique takes, and their distributions.
 
-A technique's space maps parameters to distributions, ``{loguniform: [low, high]}``,
-``{uniform: [low, high]}``, ``{int: [low, high]}`` (bounds inclusive), ``{logint: [low, high]}``,
-``{choice: [v1, v2, ...]}``, or to a plain fixed value. Searchers see flat configs whose names
-are ``"<technique>.<param>"`` plus ``"technique"``; ``split_config`` turns one back into
-``(technique, {param: value})`` for ``SweepSpec.trial_config``.
+A parameter is a plain value (fixed) or one distribution, written as a one-key mapping:
+``{loguniform: [low, high]}``, ``{uniform: [low, high]}``, ``{int: [low, high]}`` (bounds
+inclusive), ``{logint: [low, high]}`` or ``{choice: [v1, v2, ...]}``. The schema is pydantic: a
+discriminated union over those keys, and one model per technique listing the parameters it
+takes, each checked (bounds and choices included) against the trial spec's type for it.
+
+Searchers see flat configs named ``"<technique>.<param>"`` plus ``"technique"``;
+``split_config`` turns one back into ``(technique, {param: value})``.
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Annotated, Any, ClassVar, Optional, Union
 
-if TYPE_CHECKING:
-    import optuna
+from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-    from .spec import SweepSpec
+from .trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, Lr, NonNegative, Positive, SvdMode, TargetRank)
+from .trial.specio import SpecError, Strict
 
-RANGES = ("loguniform", "uniform", "int", "logint")
-DIST_KINDS = RANGES + ("choice",)
-
-_Q3R = ("lr", "lmbda", "target_rank", "period", "weight_decay", "eps_schedule", "svd")
-TECHNIQUE_PARAMS = {  # what a sweep may set per technique; `finetune` (true/false) is accepted for every one
-    "adamq3r": _Q3R,
-    "adam_q3r_loss": _Q3R,
-    "adamw": ("lr", "weight_decay"),
-    "lora": ("lr", "target_rank", "lora_rank", "weight_decay"),
-    "lorita": ("lr", "depth", "alpha", "weight_decay"),
-}
-INT_PARAMS = {"period", "depth", "lora_rank"}
+Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+# ---- distributions -------------------------------------------------------------------------------
+class _Dist(Strict):
+    kind: ClassVar[str]
 
-
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-# parameter -> (accepts a value, what it must be): the checks q3r.techniques applies to a trial
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "lmbda": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "alpha": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "target_rank": (lambda v: (_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
-                    "a fraction in (0, 1] or an int rank >= 1"),
-    "period": (lambda v: _int(v) and v >= 1, "an int >= 1"),
-    "depth": (lambda v: _int(v) and v >= 1, "an int >= 1"),
-    "lora_rank": (lambda v: v is None or (_int(v) and v >= 1), "null or an int >= 1"),
-    "finetune": (lambda v: isinstance(v, bool), "true or false"),
-    "eps_schedule": (lambda v: v in ("paper", "geometric"), "'paper' or 'geometric'"),
-    "svd": (lambda v: v in ("warm", "exact"), "'warm' or 'exact'"),
-}
-
-
-@dataclass
-class Dist:
-    """One parameter's distribution; ``fixed`` keeps its value in ``values=[v]``."""
-
-    kind: str                      # loguniform, uniform, int, logint, choice, fixed
-    low: Any = None
-    high: Any = None
-    values: Optional[list] = None
-
-    def to_yaml(self) -> Any:
-        if self.kind == "fixed":
-            return self.values[0]
-        if self.kind == "choice":
-            return {"choice": list(self.values)}
-        return {self.kind: [self.low, self.high]}
+    @property
+    def values(self) -> Optional[list]:
+        return None
 
     def first(self) -> Any:
         """A value of the distribution: the low bound or the first choice."""
-        return self.low if self.kind in RANGES else self.values[0]
+        return self.low if self.values is None else self.values[0]
+
+    def to_yaml(self) -> Any:
+        return self.model_dump()
+
+
+class _Range(_Dist):
+    needs: ClassVar[str] = "low < high"
+
+    @property
+    def bounds(self) -> list:
+        return getattr(self, self.kind)
+
+    @property
+    def low(self):
+        return self.bounds[0]
+
+    @property
+    def high(self):
+        return self.bounds[1]
+
+    def ok(self) -> bool:
+        return self.low < self.high
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.ok():
+            raise ValueError(f"{self.kind} needs {self.needs}, but got {self.bounds}")
+        return self
+
+
+class LogUniform(_Range):
+    kind: ClassVar[str] = "loguniform"
+    needs: ClassVar[str] = "0 < low < high"
+    loguniform: Bounds
+
+    def ok(self) -> bool:
+        return 0 < self.low < self.high
+
+
+class Uniform(_Range):
+    kind: ClassVar[str] = "uniform"
+    uniform: Bounds
+
+
+class IntRange(_Range):
+    kind: ClassVar[str] = "int"
+    int: Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+class LogInt(_Range):
+    kind: ClassVar[str] = "logint"
+    needs: ClassVar[str] = "1 <= low < high"
+    logint: Annotated[list[int], Field(min_length=2, max_length=2)]
+
+    def ok(self) -> bool:
+        return 1 <= self.low < self.high
+
+
+class Choice(_Dist):
+    kind: ClassVar[str] = "choice"
+    choice: Annotated[list[Any], Field(min_length=1)]
+
+    @property
+    def values(self) -> list:
+        return self.choice
+
+
+class Fixed(_Dist):
+    """A parameter set to one value (not searched)."""
+
+    kind: ClassVar[str] = "fixed"
+    value: Any
+
+    @property
+    def values(self) -> list:
+        return [self.value]
+
+    def to_yaml(self) -> Any:
+        return self.value
+
+
+Dist = Union[LogUniform, Uniform, IntRange, LogInt, Choice, Fixed]
+RANGES = ("loguniform", "uniform", "int", "logint")
+DIST_KINDS = RANGES + ("choice",)
 
 
 def is_dist(value: Any) -> bool:
@@ -83,94 +124,114 @@ def is_dist(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DIST_KINDS
 
 
-# ---- parsing and checking (errors are tuning.spec.SpecError) ----------------------------------
-def _fail(where: str, message: str):
-    from .spec import SpecError   # spec imports this module, so import it when raising
-
-    raise SpecError(f"{where}: {message}")
-
-
-def _check_keys(technique: str, keys, where: str) -> None:
-    allowed = TECHNIQUE_PARAMS[technique] + ("finetune",)
-    unknown = sorted(set(keys) - set(allowed))
-    if unknown:
-        _fail(where, f"technique {technique!r} takes no parameter(s) {unknown}; it takes {list(allowed)}")
+def _tag(value: Any) -> Optional[str]:
+    if is_dist(value):
+        return f"<{next(iter(value))}>"
+    if isinstance(value, dict):
+        return None                           # a mapping that is no distribution
+    return "<list>" if isinstance(value, list) else "<value>"
 
 
-def check_params(technique: str, params: dict, where: str) -> None:
-    """Raise unless ``technique`` takes every key of ``params`` and every value passes its rule."""
-    _check_keys(technique, params, where)
-    for p, v in params.items():
-        check_value(p, v, f"{where}.{p}")
+def _no_list(value: list):
+    raise ValueError(f"a list is not a value; write {{choice: {value!r}}} to search over it")
 
 
-def check_value(param: str, value: Any, where: str, context: str = "") -> None:
-    ok, what = RULES[param]
-    if not ok(value):
-        from .spec import SpecError
+def _checked_against(value_type: Any, integer: bool):
+    """An after-validator: the fixed value, every choice and both bounds are values of ``value_type``."""
+    adapter = TypeAdapter(value_type)
 
-        raise SpecError(f"{where} must be {what}, but got {value!r}{context}")
+    def check(d: Any) -> Any:
+        if not isinstance(d, _Dist):
+            return d
+        if integer and d.kind in ("loguniform", "uniform"):
+            raise ValueError(f"must be an integer: use int, logint or choice, not {d.kind} {d.bounds}")
+        values, what = (d.values, f"in choice {d.values}") if d.values is not None else \
+            (d.bounds, f"a bound of {d.kind} {d.bounds}")
+        for v in values:
+            try:
+                adapter.validate_python(v, strict=True)
+            except ValidationError as e:
+                msg = e.errors(include_url=False)[0]["msg"].replace("Input should be", "must be")
+                msg = msg.removeprefix("Value error, ").removeprefix("must be ")
+                got = "" if ", but got" in msg else f", but got {v!r}"
+                raise ValueError(f"must be {msg}{got} ({what})") from None
+        return d
 
-
-def parse_dist(value: Any, param: str, where: str) -> Dist:
-    """A parameter's YAML value as a ``Dist``, its bounds or choices checked against the parameter."""
-    if isinstance(value, list):
-        _fail(where, f"a list is not a value; write {{choice: {value!r}}} to search over it")
-    if not isinstance(value, dict):
-        check_value(param, value, where)
-        return Dist("fixed", values=[value])
-    if len(value) != 1 or next(iter(value)) not in DIST_KINDS:
-        _fail(where, f"a distribution is {{loguniform|uniform|int|logint: [low, high]}} or "
-                     f"{{choice: [v1, ...]}}, but got {value!r}")
-    kind, arg = next(iter(value.items()))
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            _fail(where, f"choice needs a non-empty list of values, but got {arg!r}")
-        for v in arg:
-            check_value(param, v, where, f" (in choice {arg!r})")
-        return Dist("choice", values=list(arg))
-    if not (isinstance(arg, list) and len(arg) == 2 and all(_num(a) for a in arg)):
-        _fail(where, f"{kind} needs [low, high], but got {arg!r}")
-    low, high = arg
-    if kind in ("int", "logint") and not (_int(low) and _int(high)):
-        _fail(where, f"{kind} needs integer bounds, but got {arg!r}")
-    ok, needs = {"loguniform": (0 < low < high, "0 < low < high"), "uniform": (low < high, "low < high"),
-                 "int": (low < high, "low < high"), "logint": (1 <= low < high, "1 <= low < high")}[kind]
-    if not ok:
-        _fail(where, f"{kind} needs {needs}, but got {arg!r}")
-    if param in INT_PARAMS | {"finetune"} and kind in ("loguniform", "uniform"):
-        _fail(where, f"{param} takes {RULES[param][1]}: use int, logint or choice, not {kind} {arg!r}")
-    if kind in ("loguniform", "uniform"):
-        low, high = float(low), float(high)
-    for v in (low, high):
-        check_value(param, v, where, f" (a bound of {kind} {arg!r})")
-    return Dist(kind, low, high)
+    return AfterValidator(check)
 
 
-def parse_techniques(raw: Any, source: str) -> dict[str, dict[str, Dist]]:
-    """The ``techniques`` mapping of a spec, parsed; a technique set to null is left out."""
-    from q3r.techniques import TECHNIQUES
+def searchable(value_type: Any, integer: bool = False):
+    """The type of a parameter in a search space: a value of ``value_type`` or a distribution of them."""
+    members = [Annotated[m, Tag(f"<{m.kind}>")] for m in (LogUniform, Uniform, IntRange, LogInt, Choice)]
+    members += [Annotated[list, AfterValidator(_no_list), Tag("<list>")], Annotated[value_type, Tag("<value>")]]
+    return Annotated[Union[tuple(members)],
+                     Discriminator(_tag, custom_error_type="distribution",
+                                   custom_error_message="must be a value or a distribution, {loguniform|uniform|int|"
+                                                        "logint: [low, high]} or {choice: [v1, ...]}"),
+                     _checked_against(value_type, integer)]
 
-    if not isinstance(raw, dict) or not raw:
-        _fail(source, f"techniques must map technique names to their search spaces, but got {raw!r}")
-    out = {}
-    for name, space in raw.items():
-        where = f"{source}: techniques.{name}"
-        if name not in TECHNIQUES or name not in TECHNIQUE_PARAMS:
-            _fail(f"{source}: techniques", f"unknown technique {name!r}; known: {sorted(TECHNIQUE_PARAMS)}")
-        if space is None:
-            continue
-        if not isinstance(space, dict):
-            _fail(where, f"must map parameters to distributions or values ({{}} for defaults), but got {space!r}")
-        _check_keys(name, space, where)
-        out[name] = {p: parse_dist(v, p, f"{where}.{p}") for p, v in space.items()}
-    if not out:
-        _fail(f"{source}: techniques", "every technique was left out (null); keep at least one")
-    return out
+
+# ---- the parameters each technique takes ---------------------------------------------------------
+class Space(Strict):
+    """A technique's search space: the parameters given; the rest keep the trial spec's defaults."""
+
+    model_config = Strict.model_config | {"validate_default": False}
+
+    lr: searchable(Lr) = None
+    weight_decay: searchable(NonNegative) = None
+    finetune: searchable(bool) = None
+
+    def dists(self) -> dict[str, Dist]:
+        """{param: distribution} of the parameters given, fixed values as ``Fixed``."""
+        return {p: (v if isinstance(v, _Dist) else Fixed(value=v))
+                for p in type(self).model_fields if p in self.model_fields_set for v in [getattr(self, p)]}
+
+
+class Q3RSpace(Space):
+    """adamq3r and adam_q3r_loss."""
+
+    lmbda: searchable(NonNegative) = None
+    target_rank: searchable(TargetRank) = None
+    period: searchable(Positive, integer=True) = None
+    eps_schedule: searchable(EpsScheduleName) = None
+    svd: searchable(SvdMode) = None
+
+
+class LoRASpace(Space):
+    target_rank: searchable(TargetRank) = None
+    lora_rank: searchable(Optional[Positive], integer=True) = None
+
+
+class LoRITaSpace(Space):
+    depth: searchable(Positive, integer=True) = None
+    alpha: searchable(NonNegative) = None
+
+
+class TechniqueSpaces(Strict):
+    """``techniques:`` of a sweep spec; a technique set to null (e.g. in a variant) is left out."""
+
+    model_config = Strict.model_config | {"validate_default": False}
+
+    adamq3r: Optional[Q3RSpace] = None
+    adam_q3r_loss: Optional[Q3RSpace] = None
+    adamw: Optional[Space] = None
+    lora: Optional[LoRASpace] = None
+    lorita: Optional[LoRITaSpace] = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self):
+        if not self.dists():
+            raise ValueError(f"techniques must name at least one of {list(TECHNIQUE_NAMES)} with its search "
+                             f"space ({{}} for the trial defaults), but none is given")
+        return self
+
+    def dists(self) -> dict[str, dict[str, Dist]]:
+        """{technique: {param: distribution}} in the registry's order."""
+        return {t: space.dists() for t in TECHNIQUE_NAMES if (space := getattr(self, t, None)) is not None}
 
 
 # ---- conversion for the searchers ------------------------------------------------------------
-def _suggest(trial: "optuna.trial.Trial", name: str, d: Dist) -> Any:
+def _suggest(trial, name: str, d: Dist) -> Any:
     if d.kind == "choice":
         return trial.suggest_categorical(name, d.values)
     if d.kind in ("int", "logint"):
@@ -186,41 +247,39 @@ class OptunaSpace:
     pickles the searcher, and with it this space, into the experiment state.
     """
 
-    def __init__(self, techniques: dict):
-        self.techniques = techniques
+    def __init__(self, spaces: dict[str, dict[str, Dist]]):
+        self.spaces = spaces
 
-    def __call__(self, trial: "optuna.trial.Trial") -> dict:
-        names = list(self.techniques)
+    def __call__(self, trial) -> dict:
+        names = list(self.spaces)
         technique = trial.suggest_categorical("technique", names) if len(names) > 1 else names[0]
         constants = {} if len(names) > 1 else {"technique": technique}
-        for param, d in self.techniques[technique].items():
+        for param, d in self.spaces[technique].items():
             key = f"{technique}.{param}"
             if d.kind == "fixed":
-                constants[key] = d.values[0]
+                constants[key] = d.value
             else:
                 _suggest(trial, key, d)
         return constants
 
 
-def optuna_space(spec: "SweepSpec") -> OptunaSpace:
-    """The spec's search space as a picklable define-by-run callable (see ``OptunaSpace``)."""
-    return OptunaSpace(spec.techniques)
-
-
-def grid_points(spec: "SweepSpec") -> list[dict]:
-    """Every point of the grid (choices crossed per technique, fixed values included), in spec order."""
+def grid_points(spaces: dict[str, dict[str, Dist]]) -> list[dict]:
+    """Every point of the grid (choices crossed per technique, fixed values included), in order."""
     points = []
-    for technique, space in spec.techniques.items():
+    for technique, space in spaces.items():
         keys = [f"{technique}.{p}" for p in space]
         for combo in itertools.product(*(d.values for d in space.values())):
             points.append({"technique": technique, **dict(zip(keys, combo))})
     return points
 
 
+def plain(value: Any) -> Any:
+    """numpy / torch scalars (as a searcher may hand back) as plain Python values."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes, list, dict)) else value
+
+
 def split_config(config: dict) -> tuple[str, dict]:
     """A flat Ray config (or ``{"point": {...}}``) back to ``(technique, {param: value})``."""
-    from .spec import SpecError, plain
-
     flat = dict(config)
     if isinstance(flat.get("point"), dict):
         flat.update(flat.pop("point"))
@@ -237,18 +296,18 @@ def split_config(config: dict) -> tuple[str, dict]:
 
 def _show(d: Dist) -> str:
     if d.kind == "fixed":
-        return f"= {d.values[0]!r}"
+        return f"= {d.value!r}"
     if d.kind == "choice":
         return "in {" + ", ".join(repr(v) for v in d.values) + "}"
     return f"~ {d.kind}[{d.low:g}, {d.high:g}]"
 
 
-def describe(spec: "SweepSpec") -> str:
+def describe(spaces: dict[str, dict[str, Dist]], grid: bool = False) -> str:
     """One line per technique: ``adamq3r: lr ~ loguniform[0.0005, 0.003], period in {5, 10}``."""
     lines = []
-    for technique, space in spec.techniques.items():
+    for technique, space in spaces.items():
         parts = ", ".join(f"{p} {_show(d)}" for p, d in space.items()) or "the trial defaults"
-        if spec.searcher.kind == "grid":
+        if grid:
             n = 1
             for d in space.values():
                 n *= len(d.values)

@@ -24,7 +24,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from q3r.data import DatasetError, load_dataset
+from .trial.data import DatasetError, load_dataset
 
 from .publish import publish
 from .records import FAILED, TrialRecord
@@ -59,7 +59,7 @@ def resolve_paths(spec_dict: dict, base: Path) -> dict:
 
 
 def trial_config(spec_dict: dict, config: dict):
-    """(technique, params, TrialConfig) of one Ray trial config; picklable through functools.partial."""
+    """(technique, params, TrialSpec) of one Ray trial config; picklable through functools.partial."""
     technique, params = split_config(config)
     return technique, params, from_dict(spec_dict).trial_config(technique, params)
 

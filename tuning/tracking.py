@@ -144,7 +144,7 @@ class TrialRuns(Callback):
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, trial_config, max_t: int):
         self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent_run_id
-        self.trial_config = trial_config          # (Ray config) -> (technique, params, TrialConfig)
+        self.trial_config = trial_config          # (Ray config) -> (technique, params, TrialSpec)
         self.max_t = max_t
         self._runs: dict[str, str] = {}           # trial id -> run id
         self._last_step: dict[str, int] = {}      # run id -> last epoch logged (no duplicates on resume)

@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: one trial of a sweep is one ``q3r.recipe.run_trial`` call.
+"""The Ray Tune trainable: one trial of a sweep is one ``tuning.trial.recipe.run_trial`` call.
 
 Every evaluation is forwarded to Ray with the sweep's scalar ``objective`` added and the
 trial's checkpoint attached, so ASHA can stop the trial and a restarted worker (or a resumed
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray import tune
 
-from q3r.recipe import CHECKPOINT, run_trial
+from .trial.recipe import CHECKPOINT, run_trial
 
 from .spec import from_dict, objective_value
 from .space import split_config

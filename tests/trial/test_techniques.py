@@ -8,8 +8,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import q3r
-from q3r.layers import DeltaLinear, ProductLinear
-from q3r.techniques import build_technique, list_techniques
+from tuning.trial.layers import DeltaLinear, ProductLinear
+from tuning.trial.techniques import build_technique, list_techniques
 from q3r.truncation import LowRankLinear
 
 NAMES = ["adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita"]

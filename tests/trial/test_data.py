@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from q3r.data import DATASETS, DatasetError, DatasetInfo, load_dataset
+from tuning.trial.data import DATASETS, DatasetError, DatasetInfo, load_dataset
 
 AUGMENTS = [None, "none", "basic", "strong"]
 

@@ -1,34 +1,17 @@
-"""Datasets: ``digits`` (embedded default, scikit-learn's bundled 8x8 digits), CIFAR-10/100 from the
-python-version batches, an ImageFolder tree, and local GLUE tasks (``q3r.glue``).
-
-``load_dataset(name, ...)`` returns ``(train_set, val_set, DatasetInfo)``; every problem with the
-data on disk is raised as ``DatasetError`` saying what is wrong, where it looked and how to fix it.
+"""Image datasets: ``digits`` (scikit-learn's bundled 8x8 digits), CIFAR-10/100 read from the
+python-version batches, and an ImageFolder tree (``train/`` and ``val/`` class folders).
 """
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about the data."""
-
-    name: str
-    image_size: int
-    channels: int
-    num_classes: int
-    kind: str = "image"          # "image" or "text"
-
-
-class DatasetError(ValueError):
-    """Missing or malformed data: the message says what, where it looked, and how to fix it."""
+from .common import DatasetError, DatasetInfo
 
 
 def load_digits(seed: int = 0, val_fraction: float = 0.2) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
@@ -216,44 +199,3 @@ def load_imagefolder(*, data_root=None, augment=None, image_size=None, **_):
                            f"({sets['train'].classes}) and {root / 'val'} ({sets['val'].classes}); "
                            f"give both splits the same class sub-folders")
     return sets["train"], sets["val"], DatasetInfo("imagefolder", size, 3, len(sets["train"].classes))
-
-
-def _load_digits(*, seed=0, val_fraction=0.2, **_):
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction=} (data.val_fraction)")
-    return load_digits(seed=seed, val_fraction=val_fraction)
-
-
-def _load_glue(**kw):
-    from .glue import load_glue
-
-    return load_glue(**kw)
-
-
-DATASETS: dict = {
-    "digits": _load_digits,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "imagefolder": load_imagefolder,
-    "glue": _load_glue,
-}
-
-
-def load_dataset(name: str, *, data_root=None, seed: int = 0, augment=None, download: bool = False,
-                 image_size: Optional[int] = None, val_fraction: float = 0.2, tokenizer=None,
-                 task: Optional[str] = None, max_length: int = 128, limit: Optional[int] = None):
-    """``(train_set, val_set, DatasetInfo)`` for ``name`` (a key of ``DATASETS``; ``glue/<task>`` also works)."""
-    key = str(name).lower()
-    if key.startswith("glue/"):
-        key, task = "glue", task or key.split("/", 1)[1]
-    if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))} "
-                           f"(set data.name in the config)")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
-    train, val, info = DATASETS[key](data_root=data_root, seed=seed, augment=augment, download=download,
-                                     image_size=image_size, val_fraction=val_fraction, tokenizer=tokenizer,
-                                     task=task, max_length=max_length, limit=limit)
-    if limit is not None and limit < len(train):
-        train = Subset(train, range(limit))
-    return train, val, info

@@ -20,7 +20,7 @@ from dashboards import ui
 from tuning import cli
 from tuning.tracking import experiment_id
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"MLflow UI for \S+: (http://\S+) \(server pid (\d+)\)")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from . import config
+from . import spec as config
 from .recipe import run_trial
 
 TECHNIQUES = {  # technique -> its hyperparameters (lmbda 5: see the README's seed-averaged comparison)
@@ -21,7 +21,7 @@ TECHNIQUES = {  # technique -> its hyperparameters (lmbda 5: see the README's se
 RETENTIONS = [0.05, 0.1, 0.2, 0.4, 1.0]
 
 
-def trial_config(technique: str, epochs: int, threads: int, seed: int = 0) -> config.TrialConfig:
+def trial_config(technique: str, epochs: int, threads: int, seed: int = 0) -> config.TrialSpec:
     return config.from_dict({
         "data": {"name": "digits"},
         "model": {"kind": "vit", "depth": 4, "width": 64},

@@ -21,13 +21,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .adamq3r import AdamQ3R
-from .bank import OperatorBank
+from q3r.adamq3r import AdamQ3R
+from q3r.bank import OperatorBank
+from q3r.penalty import Q3RPenalty
+from q3r.ranks import resolve_rank
+from q3r.targets import Target, linear_targets, select_targets
+from q3r.truncation import LowRankLinear
+
 from .layers import DeltaLinear, ProductLinear, merge_layers, replace_modules
-from .penalty import Q3RPenalty
-from .ranks import resolve_rank
-from .targets import Target, linear_targets, select_targets
-from .truncation import LowRankLinear
 
 HEADS = ("head", "classifier")     # trained in fine-tuning: timm's and Hugging Face's classifier
 Q3R_OPTIONS = ("eps_schedule", "svd", "power_iters", "oversample")   # extras passed to the operator bank

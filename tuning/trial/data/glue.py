@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 from torch.utils.data import Dataset
 
-from .data import DatasetError, DatasetInfo
+from .common import DatasetError, DatasetInfo
 
 Col = Union[str, int]          # a header name, or a column index (headerless files; -1 = last)
 

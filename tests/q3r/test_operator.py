@@ -7,7 +7,7 @@ import torch
 
 from q3r.operator import ReweightingOperator
 
-from reference import (
+from tests.reference import (
     fit_ref,
     grad_smoothed_logdet,
     q3r_value_ref,

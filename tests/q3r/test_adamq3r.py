@@ -14,7 +14,7 @@ from q3r.bank import OperatorBank
 from q3r.operator import ReweightingOperator
 from q3r.targets import Target, select_targets
 
-from reference import adamq3r_ref, fit_ref, reweight_ref, target_rank_ref
+from tests.reference import adamq3r_ref, fit_ref, reweight_ref, target_rank_ref
 
 
 # ---- a tiny model and its data ---------------------------------------------------------------

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from q3r import config
-from q3r.recipe import CHECKPOINT, run_trial
+from tuning.trial import spec as config
+from tuning.trial.recipe import CHECKPOINT, run_trial
 from tuning.cli import main as cli
 
 
@@ -84,7 +84,7 @@ def test_train_cli_bad_spec(tmp_path, capsys):
     spec = tmp_path / "bad.yaml"
     spec.write_text("technique:\n  name: adamq3r\n  lmbda: lots\n")
     assert cli(["train", str(spec)]) == 2
-    assert "technique.lmbda must be float, but got 'lots'" in capsys.readouterr().err
+    assert "technique.lmbda must be a valid number, but got 'lots'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("technique", ["adamq3r", "lora"])
@@ -128,7 +128,7 @@ def test_train_cli_missing_dataset_is_one_clear_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("technique", ["adamq3r", "adam_q3r_loss"])
 def test_spec_bank_options_reach_the_operators(technique, monkeypatch):
-    from q3r import recipe
+    from tuning.trial import recipe
     from q3r.schedules import GeometricEps
 
     built = []

@@ -6,7 +6,7 @@ from tuning.searcher import make_searcher
 from tuning.space import split_config
 from tuning.spec import from_dict
 
-from sweep_helpers import tiny_spec
+from tests.tuning.sweep_helpers import tiny_spec
 
 
 @pytest.mark.parametrize("kind", ["tpe", "random"])
@@ -17,7 +17,7 @@ def test_outcomes_reach_the_study_with_the_right_state(kind):
     configs = {t: searcher.suggest(t) for t in ("a", "b", "c", "d")}
     for config in configs.values():                      # each config is one technique's full parameter set
         technique, params = split_config(config)
-        assert set(params) == set(spec.techniques[technique])
+        assert set(params) == set(spec.spaces[technique])
     searcher.on_trial_result("a", {"objective": 0.3, "training_iteration": 1, "epoch": 1})
     searcher.on_trial_complete("a", {"objective": 0.3, "epoch": 1, "status": "running"})       # ASHA stopped it
     searcher.on_trial_complete("b", {"epoch": 2, "status": "diverged"})                        # no accuracy

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .config import TrialConfig
+from q3r.diagnostics import diagnostics, flatten
+from q3r.targets import select_targets
+
+from .spec import TrialSpec
 from .data import load_dataset
-from .diagnostics import diagnostics, flatten
 from .evaluation import forward_batch, score
 from .models import build_model
-from .targets import select_targets
 from .techniques import build_technique
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,7 +52,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_schedule(cfg: TrialConfig, optimizer, steps_per_epoch: int):
+def make_schedule(cfg: TrialSpec, optimizer, steps_per_epoch: int):
     """Constant (the paper's default) or linear warmup then cosine decay, stepped per batch."""
     total = cfg.train.epochs * steps_per_epoch
     warmup = cfg.train.warmup_epochs * steps_per_epoch
@@ -77,7 +78,7 @@ def task_loss(logits, y):
     return F.cross_entropy(logits.float(), y)
 
 
-def run_trial(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
+def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
               resume: bool = False, log: Callable[[str], None] = lambda s: None) -> TrialResult:
     """Train one configuration; ``report`` receives the flat metrics dict of every evaluation."""
     torch.set_num_threads(cfg.train.threads)
@@ -161,7 +162,7 @@ def run_trial(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir:
     return TrialResult(last.get("status", "completed"), cfg.train.epochs, last, history)
 
 
-def evaluate(cfg: TrialConfig, tech, val_loader, device, amp) -> dict:
+def evaluate(cfg: TrialSpec, tech, val_loader, device, amp) -> dict:
     """Scores at every retention level plus the mean Q3R diagnostics, as one flat dict."""
     dense = tech.dense_model()
     targets = select_targets(dense, tuple(cfg.model.modules))
@@ -190,7 +191,7 @@ def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
 
 
-def _progress_line(m: dict, cfg: TrialConfig) -> str:
+def _progress_line(m: dict, cfg: TrialSpec) -> str:
     accs = "  ".join(f"{k[4:]}:{m[k]:.3f}" for k in m if k.startswith("acc@"))
     acc = f"acc {m['acc']:.3f}  " if "acc" in m else ""
     return f"epoch {m['epoch']}/{cfg.train.epochs}  loss {m['train_loss']:.4f}  {acc}{accs}  [{m['status']}]"

@@ -20,7 +20,7 @@ from tuning.spec import from_dict
 from tuning.sweep import run_sweep
 from tuning.tracking import TrackingError, check_tracking, find_sweep
 
-from sweep_helpers import short_tmp, tiny_spec, write_spec
+from tests.tuning.sweep_helpers import short_tmp, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ import copy
 import pytest
 import yaml
 
-from q3r import config as q3r_config
-from q3r.evaluation import level_key
+from tuning.trial import spec as q3r_config
+from tuning.trial.evaluation import level_key
 from tuning.pareto import Point
 from tuning.recommend import (Recommendation, parse_budget, recommend, recommendation_table, recommended_config,
                               write_spec)

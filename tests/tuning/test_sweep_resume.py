@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from tuning.results import load_records
 from tuning.tracking import find_sweep
 
-from sweep_helpers import cli, kill_group, kill_ray_under, short_tmp, tiny_spec, write_spec
+from tests.tuning.sweep_helpers import cli, kill_group, kill_ray_under, short_tmp, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 
 from q3r.ranks import resolve_rank, target_rank
 
-from reference import target_rank_ref
+from tests.reference import target_rank_ref
 
 
 def test_vit_tiny_example_from_the_paper():

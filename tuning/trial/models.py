@@ -47,7 +47,7 @@ def build_hf_classifier(path: str, num_labels: int):
 
 
 def build_model(cfg, info: DatasetInfo):
-    """The model of a trial from its ``ModelConfig`` and the dataset's ``DatasetInfo``."""
+    """The model of a trial from its ``ModelSpec`` and the dataset's ``DatasetInfo``."""
     if cfg.kind == "vit":
         if info.kind != "image":
             raise ValueError(f"model.kind='vit' needs an image dataset, but {info.name!r} is {info.kind}")

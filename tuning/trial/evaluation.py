@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .targets import Target
-from .truncation import SpectralCache, parameter_counts
+from q3r.targets import Target
+from q3r.truncation import SpectralCache, parameter_counts
 
 
 def level_key(p: float) -> str:

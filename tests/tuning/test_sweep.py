@@ -10,14 +10,14 @@ import ray
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from q3r import config
+from tuning.trial import spec as config
 from tuning import cli
 from tuning.results import load_records
 from tuning.spec import from_dict
 from tuning.sweep import run_sweep
 from tuning.tracking import find_sweep
 
-from sweep_helpers import short_tmp, tiny_spec
+from tests.tuning.sweep_helpers import short_tmp, tiny_spec
 
 pytestmark = pytest.mark.slow
 

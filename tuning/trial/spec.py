@@ -1,0 +1,142 @@
+"""The spec of one trial: four typed sections, loaded from YAML, validated when loaded (pydantic).
+
+    data:      {name: digits, data_root: null, augment: null, ...}
+    model:     {kind: vit, size: tiny, depth: 4, width: 64, ...}
+    technique: {name: adamq3r, lr: 1.0e-3, lmbda: 1.0, target_rank: 0.1, period: 5, ...}
+    train:     {epochs: 40, batch_size: 64, eval_every: 5, retentions: [...], seed: 0, ...}
+
+Unknown keys and bad values raise ``SpecError`` naming the file (or the ``--set`` override), the
+field, what is allowed and the value. The sweep spec (``tuning.spec``) reuses these sections.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import AfterValidator, Field
+
+from .specio import SpecError, Strict, apply_overrides, read_yaml, validate
+
+__all__ = ["SpecError", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec", "TrialSpec", "TECHNIQUE_NAMES",
+           "DEFAULT_RETENTIONS", "from_dict", "load", "dump"]
+
+DEFAULT_RETENTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
+TECHNIQUE_NAMES = ("adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita")   # the registry in techniques.py
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "glue")    # the registry in data/__init__.py
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Lr = Annotated[float, Field(gt=0)]
+EpsScheduleName = Literal["paper", "geometric"]
+SvdMode = Literal["warm", "exact"]
+
+
+def _dataset(name: str) -> str:
+    if name.lower() not in DATASET_NAMES and not name.lower().startswith("glue/"):
+        raise ValueError(f"must be one of {list(DATASET_NAMES)} or glue/<task>, but got {name!r}")
+    return name
+
+
+def _rank(value: Union[int, float]) -> Union[int, float]:
+    if (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1):
+        return value
+    raise ValueError(f"must be a fraction in (0, 1] or an int rank >= 1, but got {value!r}")
+
+
+TargetRank = Annotated[Union[int, float], AfterValidator(_rank)]
+
+
+class DataSpec(Strict):
+    """The dataset; a folder ``data_root`` for everything but the embedded digits."""
+
+    name: Annotated[str, AfterValidator(_dataset)] = "digits"
+    data_root: Optional[str] = None
+    augment: Optional[Literal["none", "basic", "strong"]] = None
+    download: bool = False
+    image_size: Optional[Positive] = None       # resize (the paper's 224 px as an option)
+    task: Optional[str] = None                  # GLUE task
+    tokenizer: Optional[str] = None             # local tokenizer directory (GLUE)
+    max_length: Positive = 128
+    limit: Optional[Positive] = None            # keep the first N training items (smoke tests)
+
+
+class ModelSpec(Strict):
+    """A timm ViT from scratch (``vit``) or a local Hugging Face classifier (``hf``)."""
+
+    kind: Literal["vit", "hf"] = "vit"
+    size: Literal["tiny", "small", "base"] = "tiny"
+    patch_size: Optional[Positive] = None
+    depth: Optional[Positive] = None
+    width: Optional[Positive] = None
+    heads: Optional[Positive] = None
+    path: Optional[str] = None                  # hf: a local model directory (weights) or config.json
+    modules: list[str] = Field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"], min_length=1)
+
+
+class TechniqueSpec(Strict):
+    """The technique and its hyperparameters (each technique reads the fields it uses)."""
+
+    name: Literal[TECHNIQUE_NAMES] = "adamq3r"
+    lr: Lr = 1e-3
+    weight_decay: NonNegative = 0.0
+    lmbda: NonNegative = 0.1
+    target_rank: TargetRank = 0.2               # a fraction p, or an int rank (fine-tuning)
+    period: Positive = 5
+    depth: Positive = 2                         # lorita: factors per matrix
+    alpha: NonNegative = 0.1                    # lorita: weight decay of the factors
+    lora_rank: Optional[Positive] = None        # lora fine-tuning rank (pre-training uses r(target_rank))
+    finetune: bool = False                      # regularize Delta W on frozen pretrained weights
+    eps_schedule: EpsScheduleName = "paper"     # Q3R techniques: the eps rule
+    svd: SvdMode = "warm"                       # Q3R techniques: warm-started subspace iteration or full SVDs
+
+
+class TrainSpec(Strict):
+    """How the trial trains and is scored."""
+
+    epochs: Positive = 40
+    batch_size: Positive = 64
+    eval_every: Positive = 5
+    retentions: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_RETENTIONS), min_length=1)
+    seed: Annotated[int, Field(ge=0)] = 0
+    threads: Positive = 1                       # torch CPU threads: the trial's CPU share
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True                            # bfloat16 autocast, on GPU only
+    grad_clip: Optional[Annotated[float, Field(gt=0)]] = 1.0   # on GPU only; null turns it off
+    schedule: Literal["constant", "cosine"] = "constant"     # constant (the paper) or warmup + cosine
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    collapse_patience: Positive = 2             # evaluations at chance accuracy before a trial stops itself
+
+
+class TrialSpec(Strict):
+    """One trial: ``data``, ``model``, ``technique``, ``train``."""
+
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    technique: TechniqueSpec = Field(default_factory=TechniqueSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+    def flat(self) -> dict:
+        """{"technique.lmbda": 0.1, ...}: every field, for logging as parameters."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+def from_dict(raw, source: str = "<dict>", origins: Optional[dict] = None) -> TrialSpec:
+    """A validated ``TrialSpec`` from a dict of sections."""
+    if raw is not None and not isinstance(raw, dict):
+        raise SpecError(f"{source}: a trial spec must be a mapping of sections, but got {type(raw).__name__}")
+    return validate(TrialSpec, raw or {}, source, origins)
+
+
+def load(path: Union[str, Path], overrides=()) -> TrialSpec:
+    """Read a trial spec from YAML, apply ``--set section.key=value`` overrides, validate."""
+    raw, origins = apply_overrides(read_yaml(path, "trial spec"), overrides)
+    return from_dict(raw, str(path), origins)
+
+
+def dump(spec: TrialSpec, path: Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
