@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dashboards import report
-from test_dashboards import RECORDS, E, F
+from tests.dashboards.test_dashboards import RECORDS, E, F
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test: /usr/bin/chromium is not "
