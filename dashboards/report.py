@@ -9,7 +9,7 @@ import html
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tuning.records import TrialRecord
+from tuning.records import TrialRecord, outcome_lines
 
 from . import data, static
 from .style import NO_FINISHED, TITLES
@@ -61,7 +61,7 @@ def summary_text(records: Sequence[TrialRecord]) -> str:
     if not s.trials:
         return "No trial has started yet."
     counts = ", ".join(f"{n} {status}" for status, n in s.by_status.items())
-    text = f"{s.trials} trial{'s' if s.trials != 1 else ''}: {counts}; techniques: {', '.join(s.techniques)}"
+    text = f"{s.trials} trial{'s' if s.trials != 1 else ''}: {counts}. By technique: " + "; ".join(outcome_lines(records))
     if s.finished:
         text += f"; hypervolume of the front {data.pareto(records).hypervolume:.4f}"
     return text + "."

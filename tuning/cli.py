@@ -86,6 +86,14 @@ def _where(outcome) -> None:
     print(f"  inspect: q3r-tune pareto {outcome.name} | q3r-tune recommend {outcome.name} --budget 0.2")
 
 
+def _outcomes(parent, records) -> None:
+    from .records import outcome_lines
+    from .results import sweep_techniques
+    print("Trials by technique:")
+    for line in outcome_lines(records, sweep_techniques(parent)):
+        print(f"  {line}")
+
+
 def _pareto(args: argparse.Namespace) -> int:
     from .pareto import format_table, front_table, fronts
     from .results import load_sweep
@@ -94,6 +102,7 @@ def _pareto(args: argparse.Namespace) -> int:
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
     except _sweep_errors() as e:
         return _fail("pareto", e)
+    _outcomes(parent, records)
     result = fronts(records)
     if not result.all_points:
         return _fail("pareto", ValueError(f"sweep {args.name!r} has no trial that finished its full budget yet"))
@@ -116,6 +125,7 @@ def _recommend(args: argparse.Namespace) -> int:
     try:
         budget = parse_budget(args.budget)
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
+        _outcomes(parent, records)
         rec = recommend(records, budget)
     except _sweep_errors() as e:
         return _fail("recommend", e)

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 
 from .pareto import format_table, front_table, fronts
 from .recommend import recommend, recommendation_table, write_spec
+from .records import outcome_lines
 from .results import results_table
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4)   # fractions of the targeted parameters
@@ -43,6 +44,9 @@ def point_dict(p) -> dict:
 def publish(client, parent: str, spec, records: list, log: Callable[[str], None] = print) -> dict:
     """Log the sweep's results on the parent run and print the front and the recommendation."""
     client.log_text(parent, to_csv(results_table(records, spec.retentions)), "results.csv")
+    log("Trials by technique:")
+    for line in outcome_lines(records, list(spec.spaces)):
+        log(f"  {line}")
     result = fronts(records)
     summary: dict = {"trials": len(records), "completed": sum(r.status == "completed" for r in records)}
     if not result.all_points:

@@ -43,3 +43,28 @@ class TrialRecord:
     def retentions(self) -> list[float]:
         """The retention levels this trial was scored at, ascending."""
         return sorted(float(k[4:]) for k in self.metrics if k.startswith("acc@"))
+
+
+def outcomes(records, techniques=()) -> dict[str, dict[str, int]]:
+    """{technique: {status: count}} in status order, for ``techniques`` (the sweep's, so that one
+    that got no trial is listed too) and every technique the records hold."""
+    names = list(dict.fromkeys([*techniques, *(r.technique for r in records)]))
+    out = {t: {} for t in names}
+    for r in records:
+        out[r.technique][r.status] = out[r.technique].get(r.status, 0) + 1
+    return {t: {s: counts[s] for s in STATUSES if s in counts} for t, counts in out.items()}
+
+
+def outcome_lines(records, techniques=()) -> list[str]:
+    """One line per technique saying how its trials ended, and plainly when none completed."""
+    lines = []
+    for technique, counts in outcomes(records, techniques).items():
+        told = ", ".join(f"{n} {s}" for s, n in counts.items())
+        if not counts:
+            lines.append(f"{technique}: no trial ran (its share of num_samples was 0)")
+        elif not counts.get(COMPLETED):
+            lines.append(f"{technique}: NO completed trial ({told}): it is missing from the front and the "
+                         f"recommendations")
+        else:
+            lines.append(f"{technique}: {told}")
+    return lines

@@ -60,6 +60,12 @@ def load_sweep(tracking_uri: str, name: str, with_history: bool = True) -> tuple
     return parent, load_records(client, parent.info.run_id, with_history)
 
 
+def sweep_techniques(parent) -> list[str]:
+    """The techniques a sweep searched, from its parent run's ``techniques`` parameter."""
+    value = parent.data.params.get("techniques", "")
+    return [t for t in value.split(",") if t]
+
+
 def results_table(records: list[TrialRecord], retentions: Optional[list] = None) -> list[dict]:
     """One flat row per trial: id, technique, status, epoch, hyperparameters, objective, acc@p."""
     rows = []

@@ -40,6 +40,7 @@ class SchedulerSpec(Strict):
     grace_period: Positive = 5                # epochs before ASHA may stop a trial
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0   # ASHA keeps 1 / reduction_factor at each rung
     max_t: Optional[Positive] = None          # epochs of the longest trial; null = epochs
+    min_samples: Positive = 1                 # trials of a technique recorded at a rung before it stops any
 
 
 class SearcherSpec(Strict):
@@ -76,7 +77,8 @@ class SweepSpec(Strict):
     objective: str = "mean"                   # "mean" or "acc@p"
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     searcher: SearcherSpec = Field(default_factory=SearcherSpec)
-    num_samples: Positive = 16
+    num_samples: Positive = 16                # trials in all, split evenly over the techniques (grid: repeats)
+    samples_per_technique: dict[str, Positive] = Field(default_factory=dict)   # overrides of the even split
     max_concurrent: Positive = 2
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: Annotated[int, Field(ge=0)] = 0
@@ -111,6 +113,10 @@ class SweepSpec(Strict):
                     if d.kind not in ("choice", "fixed"):
                         raise ValueError(f"techniques.{t}.{p} must be a choice or a fixed value for searcher "
                                          f"grid, but got {d.to_yaml()!r}")
+        unknown = sorted(set(self.samples_per_technique) - set(self.spaces))
+        if unknown:
+            raise ValueError(f"samples_per_technique names technique(s) {unknown} that the sweep does not search; "
+                             f"its techniques: {list(self.spaces)}")
         self.train = self.train.model_copy(update={
             "epochs": self.epochs, "retentions": list(self.retentions), "seed": self.seed,
             "threads": max(1, int(self.resources.cpu)), "device": "cuda" if self.resources.gpu > 0 else "cpu"})
@@ -132,6 +138,21 @@ class SweepSpec(Strict):
     @property
     def max_t(self) -> int:
         return self.scheduler.max_t or self.epochs
+
+    def allocation(self) -> dict[str, int]:
+        """Trials per technique: ``samples_per_technique`` where given, the rest of ``num_samples`` split
+        evenly over the other techniques (the first ones get one more when it does not divide; with
+        fewer trials than techniques the last ones get none, and the sweep says so when it starts)."""
+        fixed = dict(self.samples_per_technique)
+        rest = [t for t in self.spaces if t not in fixed]
+        left = max(0, self.num_samples - sum(fixed.values()))
+        share = {t: left // len(rest) + (i < left % len(rest)) for i, t in enumerate(rest)} if rest else {}
+        return {t: fixed.get(t, share.get(t)) for t in self.spaces}
+
+    @property
+    def total_samples(self) -> int:
+        """Trials the Tuner runs: the sum of the allocation (grid: ``num_samples`` repeats of the grid)."""
+        return self.num_samples if self.searcher.kind == "grid" else sum(self.allocation().values())
 
     def objective_metrics(self) -> list[str]:
         """The metrics the searcher optimises (all maximised)."""

@@ -22,13 +22,14 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from .trial.data import DatasetError, load_dataset
 
 from .publish import publish
 from .records import FAILED, TrialRecord
 from .results import load_records
+from .schedulers import TechniqueASHA
 from .searcher import make_searcher
 from .space import split_config
 from .spec import SweepSpec, from_dict
@@ -115,9 +116,10 @@ def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, c
     searcher, param_space = make_searcher(spec, storage=f"sqlite:///{storage / run_name / 'optuna.db'}"
                                           if spec.searcher.kind != "grid" else None)
     if spec.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=spec.max_t,
+        scheduler = TechniqueASHA(time_attr="epoch", metric="objective", mode="max", max_t=spec.max_t,
                                   grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor)
+                                  reduction_factor=spec.scheduler.reduction_factor,
+                                  min_samples=spec.scheduler.min_samples)
     else:
         scheduler = FIFOScheduler()
     trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
@@ -126,7 +128,7 @@ def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, c
                                 failure_config=tune.FailureConfig(max_failures=2),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
                                 progress_reporter=progress_reporter())
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.total_samples,
                                   max_concurrent_trials=spec.max_concurrent)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
@@ -143,7 +145,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     connect(address, num_cpus, num_gpus)
     check_resources(spec)
     parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
-    log(f"sweep {spec.experiment_name}: {spec.num_samples} trials, MLflow parent run {parent} in {uri}")
+    share = "" if spec.searcher.kind == "grid" else " (" + ", ".join(f"{t} {n}" for t, n in spec.allocation().items()) + ")"
+    log(f"sweep {spec.experiment_name}: {spec.total_samples} trials{share}, MLflow parent run {parent} in {uri}")
     callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.max_t)]
     tuner = make_tuner(spec, spec_dict, storage_dir, run_name, callbacks)
     return _finish(client, uri, spec, parent, str(storage_dir / run_name), tuner.fit(), log)

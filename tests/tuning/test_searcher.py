@@ -1,20 +1,24 @@
-"""The Optuna searcher: early-stopped trials are PRUNED, diverged ones get the worst objective."""
+"""The searcher: one Optuna study and one share of the trials per technique; early-stopped trials are
+PRUNED, diverged ones get the worst objective."""
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from tuning.searcher import make_searcher
 from tuning.space import split_config
-from tuning.spec import from_dict
+from tuning.spec import SpecError, from_dict
 
 from tests.tuning.sweep_helpers import tiny_spec
 
 
 @pytest.mark.parametrize("kind", ["tpe", "random"])
-def test_outcomes_reach_the_study_with_the_right_state(kind):
+def test_outcomes_reach_the_study_of_their_technique_with_the_right_state(kind):
     spec = from_dict(tiny_spec(searcher={"kind": kind}), source="tiny.yaml")
     searcher, space = make_searcher(spec)
     assert space == {}
     configs = {t: searcher.suggest(t) for t in ("a", "b", "c", "d")}
+    owners = {t: split_config(c)[0] for t, c in configs.items()}
+    assert owners == {"a": "adamq3r", "b": "adamw", "c": "adamq3r", "d": "adamw"}      # interleaved from the start
     for config in configs.values():                      # each config is one technique's full parameter set
         technique, params = split_config(config)
         assert set(params) == set(spec.spaces[technique])
@@ -23,11 +27,37 @@ def test_outcomes_reach_the_study_with_the_right_state(kind):
     searcher.on_trial_complete("b", {"epoch": 2, "status": "diverged"})                        # no accuracy
     searcher.on_trial_complete("c", {"objective": 0.71, "epoch": spec.epochs, "status": "completed"})
     searcher.on_trial_complete("d", None, error=True)                                          # raised
-    study = searcher._ot_study
-    states = {t.number: (t.state, t.value) for t in study.trials}
-    assert states == {0: (TrialState.PRUNED, 0.3), 1: (TrialState.COMPLETE, 0.0),
-                      2: (TrialState.COMPLETE, 0.71), 3: (TrialState.FAIL, None)}
-    assert study.trials[0].intermediate_values == {1: 0.3}     # pruned: its last reported value
+    q3r_study, adamw_study = (searcher.searchers[t]._ot_study for t in ("adamq3r", "adamw"))
+    assert [(t.state, t.value) for t in q3r_study.trials] == [(TrialState.PRUNED, 0.3), (TrialState.COMPLETE, 0.71)]
+    assert [(t.state, t.value) for t in adamw_study.trials] == [(TrialState.COMPLETE, 0.0), (TrialState.FAIL, None)]
+    assert q3r_study.trials[0].intermediate_values == {1: 0.3}     # pruned: its last reported value
+    assert all(set(t.params) <= {"adamq3r.lr", "adamq3r.lmbda"} for t in q3r_study.trials)   # no cross-talk
+
+
+def test_each_technique_gets_its_share_then_the_search_finishes():
+    techniques = {"adamq3r": {"lmbda": {"loguniform": [0.1, 10.0]}}, "adamw": {"lr": {"loguniform": [1e-3, 1e-2]}},
+                  "lora": {"lr": {"loguniform": [1e-3, 1e-2]}}}
+    spec = from_dict(tiny_spec(techniques=techniques, num_samples=7, samples_per_technique={"lora": 1}),
+                     source="tiny.yaml")
+    assert spec.allocation() == {"adamq3r": 3, "adamw": 3, "lora": 1} and spec.total_samples == 7
+    searcher, _ = make_searcher(spec)
+    owners = [split_config(searcher.suggest(str(i)))[0] for i in range(7)]
+    assert sorted(owners) == sorted(["adamq3r"] * 3 + ["adamw"] * 3 + ["lora"])
+    assert owners[:3] == ["adamq3r", "adamw", "lora"]                                # every technique early
+    assert searcher.suggest("8") == Searcher.FINISHED
+
+
+def test_allocation_splits_evenly_and_honours_overrides():
+    five = {t: {} for t in ("adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita")}
+    assert from_dict(tiny_spec(techniques=five, num_samples=12)).allocation() == \
+        {"adamq3r": 3, "adam_q3r_loss": 3, "adamw": 2, "lora": 2, "lorita": 2}
+    assert from_dict(tiny_spec(techniques=five, num_samples=3)).allocation() == \
+        {"adamq3r": 1, "adam_q3r_loss": 1, "adamw": 1, "lora": 0, "lorita": 0}
+    spec = from_dict(tiny_spec(techniques=five, num_samples=10, samples_per_technique={"adamq3r": 6, "lora": 1}))
+    assert spec.allocation() == {"adamq3r": 6, "adam_q3r_loss": 1, "adamw": 1, "lora": 1, "lorita": 1}
+    with pytest.raises(SpecError, match=r"samples_per_technique names technique\(s\) \['lorita'\] that the sweep "
+                                        r"does not search"):
+        from_dict(tiny_spec(samples_per_technique={"lorita": 2}), source="tiny.yaml")
 
 
 def test_multi_objective_values_are_the_retention_accuracies():
@@ -38,7 +68,7 @@ def test_multi_objective_values_are_the_retention_accuracies():
     searcher.on_trial_complete("a", {"acc@0.1": 0.4, "acc@0.5": 0.8, "objective": 0.6, "epoch": 4,
                                      "status": "completed"})
     searcher.on_trial_complete("b", {"epoch": 1, "status": "diverged"})
-    a, b = searcher._ot_study.trials
+    (a,), (b,) = (searcher.searchers[t]._ot_study.trials for t in ("adamq3r", "adamw"))
     assert a.values == [0.4, 0.8] and b.values == [0.0, 0.0]
 
 

@@ -43,14 +43,16 @@ def test_asha_stopped_trials_are_pruned_in_optuna(sweep):
     assert len(statuses) == spec.num_samples
     assert statuses.count("stopped") >= 1 and statuses.count("completed") >= 1
     assert set(statuses) <= {"completed", "stopped"}
-    study = optuna.load_study(study_name=spec.experiment_name,
-                              storage=f"sqlite:///{outcome.storage}/optuna.db")
-    states = [t.state for t in study.trials]
+    storage = f"sqlite:///{outcome.storage}/optuna.db"
+    studies = [optuna.load_study(study_name=f"{spec.experiment_name}/{t}", storage=storage) for t in spec.spaces]
+    trials = [t for study in studies for t in study.trials]
+    assert [len(study.trials) for study in studies] == list(spec.allocation().values())   # each its own share
+    states = [t.state for t in trials]
     assert states.count(TrialState.PRUNED) == statuses.count("stopped")
     assert states.count(TrialState.COMPLETE) == statuses.count("completed")
     for r in outcome.records:        # the study's objective is the value the trial reported
         if r.status == "completed":
-            assert any(t.value == pytest.approx(r.metrics["objective"]) for t in study.trials
+            assert any(t.value == pytest.approx(r.metrics["objective"]) for t in trials
                        if t.state == TrialState.COMPLETE)
 
 
@@ -88,6 +90,7 @@ def test_pareto_and_recommend_commands_read_the_sweep(sweep, tmp_path, capsys):
     assert cli.main(["pareto", spec.experiment_name, "--tracking-uri", uri, "--per-technique"]) == 0
     out = capsys.readouterr().out
     assert "Pareto front, all techniques" in out and "adamq3r" in out + "adamw"
+    assert "Trials by technique:" in out and "  adamq3r: " in out and "  adamw: " in out
     target = tmp_path / "rec.yaml"
     assert cli.main(["recommend", spec.experiment_name, "--tracking-uri", uri, "--budget", "0.5",
                      "--out", str(target)]) == 0
@@ -122,7 +125,12 @@ def test_grid_and_multi_objective_searchers(searcher, tmp_path):
                                ("adamq3r", (("lmbda", 0.5), ("lr", 3e-3), ("period", 5), ("target_rank", 0.2))),
                                ("adamq3r", (("lmbda", 2.0), ("lr", 3e-3), ("period", 5), ("target_rank", 0.2)))])
     else:                                                # one Optuna value per retention level p < 1
-        study = optuna.load_study(study_name=spec.experiment_name, storage=f"sqlite:///{outcome.storage}/optuna.db")
-        assert len(study.directions) == 2 and len(study.trials) == 3
-        for t in study.trials:
+        storage = f"sqlite:///{outcome.storage}/optuna.db"
+        trials = []
+        for technique in spec.spaces:
+            study = optuna.load_study(study_name=f"{spec.experiment_name}/{technique}", storage=storage)
+            assert len(study.directions) == 2
+            trials += study.trials
+        assert len(trials) == 3
+        for t in trials:
             assert t.state == TrialState.COMPLETE and len(t.values) == 2

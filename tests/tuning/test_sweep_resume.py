@@ -74,5 +74,6 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert len(client.search_runs([parent.info.experiment_id])) == 5          # one parent + four children
     storage = parent.data.tags["q3r.storage"]
-    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{storage}/optuna.db")
-    assert len(study.trials) == 4
+    url = f"sqlite:///{storage}/optuna.db"
+    names = [n for n in optuna.get_all_study_names(url) if n.startswith("resumable/")]
+    assert sum(len(optuna.load_study(study_name=n, storage=url).trials) for n in names) == 4
