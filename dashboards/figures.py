@@ -42,7 +42,8 @@ def _point_text(p) -> str:
 
 def plot_pareto_front(result: ParetoResult) -> go.Figure:
     """Accuracy against parameters: every (trial, retention) point faint, each technique's front as
-    a thin line, the overall front bold. Traces: two per technique plus the overall front."""
+    a thin line, the overall front bold; configurations confirmed over seeds as diamonds at their mean
+    with a std error bar. Traces: two per technique, one for the confirmed points if any, the front."""
     fig = _figure(TITLES["pareto"])
     if not result.all_points:
         return _note(fig, NO_FINISHED)
@@ -60,6 +61,16 @@ def plot_pareto_front(result: ParetoResult) -> go.Figure:
             name=f"{tech}: front", legendgroup=tech, line=dict(color=c, width=1.5, shape="hv"),
             marker=dict(color=c, size=6), text=[_point_text(p) for p in front],
             hovertemplate="%{text}<extra></extra>"))
+    if result.confirmed:
+        conf = result.confirmed
+        fig.add_trace(go.Scatter(
+            x=[p.parameters for p in conf], y=[p.accuracy for p in conf], mode="markers",
+            name="confirmed over seeds (mean, error bar = std)",
+            error_y=dict(type="data", array=[p.std for p in conf], visible=True, color="#444"),
+            marker=dict(color=[colour(p.technique, techniques) for p in conf], size=10, symbol="diamond",
+                        line=dict(color="#444", width=1)),
+            text=[f"{_point_text(p)}<br>mean of {p.seeds} seeds, std {p.std:.4f}" for p in conf],
+            hovertemplate="<b>confirmed</b><br>%{text}<extra></extra>"))
     overall = result.overall
     fig.add_trace(go.Scatter(
         x=[p.parameters for p in overall], y=[p.accuracy for p in overall], mode="lines+markers",

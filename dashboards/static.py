@@ -61,6 +61,9 @@ def pareto_png(result, path: Path) -> Path:
         ax.scatter([p.parameters for p in pts], [p.accuracy for p in pts], s=12, color=c, alpha=0.25)
         ax.step([p.parameters for p in front], [p.accuracy for p in front], "-o", where="post", ms=3, lw=1,
                 color=c, label=tech)
+    for p in result.confirmed:                          # confirmed over seeds: mean with a std error bar
+        ax.errorbar(p.parameters, p.accuracy, yerr=p.std, fmt="D", ms=6, color=colour(p.technique, techniques),
+                    ecolor="#444", mec="#444", capsize=3, zorder=4)
     overall = result.overall
     ax.step([p.parameters for p in overall], [p.accuracy for p in overall], "k--", where="post", lw=1.5,
             label=f"front (hypervolume {result.hypervolume:.3f})")
@@ -138,14 +141,17 @@ def progress_png(curves, path: Path) -> Path:
     return _finish(fig, ax, path, "progress", "epoch", "objective")
 
 
-COLUMNS = ("budget", "technique", "hyperparameters", "retention", "parameters", "accuracy", "trial_id")
+COLUMNS = ("budget", "technique", "hyperparameters", "retention", "parameters", "accuracy", "std", "seeds",
+           "trial_id")
 
 
 def cell(key: str, value) -> str:
     if key == "parameters" and isinstance(value, int):
         return f"{value:,}"
-    if key == "accuracy" and isinstance(value, float):
+    if key in ("accuracy", "std") and isinstance(value, float):
         return f"{value:.4f}"
+    if key == "std" and value is None:
+        return "-"
     if key == "budget" and isinstance(value, float):
         return f"{value:g} of targeted"
     return value_text(value)

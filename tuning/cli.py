@@ -80,6 +80,17 @@ def _resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirm(args: argparse.Namespace) -> int:
+    from .sweep import confirm_sweep
+    try:
+        outcome = confirm_sweep(args.name, address=args.address, tracking_uri=args.tracking_uri,
+                                num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    except _sweep_errors() as e:
+        return _fail("confirm", e)
+    _where(outcome)
+    return 0
+
+
 def _where(outcome) -> None:
     print(f"sweep {outcome.name}: {len(outcome.records)} trials; MLflow tracking URI {outcome.tracking_uri}, "
           f"parent run {outcome.parent_run_id}")
@@ -208,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one field, e.g. --set num_samples=4 (repeatable)")
     sweep.add_argument("--storage", help="folder for Ray's trial state and checkpoints (default ./q3r-runs)")
-    for p in (sweep, sub.add_parser("resume", help="continue an interrupted sweep, found by its name")):
+    resume = sub.add_parser("resume", help="continue an interrupted sweep (search and confirmation), found by its name")
+    confirm = sub.add_parser("confirm", help="run, or complete, the confirmation over seeds of a finished sweep")
+    for p in (sweep, resume, confirm):
         if p is not sweep:
             p.add_argument("name", help="the sweep's name (its MLflow experiment)")
-            p.set_defaults(func=_resume)
+            p.set_defaults(func=_resume if p is resume else _confirm)
         _tracking_option(p)
         p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local)")
         p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")

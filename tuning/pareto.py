@@ -9,10 +9,13 @@ parameter count after truncating every targeted matrix to rank r(p)).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
-from .records import COMPLETED, STATUSES, TrialRecord
+from .records import COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, SEARCH, STATUSES, TrialRecord
+
+SEED_STATUSES = (COMPLETED, COLLAPSED, DIVERGED)   # confirmation runs that count, at their last scores
 
 
 class Point(NamedTuple):
@@ -24,8 +27,10 @@ class Point(NamedTuple):
     retention: float      # p
     parameters: int       # params@p: whole-model parameter count after truncation
     targeted: float       # targeted@p: fraction of the targeted matrices' parameters kept
-    accuracy: float       # acc@p: validation accuracy after truncation
+    accuracy: float       # acc@p: validation accuracy after truncation (the mean over seeds, see below)
     run_id: str
+    std: float = math.nan  # the standard deviation of acc@p over seeds (NaN for one seed)
+    seeds: int = 1         # runs behind ``accuracy``: the trial and its completed confirmation runs
 
 
 def _statuses(statuses: Iterable[str]) -> tuple[str, ...]:
@@ -44,7 +49,7 @@ def _finite(value) -> bool:
 
 
 def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,)) -> list[Point]:
-    """One point per (trial, retention level) of the trials whose status is in ``statuses``.
+    """One point per (search trial, retention level) of the trials whose status is in ``statuses``.
 
     Levels without a finite accuracy or parameter count are left out; ``targeted`` is NaN where
     the trial did not report ``targeted@p``.
@@ -52,7 +57,7 @@ def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,
     statuses = _statuses(statuses)
     out = []
     for rec in records:
-        if rec.status not in statuses:
+        if rec.status not in statuses or rec.role != SEARCH:      # confirmation runs: see recommend.seed_points
             continue
         levels = []
         for key in rec.metrics:
@@ -70,6 +75,24 @@ def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,
                 levels.append(Point(rec.trial_id, rec.technique, rec.params, retention,
                                     int(round(float(params))), targeted, float(acc), rec.run_id))
         out.extend(sorted(levels, key=lambda p: p.retention))
+    return out
+
+
+def seed_points(records: Iterable[TrialRecord], statuses=(COMPLETED,)) -> list[Point]:
+    """``points`` of the search trials, each with the mean, standard deviation and number of seeds of
+    acc@p over the trial and its confirmation runs (a diverged seed counts with accuracy 0)."""
+    records = list(records)
+    seeds: dict[str, list[TrialRecord]] = {}
+    for r in records:
+        if r.role == CONFIRMATION and r.status in SEED_STATUSES:
+            seeds.setdefault(r.confirms, []).append(r)
+    out = []
+    for p in points(records, statuses):
+        level = f"acc@{p.retention:g}"
+        accs = [p.accuracy] + [0.0 if r.status == DIVERGED else float(r.metrics.get(level, 0.0))
+                               for r in seeds.get(p.trial_id, [])]
+        std = statistics.stdev(accs) if len(accs) > 1 else math.nan
+        out.append(p._replace(accuracy=statistics.fmean(accs), std=std, seeds=len(accs)))
     return out
 
 
@@ -125,11 +148,13 @@ class ParetoResult:
     per_technique_hypervolume: dict[str, float]
     ref_parameters: int
     all_points: list[Point]
+    confirmed: list[Point] = ()          # seed_points confirmed over several seeds (mean, std, seeds)
 
 
 def fronts(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,)) -> ParetoResult:
     """The overall front and one per technique, with hypervolumes against one reference: the
     largest parameter count among the points (the dense model) and accuracy 0."""
+    records = list(records)
     pts = points(records, statuses)
     ref = max((p.parameters for p in pts), default=0)
     per_technique = {t: pareto_front(p for p in pts if p.technique == t)
@@ -141,7 +166,8 @@ def fronts(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,
 
     return ParetoResult(overall=overall, per_technique=per_technique, hypervolume=hv(overall),
                         per_technique_hypervolume={t: hv(f) for t, f in per_technique.items()},
-                        ref_parameters=ref, all_points=pts)
+                        ref_parameters=ref, all_points=pts,
+                        confirmed=[p for p in seed_points(records, statuses) if p.seeds > 1])
 
 
 def format_params(params: dict) -> str:

@@ -18,11 +18,9 @@ from typing import Callable
 from urllib.parse import unquote, urlparse
 
 from .pareto import format_table, front_table, fronts
-from .recommend import recommend, recommendation_table, write_spec
+from .recommend import BUDGETS, recommend, recommendation_table, write_spec
 from .records import outcome_lines
 from .results import results_table
-
-BUDGETS = (0.05, 0.1, 0.2, 0.4)   # fractions of the targeted parameters
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -36,9 +34,23 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def accuracy_text(accuracy: float, std: float, seeds: int) -> str:
+    """"0.9306 +- 0.0120 (3 seeds)", or "0.9306 (1 seed)" for a single run."""
+    spread = f" +- {std:.4f}" if seeds > 1 else ""
+    return f"{accuracy:.4f}{spread} ({seeds} seed{'s' if seeds != 1 else ''})"
+
+
+def shown_row(row: dict) -> dict:
+    """A recommendation row for printing: the accuracy as mean +- std over its seeds."""
+    out = {k: v for k, v in row.items() if k not in ("std", "seeds", "accuracy")}
+    out["accuracy (mean +- std)"] = accuracy_text(row["accuracy"], row["std"], row["seeds"])
+    return out
+
+
 def point_dict(p) -> dict:
     return {"trial_id": p.trial_id, "technique": p.technique, "params": p.params, "retention": p.retention,
-            "parameters": p.parameters, "targeted": p.targeted, "accuracy": p.accuracy, "run_id": p.run_id}
+            "parameters": p.parameters, "targeted": p.targeted, "accuracy": p.accuracy, "run_id": p.run_id,
+            "std": None if p.seeds < 2 else p.std, "seeds": p.seeds}
 
 
 def publish(client, parent: str, spec, records: list, log: Callable[[str], None] = print) -> dict:
@@ -75,8 +87,8 @@ def publish(client, parent: str, spec, records: list, log: Callable[[str], None]
             client.log_artifact(parent, str(path), "recommended")
     log("Pareto front (accuracy vs parameters, trials that finished their budget):")
     log(format_table(front_table(result.overall)))
-    log("Recommended hyperparameters by budget (fraction of the targeted parameters):")
-    log(format_table([{k: v for k, v in row.items()} for row in table]))
+    log("Recommended hyperparameters by budget (fraction of the targeted parameters; accuracy over seeds):")
+    log(format_table([shown_row(row) for row in table]))
     summary.update(hypervolume=result.hypervolume, front=len(result.overall), recommendations=table)
     summary.update(log_report(client, parent, records, log))
     return summary

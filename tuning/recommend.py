@@ -2,7 +2,9 @@
 
 A budget is a fraction of the targeted matrices' parameters (0.2: keep 20%, compared with
 ``targeted@p``) or an absolute whole-model parameter count (50000, compared with ``params@p``).
-The recommendation is the most accurate (trial, retention level) within the budget.
+The recommendation is the most accurate (configuration, retention level) within the budget, by
+the mean accuracy over its seeds: once a sweep has confirmation runs (``tuning.confirm``), only
+configurations confirmed over several seeds are recommended, and a single lucky run is not.
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
 
-from .pareto import Point, format_params, points
+from .pareto import Point, format_params, points, seed_points
 from .records import COMPLETED, TrialRecord
 
 Budget = Union[float, int]
+BUDGETS = (0.05, 0.1, 0.2, 0.4)   # the recommendation table's budgets: fractions of the targeted parameters
 TOLERANCE = 1e-9          # fraction budgets: targeted <= budget + TOLERANCE
 
 
@@ -76,6 +79,13 @@ def _candidates(pts: list[Point], budget: Budget, statuses) -> list[Point]:
     return inside
 
 
+def _eligible(pts: list[Point], budget) -> list[Point]:
+    """Within the budget; only confirmed points (several seeds) where any confirmed point fits."""
+    inside = [p for p in pts if within(p, budget)]
+    confirmed = [p for p in inside if p.seeds > 1]
+    return confirmed or inside
+
+
 @dataclass(frozen=True)
 class Recommendation:
     budget: Budget
@@ -90,7 +100,9 @@ def recommend(records: Iterable[TrialRecord], budget, statuses: Iterable[str] = 
     budget = _budget(budget)
     records = list(records)
     statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-    inside = _candidates(points(records, statuses), budget, statuses)
+    pts = seed_points(records, statuses)
+    _candidates(pts, budget, statuses)                          # a clear error when nothing fits
+    inside = sorted(_eligible(pts, budget), key=_rank)
     best = inside[0]
     record = next(r for r in records if r.trial_id == best.trial_id and r.status in statuses)
     seen, alternatives = {best.technique}, []
@@ -149,15 +161,15 @@ def recommendation_table(records: Iterable[TrialRecord], budgets: Iterable,
                          statuses: Iterable[str] = (COMPLETED,)) -> list[dict]:
     """The best point for each budget, skipping budgets that no trial reaches."""
     statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-    pts = points(records, statuses)
+    pts = seed_points(records, statuses)
     rows = []
     for raw in budgets:
         budget = _budget(raw)
-        inside = [p for p in pts if within(p, budget)]
+        inside = _eligible(pts, budget)
         if not inside:
             continue
         p = min(inside, key=_rank)
         rows.append({"budget": budget, "technique": p.technique, "hyperparameters": format_params(p.params),
                      "retention": p.retention, "parameters": p.parameters, "accuracy": p.accuracy,
-                     "trial_id": p.trial_id})
+                     "std": p.std if p.seeds > 1 else None, "seeds": p.seeds, "trial_id": p.trial_id})
     return rows

@@ -16,6 +16,10 @@ FAILED = "failed"            # raised an error
 RUNNING = "running"          # not finished (the sweep is still going, or was interrupted)
 STATUSES = (COMPLETED, STOPPED, DIVERGED, COLLAPSED, FAILED, RUNNING)
 
+# What a child run of a sweep is (the MLflow tag ``q3r.role``):
+SEARCH = "trial"             # a trial of the search
+CONFIRMATION = "confirmation"  # a search trial's configuration trained again with another seed
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -27,7 +31,8 @@ class TrialRecord:
     ``metrics`` is the last evaluation's flat dict: ``acc``, ``acc@0.2``, ``params@0.2`` (whole-model
     parameter count after truncation at 0.2), ``targeted@0.2`` (fraction of the targeted matrices'
     parameters kept), ``objective``, ``diag/mean/...``. ``history`` is every evaluation, in epoch order,
-    each a flat dict with at least ``epoch`` and ``objective``.
+    each a flat dict with at least ``epoch`` and ``objective``. A confirmation run (``role``) is the
+    configuration of search trial ``confirms`` trained again with another ``seed``.
     """
 
     trial_id: str
@@ -39,6 +44,9 @@ class TrialRecord:
     history: tuple = ()
     config: dict = field(default_factory=dict)
     run_id: str = ""
+    role: str = SEARCH          # SEARCH or CONFIRMATION
+    confirms: str = ""          # a confirmation run: the trial_id of the search trial it trains again
+    seed: int | None = None     # the trial's seed (train.seed)
 
     def retentions(self) -> list[float]:
         """The retention levels this trial was scored at, ascending."""
@@ -48,6 +56,7 @@ class TrialRecord:
 def outcomes(records, techniques=()) -> dict[str, dict[str, int]]:
     """{technique: {status: count}} in status order, for ``techniques`` (the sweep's, so that one
     that got no trial is listed too) and every technique the records hold."""
+    records = [r for r in records if r.role == SEARCH]
     names = list(dict.fromkeys([*techniques, *(r.technique for r in records)]))
     out = {t: {} for t in names}
     for r in records:
@@ -56,7 +65,9 @@ def outcomes(records, techniques=()) -> dict[str, dict[str, int]]:
 
 
 def outcome_lines(records, techniques=()) -> list[str]:
-    """One line per technique saying how its trials ended, and plainly when none completed."""
+    """One line per technique saying how its trials ended, and plainly when none completed; then one
+    line for the confirmation runs, if any."""
+    records = list(records)
     lines = []
     for technique, counts in outcomes(records, techniques).items():
         told = ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -67,4 +78,9 @@ def outcome_lines(records, techniques=()) -> list[str]:
                          f"recommendations")
         else:
             lines.append(f"{technique}: {told}")
+    confirmations = [r for r in records if r.role == CONFIRMATION]
+    if confirmations:
+        done = sum(r.status == COMPLETED for r in confirmations)
+        lines.append(f"confirmation: {len(confirmations)} runs ({done} completed) of "
+                     f"{len({r.confirms for r in confirmations})} configuration(s) with new seeds")
     return lines

@@ -11,7 +11,8 @@ from typing import Optional
 from mlflow.tracking import MlflowClient
 
 from .records import TrialRecord
-from .tracking import CONFIG, PARAMS, PARENT, STATUS, TECHNIQUE, TRIAL_ID, find_sweep, metric_key
+from .records import SEARCH
+from .tracking import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID, find_sweep, metric_key
 
 HISTORY_KEYS = ("epoch", "objective", "acc", "train_loss")   # per-evaluation series kept in ``history``
 
@@ -39,10 +40,12 @@ def record_of(client: MlflowClient, run, with_history: bool = True) -> TrialReco
             for m in points:
                 steps.setdefault(int(m.step), {})[key] = m.value
         history = [dict(v, epoch=s) for s, v in sorted(steps.items())]
+    config = json.loads(tags.get(CONFIG, "{}"))
     return TrialRecord(trial_id=tags.get(TRIAL_ID, run.info.run_id), technique=tags.get(TECHNIQUE, "?"),
                        params=json.loads(tags.get(PARAMS, "{}")), status=tags.get(STATUS, "running"),
                        epoch=int(metrics.get("epoch", 0)), metrics=metrics, history=tuple(history),
-                       config=json.loads(tags.get(CONFIG, "{}")), run_id=run.info.run_id)
+                       config=config, run_id=run.info.run_id, role=tags.get(ROLE, SEARCH),
+                       confirms=tags.get(CONFIRMS, ""), seed=(config.get("train") or {}).get("seed"))
 
 
 def load_records(client: MlflowClient, parent_run_id: str, with_history: bool = True) -> list[TrialRecord]:

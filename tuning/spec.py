@@ -29,7 +29,7 @@ from .trial.evaluation import level_key
 from .trial.spec import DEFAULT_RETENTIONS, DataSpec, Fraction, ModelSpec, Positive, TrainSpec, TrialSpec
 from .trial.specio import SpecError, Strict, apply_overrides, read_yaml, validate
 
-__all__ = ["SpecError", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "TrackingSpec", "SweepSpec",
+__all__ = ["SpecError", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "ConfirmSpec", "TrackingSpec", "SweepSpec",
            "load_spec", "from_dict", "dump_spec", "objective_value", "json_schema"]
 
 MANAGED = ("epochs", "retentions", "seed", "threads", "device")  # train fields the sweep sets itself
@@ -59,6 +59,11 @@ class ResourcesSpec(Strict):
         return self
 
 
+class ConfirmSpec(Strict):
+    top: Annotated[int, Field(ge=0)] = 1      # best distinct configurations per budget trained again (0: off)
+    seeds: Annotated[int, Field(ge=0)] = 2    # new seeds for each of them (0: off)
+
+
 class TrackingSpec(Strict):
     uri: Optional[str] = None                 # MLflow tracking URI; null = sqlite:///<cwd>/mlruns.db
     experiment: Optional[str] = None          # MLflow experiment; null = the sweep's name
@@ -82,6 +87,7 @@ class SweepSpec(Strict):
     max_concurrent: Positive = 2
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: Annotated[int, Field(ge=0)] = 0
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     _source: str = PrivateAttr(default="<dict>")
 

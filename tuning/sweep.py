@@ -26,15 +26,16 @@ from ray.tune.schedulers import FIFOScheduler
 
 from .trial.data import DatasetError, load_dataset
 
+from .confirm import plan
 from .publish import publish
+from .recommend import BUDGETS
 from .records import FAILED, TrialRecord
 from .results import load_records
 from .schedulers import TechniqueASHA
 from .searcher import make_searcher
-from .space import split_config
 from .spec import SweepSpec, from_dict
 from .tracking import STATUS, TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, start_sweep
-from .trainable import train_trial
+from .trainable import train_trial, trial_of
 
 PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"))
 
@@ -61,8 +62,7 @@ def resolve_paths(spec_dict: dict, base: Path) -> dict:
 
 def trial_config(spec_dict: dict, config: dict):
     """(technique, params, TrialSpec) of one Ray trial config; picklable through functools.partial."""
-    technique, params = split_config(config)
-    return technique, params, from_dict(spec_dict).trial_config(technique, params)
+    return trial_of(from_dict(spec_dict), config)
 
 
 def preflight(spec: SweepSpec) -> None:
@@ -111,6 +111,18 @@ def progress_reporter() -> tune.CLIReporter:
                             max_progress_rows=30, sort_by_metric=False)
 
 
+def trainable_of(spec: SweepSpec, spec_dict: dict):
+    return tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
+                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def run_config(name: str, storage: Path, callbacks: list) -> tune.RunConfig:
+    return tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
+                          failure_config=tune.FailureConfig(max_failures=2),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+                          progress_reporter=progress_reporter())
+
+
 def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, callbacks: list):
     (storage / run_name).mkdir(parents=True, exist_ok=True)
     searcher, param_space = make_searcher(spec, storage=f"sqlite:///{storage / run_name / 'optuna.db'}"
@@ -122,15 +134,38 @@ def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, c
                                   min_samples=spec.scheduler.min_samples)
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
-                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    run_config = tune.RunConfig(name=run_name, storage_path=str(storage), callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=2),
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-                                progress_reporter=progress_reporter())
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.total_samples,
                                   max_concurrent_trials=spec.max_concurrent)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable_of(spec, spec_dict), param_space=param_space, tune_config=tune_config,
+                      run_config=run_config(run_name, storage, callbacks))
+
+
+def confirmation_folder(search_folder: str) -> Path:
+    """Ray's state of a sweep's confirmation runs: beside the search's, with ``-confirm`` appended."""
+    return Path(f"{search_folder.rstrip('/')}-confirm")
+
+
+def run_confirmation(client, uri: str, spec: SweepSpec, spec_dict: dict, parent: str, search_folder: str,
+                     log: Callable[[str], None] = print) -> list:
+    """Train the best configurations of each budget again with new seeds (``tuning.confirm``), or
+    complete an interrupted confirmation from Ray's state: no seed runs twice. Returns Ray's results."""
+    folder = confirmation_folder(search_folder)
+    trainable = trainable_of(spec, spec_dict)
+    if tune.Tuner.can_restore(str(folder)):
+        log(f"completing the confirmation runs in {folder}")
+        return list(tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True).fit())
+    points = plan(load_records(client, parent, with_history=False), BUDGETS, spec.confirm.top, spec.confirm.seeds,
+                  spec.seed)
+    if not points:
+        return []
+    configs = len({p["confirms"] for p in points})
+    log(f"confirming the best {spec.confirm.top} configuration(s) of each budget {list(BUDGETS)}: {configs} distinct "
+        f"configuration(s) x {spec.confirm.seeds} new seeds = {len(points)} runs of {spec.epochs} epochs")
+    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.epochs)]
+    tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
+                       tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent),
+                       run_config=run_config(folder.name, folder.parent, callbacks))
+    return list(tuner.fit())
 
 
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -149,7 +184,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     log(f"sweep {spec.experiment_name}: {spec.total_samples} trials{share}, MLflow parent run {parent} in {uri}")
     callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.max_t)]
     tuner = make_tuner(spec, spec_dict, storage_dir, run_name, callbacks)
-    return _finish(client, uri, spec, parent, str(storage_dir / run_name), tuner.fit(), log)
+    results = list(tuner.fit())
+    results += run_confirmation(client, uri, spec, spec_dict, parent, str(storage_dir / run_name), log)
+    return _finish(client, uri, spec, parent, str(storage_dir / run_name), results, log)
 
 
 def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -168,10 +205,30 @@ def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opti
     connect(address, num_cpus, num_gpus)
     client.update_run(parent, status="RUNNING")
     log(f"resuming sweep {name} from {path}")
-    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
-                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    return _finish(client, uri, spec, parent, path, tuner.fit(), log)
+    tuner = tune.Tuner.restore(path, trainable_of(spec, spec_dict), resume_unfinished=True, resume_errored=True)
+    results = list(tuner.fit())
+    results += run_confirmation(client, uri, spec, spec_dict, parent, path, log)
+    return _finish(client, uri, spec, parent, path, results, log)
+
+
+def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+                  num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+                  log: Callable[[str], None] = print) -> SweepOutcome:
+    """Run, or complete, the confirmation runs of the latest sweep of experiment ``name``."""
+    uri = tracking_uri or default_uri()
+    client = check_tracking(uri)
+    parent_run = find_sweep(client, name)
+    parent = parent_run.info.run_id
+    spec_dict = _load_spec_artifact(client, parent)
+    spec = from_dict(spec_dict, source=f"sweep {name}")
+    if spec.confirm.top == 0 or spec.confirm.seeds == 0:
+        raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {spec.confirm.model_dump()}); "
+                            f"run it again with confirm.top and confirm.seeds >= 1")
+    connect(address, num_cpus, num_gpus)
+    client.update_run(parent, status="RUNNING")
+    path = parent_run.data.tags.get("q3r.storage", "")
+    results = run_confirmation(client, uri, spec, spec_dict, parent, path, log)
+    return _finish(client, uri, spec, parent, path, results, log)
 
 
 def _load_spec_artifact(client, run_id: str) -> dict:

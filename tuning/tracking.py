@@ -1,7 +1,8 @@
 """MLflow bookkeeping: one parent run per sweep, one child run per trial, no duplicates on resume.
 
 Runs are found again by tags, never created twice: the parent carries ``q3r.role = sweep``, each
-child ``q3r.trial_id`` and ``mlflow.parentRunId``. MLflow metric names may not contain ``@``, so the
+child ``q3r.trial_id``, ``mlflow.parentRunId`` and ``q3r.role = trial`` (a search trial) or
+``confirmation`` (a configuration trained again with another seed; ``q3r.confirms`` names the trial). MLflow metric names may not contain ``@``, so the
 trial metric ``acc@0.2`` is logged as ``acc_at_0.2`` (``mlflow_key`` / ``metric_key`` convert).
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .records import COMPLETED, FAILED, STOPPED
+from .records import COMPLETED, CONFIRMATION, FAILED, SEARCH, STOPPED
 
 ROLE, SWEEP = "q3r.role", "sweep"
 TRIAL_ID, STATUS, TECHNIQUE, PARAMS, CONFIG = "q3r.trial_id", "q3r.status", "q3r.technique", "q3r.params", "q3r.config"
+CONFIRMS = "q3r.confirms"          # a confirmation run: the trial_id of the search trial it trains again
 PARENT = "mlflow.parentRunId"
 LOGGED = ("acc", "objective", "train_loss", "epoch", "time_s")      # plus every acc@/params@/targeted@/diag/ key
 PACKAGES = ("q3r-tune", "torch", "timm", "transformers", "ray", "optuna", "mlflow", "peft")
@@ -131,6 +133,12 @@ def version(package: str) -> str:
         return "not installed"
 
 
+def confirmed_trial(config: dict) -> str:
+    """The search trial a confirmation config trains again (``{"point": {..., "confirms": id}}``), else ""."""
+    point = config.get("point") if isinstance(config.get("point"), dict) else config
+    return str(point.get("confirms") or "")
+
+
 def final_status(result: Optional[dict], max_t: int) -> str:
     """completed, stopped (by the scheduler), diverged or collapsed, from a trial's last result."""
     status = (result or {}).get("status", "running")
@@ -173,9 +181,13 @@ class TrialRuns(Callback):
             self._last_step[run_id] = max((int(m.value) for m in history), default=0)
         else:
             technique, params, cfg = self.trial_config(trial.config)
+            confirms = confirmed_trial(trial.config)
             tags = {PARENT: self.parent, TRIAL_ID: tid, TECHNIQUE: technique, STATUS: "running",
                     PARAMS: json.dumps(params), CONFIG: json.dumps(cfg.to_dict()),
-                    "mlflow.runName": f"{technique}-{tid}"}
+                    ROLE: CONFIRMATION if confirms else SEARCH,
+                    "mlflow.runName": f"{technique}-{tid}" + (f"-seed{cfg.train.seed}" if confirms else "")}
+            if confirms:
+                tags[CONFIRMS] = confirms
             run_id = self.client.create_run(exp_id, tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.flat().items()])
             self._last_step[run_id] = 0

@@ -30,11 +30,20 @@ def trial_metrics(metrics: dict, objective: str, retentions) -> dict:
     return out
 
 
+def trial_of(sweep, config: dict):
+    """(technique, params, TrialSpec) of a Ray config; a confirmation point also sets ``seed``."""
+    technique, params = split_config(config)
+    cfg = sweep.trial_config(technique, params)
+    point = config.get("point") if isinstance(config.get("point"), dict) else config
+    if point.get("seed") is not None:
+        cfg.train.seed = int(point["seed"])
+    return technique, params, cfg
+
+
 def train_trial(config: dict, spec: dict) -> None:
     """Ray Tune function trainable; ``spec`` is the sweep spec as a dict (``SweepSpec.to_dict()``)."""
     sweep = from_dict(spec)
-    technique, params = split_config(config)
-    cfg = sweep.trial_config(technique, params)
+    technique, params, cfg = trial_of(sweep, config)
     workdir = Path(tempfile.mkdtemp(prefix="q3r-trial-"))
     resume = False
     checkpoint = tune.get_checkpoint()

@@ -218,7 +218,7 @@ def _artifacts(client, run_id, path=None):
 def test_publish_logs_the_report_on_the_parent_run(store, monkeypatch):
     uri, client = store
     monkeypatch.setattr(publish, "write_spec", lambda rec, path: Path(path).write_text("# spec\n"))
-    spec = SimpleNamespace(retentions=[0.1, 0.5, 1.0])
+    spec = SimpleNamespace(retentions=[0.1, 0.5, 1.0], spaces={"adamq3r": {}, "adamw": {}})
     for name, records in (("published", RECORDS), ("unfinished", [E, F])):
         parent = client.create_run(experiment_id(client, name)).info.run_id
         lines = []

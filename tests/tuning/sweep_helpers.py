@@ -31,6 +31,7 @@ TINY = {
     "max_concurrent": 2,
     "resources": {"cpu": 1, "gpu": 0},
     "seed": 0,
+    "confirm": {"top": 0, "seeds": 0},      # the confirmation tests turn it on
 }
 
 

@@ -152,13 +152,13 @@ def test_recommendation_table():
     rows = recommendation_table(RECORDS, ["0.05", 0.1, "0.2", 300, 1000])
     assert rows == [
         {"budget": 0.1, "technique": "adamq3r", "hyperparameters": "lmbda=0.5 lr=0.001", "retention": 0.1,
-         "parameters": 150, "accuracy": 0.70, "trial_id": "q1"},
+         "parameters": 150, "accuracy": 0.70, "std": None, "seeds": 1, "trial_id": "q1"},
         {"budget": 0.2, "technique": "adamq3r", "hyperparameters": "lmbda=0.5 lr=0.001", "retention": 0.2,
-         "parameters": 250, "accuracy": 0.88, "trial_id": "q1"},
+         "parameters": 250, "accuracy": 0.88, "std": None, "seeds": 1, "trial_id": "q1"},
         {"budget": 300, "technique": "adamq3r", "hyperparameters": "lmbda=0.5 lr=0.001", "retention": 0.2,
-         "parameters": 250, "accuracy": 0.88, "trial_id": "q1"},
+         "parameters": 250, "accuracy": 0.88, "std": None, "seeds": 1, "trial_id": "q1"},
         {"budget": 1000, "technique": "adamw", "hyperparameters": "weight_decay=0.05", "retention": 1.0,
-         "parameters": 1000, "accuracy": 0.95, "trial_id": "w1"},
+         "parameters": 1000, "accuracy": 0.95, "std": None, "seeds": 1, "trial_id": "w1"},
     ]
     assert recommendation_table([], [0.2]) == []
     with pytest.raises(ValueError, match="text='lots'"):

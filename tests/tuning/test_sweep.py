@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from tuning.trial import spec as config
 from tuning import cli
+from tuning.records import outcome_lines
 from tuning.results import load_records
 from tuning.spec import from_dict
 from tuning.sweep import run_sweep
@@ -28,7 +29,7 @@ def sweep(tmp_path_factory):
     ray_tmp = short_tmp()
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
     try:
-        spec = from_dict(tiny_spec(), source="tiny.yaml")
+        spec = from_dict(tiny_spec(confirm={"top": 1, "seeds": 2}), source="tiny.yaml")
         uri = f"sqlite:///{folder / 'mlruns.db'}"
         outcome = run_sweep(spec, tracking_uri=uri, storage=str(folder / "runs"))
     finally:
@@ -37,9 +38,13 @@ def sweep(tmp_path_factory):
     return spec, uri, outcome, folder
 
 
+def search(records):
+    return [r for r in records if r.role == "trial"]
+
+
 def test_asha_stopped_trials_are_pruned_in_optuna(sweep):
     spec, uri, outcome, folder = sweep
-    statuses = [r.status for r in outcome.records]
+    statuses = [r.status for r in search(outcome.records)]
     assert len(statuses) == spec.num_samples
     assert statuses.count("stopped") >= 1 and statuses.count("completed") >= 1
     assert set(statuses) <= {"completed", "stopped"}
@@ -50,7 +55,7 @@ def test_asha_stopped_trials_are_pruned_in_optuna(sweep):
     states = [t.state for t in trials]
     assert states.count(TrialState.PRUNED) == statuses.count("stopped")
     assert states.count(TrialState.COMPLETE) == statuses.count("completed")
-    for r in outcome.records:        # the study's objective is the value the trial reported
+    for r in search(outcome.records):        # the study's objective is the value the trial reported
         if r.status == "completed":
             assert any(t.value == pytest.approx(r.metrics["objective"]) for t in trials
                        if t.state == TrialState.COMPLETE)
@@ -63,7 +68,7 @@ def test_mlflow_parent_and_one_child_per_trial(sweep):
     assert parent.info.run_id == outcome.parent_run_id and parent.info.status == "FINISHED"
     assert parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.tags["version.torch"] and parent.data.params["num_samples"] == "8"
-    records = load_records(client, parent.info.run_id)
+    records = search(load_records(client, parent.info.run_id))
     assert len(records) == spec.num_samples and len({r.trial_id for r in records}) == spec.num_samples
     for r in records:
         run = client.get_run(r.run_id)
@@ -102,6 +107,26 @@ def test_pareto_and_recommend_commands_read_the_sweep(sweep, tmp_path, capsys):
     assert "budget" in capsys.readouterr().err
     assert cli.main(["pareto", "no-such-sweep", "--tracking-uri", uri]) == 2
     assert "no sweep named 'no-such-sweep'" in capsys.readouterr().err
+
+
+def test_the_best_configurations_are_confirmed_with_new_seeds(sweep):
+    spec, uri, outcome, folder = sweep
+    client = MlflowClient(uri)
+    records = load_records(client, outcome.parent_run_id)
+    by_id = {r.trial_id: r for r in search(records)}
+    confirmations = [r for r in records if r.role == "confirmation"]
+    assert confirmations and len(confirmations) % 2 == 0
+    assert sorted(r.seed for r in confirmations) == [1, 2] * (len(confirmations) // 2)     # seed 0 + 1, + 2
+    assert len({(r.confirms, r.seed) for r in confirmations}) == len(confirmations)         # each seed once
+    for r in confirmations:
+        source = by_id[r.confirms]
+        assert source.status == "completed" and r.technique == source.technique and r.params == source.params
+        assert r.status == "completed" and r.epoch == spec.epochs
+        assert client.get_run(r.run_id).data.tags["q3r.confirms"] == r.confirms
+    local = client.download_artifacts(outcome.parent_run_id, "recommendations.json", str(folder))
+    rows = json.loads(open(local).read())["budgets"]
+    assert rows and all(row["seeds"] == 3 and row["trial_id"] in {r.confirms for r in confirmations} for row in rows)
+    assert any(line.startswith("confirmation: ") for line in outcome_lines(outcome.records))
 
 
 @pytest.mark.parametrize("searcher", ["grid", "multi"])

@@ -77,3 +77,47 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     url = f"sqlite:///{storage}/optuna.db"
     names = [n for n in optuna.get_all_study_names(url) if n.startswith("resumable/")]
     assert sum(len(optuna.load_study(study_name=n, storage=url).trials) for n in names) == 4
+
+
+def test_an_interrupted_confirmation_resumes_without_running_a_seed_twice(tmp_path):
+    spec = tiny_spec(name="confirming", epochs=5, num_samples=2, techniques={"adamw": {"lr": {"choice": [3e-3, 6e-3]}}},
+                     scheduler={"kind": "fifo"}, searcher={"kind": "grid"}, confirm={"top": 2, "seeds": 2})
+    path = write_spec(tmp_path, spec)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    ray_tmp = short_tmp()
+    env = {"RAY_TMPDIR": str(ray_tmp)}
+    args = ("--tracking-uri", uri, "--num-cpus", "2")
+    driver = cli("sweep", str(path), "--storage", str(tmp_path / "runs"), *args, cwd=tmp_path, env=env)
+    client = MlflowClient(uri)
+
+    def confirmations():
+        try:
+            parent = find_sweep(client, "confirming")
+        except Exception:  # noqa: BLE001 - the experiment does not exist yet
+            return []
+        return [r for r in load_records(client, parent.info.run_id, with_history=False) if r.role == "confirmation"]
+
+    try:
+        wait_for(lambda: any(r.epoch >= 2 for r in confirmations()), 240, "a confirmation run reached epoch 2", driver)
+    finally:
+        kill_group(driver)
+        kill_ray_under(ray_tmp)
+    before = confirmations()
+    assert any(r.status == "running" for r in before)
+
+    resumed = cli("resume", "confirming", *args, cwd=tmp_path, env=env)
+    try:
+        out, _ = resumed.communicate(timeout=300)
+    finally:
+        kill_group(resumed)
+        kill_ray_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert resumed.returncode == 0, out
+    assert "completing the confirmation runs" in out
+    after = confirmations()
+    assert len(after) == 4 and len({(r.confirms, r.seed) for r in after}) == 4       # both configs x 2 seeds
+    assert {r.run_id for r in before} <= {r.run_id for r in after}
+    for r in after:
+        assert r.status == "completed" and r.epoch == 5
+        steps = [m.step for m in client.get_metric_history(r.run_id, "acc_at_0.1")]
+        assert steps == [1, 2, 3, 4, 5]                                               # each epoch logged once
