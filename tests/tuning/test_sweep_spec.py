@@ -59,8 +59,10 @@ def test_digits_default_searches_all_five_techniques():
     spec = load_spec(SPACES / "digits_vit.yaml")
     assert set(spec.spaces) == FIVE
     assert spec.data.name == "digits" and (spec.model.depth, spec.model.width) == (4, 64)
-    assert spec.retentions == [0.05, 0.1, 0.2, 0.4, 1.0] and spec.epochs == 30 and spec.train.eval_every == 5
-    assert (spec.scheduler.kind, spec.scheduler.grace_period, spec.searcher.kind) == ("asha", 10, "tpe")
+    assert spec.retentions == [0.05, 0.1, 0.2, 0.4, 1.0] and spec.epochs == 24 and spec.train.eval_every == 4
+    assert (spec.scheduler.kind, spec.scheduler.grace_period, spec.searcher.kind) == ("asha", 8, "tpe")
+    assert spec.scheduler.min_samples == 2 and (spec.confirm.top, spec.confirm.seeds) == (1, 2)
+    assert all(n >= 2 for n in spec.allocation().values())      # with min_samples 2, two of each complete
     q = spec.spaces["adamq3r"]
     assert q["lmbda"].kind == "loguniform" and q["target_rank"].values == [0.05, 0.1, 0.2]
     assert q["period"].values == [5, 10]
