@@ -12,7 +12,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 from tuning.pareto import ParetoResult, fronts
 from tuning.recommend import recommendation_table
-from tuning.records import COMPLETED, STATUSES, STOPPED, TrialRecord
+from tuning.records import COMPLETED, SEARCH, STATUSES, STOPPED, TrialRecord
 
 BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.4)              # fractions of the targeted parameters
 SENSITIVITY_PARAMS = ("lmbda", "target_rank", "period", "lr")
@@ -28,6 +28,11 @@ def finite(value) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def search_trials(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The trials of the search (confirmation runs left out: they are seeds of a search trial)."""
+    return [r for r in records if r.role == SEARCH]
 
 
 def objective(record: TrialRecord) -> Optional[float]:

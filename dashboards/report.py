@@ -19,8 +19,9 @@ PNGS = FIGURES + ("recommendations",)
 
 CAPTIONS = {
     "pareto": "One faint point per (trial, retention level) of every trial that finished its budget; "
-              "each technique's front as a thin line and the overall front in bold. Hover for the "
-              "hyperparameters; click a legend entry to hide it.",
+              "each technique's front as a thin line and the overall front in bold; diamonds with error "
+              "bars: configurations confirmed over seeds (mean +- std). Hover for the hyperparameters; "
+              "click a legend entry to hide it.",
     "retention": "For each technique its completed trial with the highest objective, truncated to "
                  "each retention level; the dotted line is the best full accuracy of the unregularized "
                  "model (adamw).",
@@ -28,9 +29,10 @@ CAPTIONS = {
                    "hyperparameter. Marker: circle completed, X stopped early, open diamond running, "
                    "triangle diverged or collapsed.",
     "progress": "The objective at every evaluation of every trial; ASHA stops the weak ones early (X).",
-    "recommendations": "The most accurate (trial, retention level) whose targeted matrices keep at most "
-                       "the given fraction of their parameters; `q3r-tune recommend NAME --budget B` "
-                       "writes it as a trial spec.",
+    "recommendations": "The most accurate (configuration, retention level) whose targeted matrices keep at "
+                       "most the given fraction of their parameters, by the mean accuracy over its seeds "
+                       "(std and seeds columns; confirmed configurations first); `q3r-tune recommend NAME "
+                       "--budget B` writes it as a trial spec.",
 }
 
 STYLE = """
@@ -50,10 +52,11 @@ def build_figures(records: Iterable[TrialRecord]) -> dict:
     from . import figures
 
     records = list(records)
+    search = data.search_trials(records)          # the figures of the search; confirmation seeds enter the front
     return {"pareto": figures.plot_pareto_front(data.pareto(records)),
-            "retention": figures.plot_retention(data.retention_curves(records)),
-            "sensitivity": figures.plot_sensitivity(data.sensitivity(records)),
-            "progress": figures.plot_progress(data.progress(records))}
+            "retention": figures.plot_retention(data.retention_curves(search)),
+            "sensitivity": figures.plot_sensitivity(data.sensitivity(search)),
+            "progress": figures.plot_progress(data.progress(search))}
 
 
 def summary_text(records: Sequence[TrialRecord]) -> str:
@@ -123,9 +126,10 @@ def write_report(records: Iterable[TrialRecord], path, title: str = "q3r-tune sw
 def write_pngs(records: Iterable[TrialRecord], folder, budgets: Iterable = data.BUDGETS) -> list[Path]:
     """``folder``/NAME.png for every name in PNGS (matplotlib, no browser); returns the paths."""
     records, folder = list(records), Path(folder)
+    search = data.search_trials(records)
     folder.mkdir(parents=True, exist_ok=True)
     return [static.pareto_png(data.pareto(records), folder / "pareto.png"),
-            static.retention_png(data.retention_curves(records), folder / "retention.png"),
-            static.sensitivity_png(data.sensitivity(records), folder / "sensitivity.png"),
-            static.progress_png(data.progress(records), folder / "progress.png"),
+            static.retention_png(data.retention_curves(search), folder / "retention.png"),
+            static.sensitivity_png(data.sensitivity(search), folder / "sensitivity.png"),
+            static.progress_png(data.progress(search), folder / "progress.png"),
             static.recommendations_png(data.recommendations(records, budgets), folder / "recommendations.png")]
