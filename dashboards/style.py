@@ -19,7 +19,7 @@ TITLES = {
     "recommendations": "Recommended configuration by budget",
 }
 AXES = {
-    "parameters": "parameters after truncation (whole model)",
+    "parameters": "parameters stored after truncation (whole model; min(rank, r(p)) factor columns per matrix)",
     "accuracy": "validation accuracy",
     "retention": "retention p (fraction of each matrix's parameters kept)",
     "objective": "objective",

@@ -58,6 +58,16 @@ class Target:
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
 
+    def named_in(self, model: nn.Module) -> "Target":
+        """This target with ``param_name`` set: its parameter found by identity in ``model`` when it
+        has none (a target built from a plain nn.Linear or tensor)."""
+        if self.param_name is not None:
+            return self
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if p is self.param:
+                return Target(self.param, self.name, name, self.row_start, self.row_end)
+        raise ValueError(f"target {self.name!r} (shape {self.shape}) is not a parameter of {type(model).__name__}")
+
     def rebind(self, model: nn.Module) -> "Target":
         """The same matrix in another instance of the model (for example a deep copy)."""
         if self.param_name is None:

@@ -5,6 +5,13 @@
 ``truncated_model(p)`` returns a truncated deep copy, ``factorized_model(p)`` replaces the
 truncated Linears by factor pairs so the saving is real. Retention 1.0 keeps every matrix
 as it is; biases are always kept.
+
+What is stored, and counted (``parameter_counts``), is what a user would keep: a d1 x d2 matrix of
+numerical rank k truncated at retention p keeps k' = min(k, r(p)) factor columns (r(1) = min(d1, d2)),
+k' (d1 + d2) numbers, or d1 d2 as a dense matrix when that is not more. A LoRA matrix (rank r(p0)
+by construction) therefore counts r(p0) (d1 + d2) at every p >= p0, dense-trained matrices count
+r(p) (d1 + d2) at p < 1 and d1 d2 at p = 1. The numerical rank uses the tolerance of
+``torch.linalg.matrix_rank``: sigma_i > sigma_1 * max(d1, d2) * machine epsilon of the dtype.
 """
 from __future__ import annotations
 
@@ -26,6 +33,29 @@ def retained_rank(shape: Sequence[int], retention: float) -> Optional[int]:
     return target_rank(shape, retention)
 
 
+def numerical_rank(S: Tensor, shape: Sequence[int]) -> int:
+    """#{sigma_i > sigma_1 * max(d1, d2) * eps(dtype)}: the rank ``torch.linalg.matrix_rank`` reports."""
+    if S.numel() == 0 or float(S[0]) == 0.0:
+        return 0
+    tol = float(S[0]) * max(shape) * torch.finfo(S.dtype).eps
+    return int((S > tol).sum())
+
+
+def kept_columns(shape: Sequence[int], rank: int, retention: float) -> Optional[int]:
+    """k' = min(rank, r(p)) factor columns kept at retention p, or None when the dense matrix is not
+    larger than k' (d1 + d2) numbers (then it is stored dense)."""
+    d1, d2 = shape
+    r = retained_rank(shape, retention)
+    k = min(rank, min(d1, d2) if r is None else r)
+    return None if k * (d1 + d2) >= d1 * d2 else k
+
+
+def stored_numbers(shape: Sequence[int], rank: int, retention: float) -> int:
+    """What a matrix of this rank stores after truncation at p: k' (d1 + d2), or d1 d2 dense."""
+    k = kept_columns(shape, rank, retention)
+    return shape[0] * shape[1] if k is None else k * (shape[0] + shape[1])
+
+
 class SpectralCache:
     """The SVD of every target's current weight, computed once and batched by shape."""
 
@@ -35,6 +65,7 @@ class SpectralCache:
         self.S: dict[str, Tensor] = {}
         self.Vh: dict[str, Tensor] = {}
         self.original: dict[str, Tensor] = {}
+        self.rank: dict[str, int] = {}          # numerical rank of each target's weight
         groups: dict[tuple, list[Target]] = {}
         for t in self.targets:
             groups.setdefault((t.shape, t.param.dtype, t.param.device), []).append(t)
@@ -46,22 +77,32 @@ class SpectralCache:
                 for i, t in enumerate(ts):
                     self.U[t.name], self.S[t.name], self.Vh[t.name] = U[i], S[i], Vh[i]
                     self.original[t.name] = t.weight.detach().clone()
+                    self.rank[t.name] = numerical_rank(S[i], t.shape)
 
     def singular_values(self, name: str) -> Tensor:
         return self.S[name]
 
     def factors(self, name: str, retention: float) -> Optional[tuple[Tensor, Tensor]]:
-        """(A, B) with A (d1, r) = U_r diag(sigma_r) and B (r, d2) = V_r^T, or None at p = 1."""
-        r = retained_rank(self.original[name].shape, retention)
-        if r is None:
+        """What is stored at retention p: (A, B) with A (d1, k') = U diag(sigma) and B (k', d2) = V^T for
+        k' = min(rank, r(p)) columns, or None when the dense matrix is not larger (see the module docstring)."""
+        W = self.original[name]
+        k = kept_columns(W.shape, self.rank[name], retention)
+        if k is None:
             return None
-        return self.U[name][:, :r] * self.S[name][:r], self.Vh[name][:r]
+        return self.U[name][:, :k] * self.S[name][:k], self.Vh[name][:k]
 
     def low_rank(self, name: str, retention: float) -> Tensor:
         """The best rank-r(p) approximation of the target's weight (its original at p = 1)."""
-        f = self.factors(name, retention)
         W = self.original[name]
-        return W.clone() if f is None else (f[0] @ f[1]).to(W.dtype)
+        r = retained_rank(W.shape, retention)
+        if r is None:
+            return W.clone()
+        k = min(r, self.rank[name])             # the columns beyond the numerical rank are zero
+        return ((self.U[name][:, :k] * self.S[name][:k]) @ self.Vh[name][:k]).to(W.dtype)
+
+    def counts(self, model: nn.Module, retention: float) -> dict:
+        """``parameter_counts`` at retention p, with the ranks of this cache."""
+        return _counts(model, [(t, self.rank[t.name]) for t in self.targets], retention)
 
     @contextmanager
     def applied(self, retention: float, targets: Optional[Sequence[Target]] = None) -> Iterator[None]:
@@ -82,17 +123,19 @@ class SpectralCache:
 
     def truncated_model(self, model: nn.Module, retention: float) -> nn.Module:
         """A deep copy of ``model`` whose targets are truncated (the original is untouched)."""
+        named = [t.named_in(model) for t in self.targets]
         clone = copy.deepcopy(model)
         with torch.no_grad():
-            for t in self.targets:
+            for t in named:
                 t.rebind(clone).weight.copy_(self.low_rank(t.name, retention))
         return clone
 
     def factorized_model(self, model: nn.Module, retention: float) -> nn.Module:
         """A deep copy in which every truncated Linear becomes a ``LowRankLinear``."""
+        named = [t.named_in(model) for t in self.targets]
         clone = copy.deepcopy(model)
         by_module: dict[str, list[Target]] = {}
-        for t in self.targets:
+        for t in named:
             if t.param_name is None or not t.param_name.endswith("weight"):
                 raise ValueError(f"target {t.name!r} is not the weight of a named Linear; cannot factorize it")
             by_module.setdefault(t.param_name[: -len(".weight")], []).append(t)
@@ -177,16 +220,27 @@ def truncate(model: nn.Module, targets: Iterable[Target], retention: float) -> n
     return SpectralCache(targets).truncated_model(model, retention)
 
 
-def parameter_counts(model: nn.Module, targets: Iterable[Target], retention: float) -> dict:
-    """Parameters after factorizing the targets at retention p, per target and in total.
+def parameter_counts(model: nn.Module, targets: Iterable[Target], retention: float,
+                     cache: Optional[SpectralCache] = None) -> dict:
+    """Parameters after factorizing the targets at retention p, per target and in total: what
+    ``factorized_model`` stores (see the module docstring); ranks from ``cache`` when given.
 
     Returns {"targets": {name: (dense, kept)}, "targeted_dense", "targeted_kept",
-    "model_dense", "model_kept"}; a matrix kept whole (p = 1) counts d1 * d2.
+    "model_dense", "model_kept"}.
     """
-    per = {}
-    for t in as_targets(targets):
-        r = retained_rank(t.shape, retention)
-        per[t.name] = (t.numel, t.numel if r is None else r * sum(t.shape))
+    targets = as_targets(targets)
+    if cache is not None:
+        ranks = [cache.rank[t.name] for t in targets]
+    else:
+        with torch.no_grad():
+            ranks = [numerical_rank(torch.linalg.svdvals(t.weight.detach().float()
+                                                         if t.weight.dtype in (torch.float16, torch.bfloat16)
+                                                         else t.weight.detach()), t.shape) for t in targets]
+    return _counts(model, list(zip(targets, ranks)), retention)
+
+
+def _counts(model: nn.Module, ranked: list[tuple[Target, int]], retention: float) -> dict:
+    per = {t.name: (t.numel, stored_numbers(t.shape, k, retention)) for t, k in ranked}
     model_dense = sum(p.numel() for p in model.parameters())
     dense = sum(d for d, _ in per.values())
     kept = sum(k for _, k in per.values())

@@ -26,7 +26,10 @@ def test_every_technique_reports_truncation_scores(technique):
     last = reports[-1]
     for p in ("0.1", "0.5", "1"):
         assert 0.0 <= last[f"acc@{p}"] <= 1.0 and last[f"params@{p}"] > 0
-    assert last["params@0.1"] < last["params@0.5"] < last["params@1"]
+    if technique == "lora":                  # rank-r(target_rank) factors: stored the same at every level above
+        assert last["params@0.1"] < last["params@0.5"] == last["params@1"]
+    else:
+        assert last["params@0.1"] < last["params@0.5"] < last["params@1"]
     assert last["acc"] == last["acc@1"]
     assert "diag/mean/eff_rank" in last
     if technique in ("adamq3r", "adam_q3r_loss"):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from q3r.targets import Target
-from q3r.truncation import SpectralCache, parameter_counts
+from q3r.truncation import SpectralCache
 
 
 def level_key(p: float) -> str:
@@ -60,7 +60,7 @@ def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retenti
         key = level_key(p)
         with cache.applied(p):
             out[f"acc@{key}"] = accuracy(model, loader, device, amp)
-        counts = parameter_counts(model, targets, p)
+        counts = cache.counts(model, p)
         out[f"params@{key}"] = counts["model_kept"]
         out[f"targeted@{key}"] = counts["targeted_kept"] / counts["targeted_dense"]
     full = level_key(1.0)

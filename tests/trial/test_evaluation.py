@@ -1,0 +1,74 @@
+"""Scoring by truncation: while level p is evaluated every target has rank r(p); the full accuracy is
+that of the untruncated model; params@p is what the factorized model stores."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import q3r
+from tests.reference import target_rank_ref
+from tuning.trial.evaluation import accuracy, score
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    model = Net()
+    x = torch.randn(200, 16)
+    y = model(x).argmax(-1)                           # the untruncated model is exactly right
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    return model, q3r.select_targets(model, ("fc1", "fc2")), loader
+
+
+def test_every_target_has_rank_r_p_while_its_level_is_scored(setup):
+    model, targets, loader = setup
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(
+        tuple(int(torch.linalg.matrix_rank(t.weight.detach())) for t in targets)))
+    levels = [0.05, 0.2, 1.0]
+    score(model, targets, loader, levels, torch.device("cpu"))
+    batches = len(loader)
+    expected = [tuple(target_rank_ref(*t.shape, p) if p < 1 else min(t.shape) for t in targets) for p in levels]
+    assert seen[: batches * len(levels)] == [e for e in expected for _ in range(batches)]
+
+
+def test_full_accuracy_is_the_untruncated_model_even_without_level_one(setup):
+    model, targets, loader = setup
+    out, _ = score(model, targets, loader, [0.05], torch.device("cpu"))
+    assert out["acc"] == 1.0 == accuracy(model, loader, torch.device("cpu"))
+    assert out["acc@0.05"] < 0.9                          # the cut to rank 1 costs accuracy here
+    assert out["params@0.05"] == q3r.parameter_counts(model, targets, 0.05)["model_kept"]
+    kept = sum(sum(t.shape) * target_rank_ref(*t.shape, 0.05) for t in targets)      # (16 + 32) * 1 + 64 * 1
+    assert out["targeted@0.05"] == pytest.approx(kept / (512 + 1024))
+    for t in targets:                                     # and the weights are restored afterwards
+        assert int(torch.linalg.matrix_rank(t.weight.detach())) == min(t.shape)
+
+
+def test_a_lora_trial_counts_its_factors_at_every_level_past_its_rank():
+    from tuning.trial.data import DatasetInfo
+    from tuning.trial.models import build_vit
+    from tuning.trial.techniques import build_technique
+
+    torch.manual_seed(0)
+    levels = [0.05, 0.1, 0.2, 1.0]
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=20)
+    out = {}
+    for name in ("lora", "adamw"):
+        tech = build_technique(name, build_vit(DatasetInfo("digits", 8, 1, 10), depth=1, width=32, heads=2),
+                               target_rank=0.05)
+        dense = tech.dense_model()
+        out[name], _ = score(dense, q3r.select_targets(dense), loader, levels, torch.device("cpu"))
+    lora, adamw = out["lora"], out["adamw"]
+    assert lora["params@0.05"] == adamw["params@0.05"]            # both keep r(0.05) columns
+    assert lora["params@0.1"] == lora["params@0.2"] == lora["params@1"] == lora["params@0.05"]
+    assert adamw["params@0.05"] < adamw["params@0.1"] < adamw["params@0.2"] < adamw["params@1"]
