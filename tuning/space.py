@@ -16,7 +16,8 @@ from typing import Annotated, Any, ClassVar, Optional, Union
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from .trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, Lr, NonNegative, Positive, SvdMode, TargetRank)
+from .trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode,
+                         TargetRank)
 from .trial.specio import SpecError, Strict
 
 Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
@@ -205,6 +206,7 @@ class LoRASpace(Space):
 class LoRITaSpace(Space):
     depth: searchable(Positive, integer=True) = None
     alpha: searchable(NonNegative) = None
+    lorita_form: searchable(LoritaForm) = None
 
 
 class TechniqueSpaces(Strict):

@@ -142,3 +142,18 @@ def test_spec_bank_options_reach_the_operators(technique, monkeypatch):
     assert run_trial(cfg).status == "completed"
     (bank,) = built[0].banks()
     assert bank.svd == "exact" and isinstance(bank.schedule, GeometricEps)
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_gradients_are_clipped_on_every_device_as_the_spec_says(clip, monkeypatch):
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, *a, **k:
+                        calls.append(max_norm) or real(params, max_norm, *a, **k))
+    cfg = tiny("adamw", epochs=1)
+    cfg.train.grad_clip = clip
+    run_trial(cfg)
+    if clip is None:
+        assert calls == []
+    else:                                             # on this CPU too: every step, at the spec's norm
+        assert len(calls) == 4 and set(calls) == {clip}

@@ -100,20 +100,39 @@ def test_lora_pretraining_starts_at_the_truncated_init():
     torch.testing.assert_close(tech.dense_model().blocks[0].mlp.fc2.weight, expected, atol=1e-6, rtol=1e-5)
 
 
-def test_lorita_product_starts_at_the_original_weight():
-    model = vit()
-    before = {name: model.get_submodule(name).weight.detach().clone() for name in TARGETED}
-    tech = build_technique("lorita", model, depth=3, alpha=0.1, weight_decay=0.01)
-    for name in TARGETED:
-        layer = tech.model.get_submodule(name)
-        assert isinstance(layer, ProductLinear)
-        torch.testing.assert_close(layer.merged_weight(), before[name])
-    qkv, fc1 = tech.model.blocks[0].attn.qkv, tech.model.blocks[0].mlp.fc1
-    assert [[tuple(f.shape) for f in p] for p in qkv.products] == [[(16, 16)] * 3] * 3   # Q, K, V each
-    assert [tuple(f.shape) for f in fc1.products[0]] == [(64, 16), (64, 64), (64, 64)]
+def test_lorita_is_built_as_its_authors_built_it():
+    """Input side: W = W_D ... W_1, W_1..W_{D-1} (d_in x d_in), W_D (d_out x d_in) with the bias, every
+    factor a fresh nn.Linear init (uniform in +-1/sqrt(d_in)); Q, K and V each their own product."""
+    torch.manual_seed(0)
+    tech = build_technique("lorita", vit(), depth=3, alpha=0.1, weight_decay=0.01)
+    qkv, fc1, fc2 = tech.model.blocks[0].attn.qkv, tech.model.blocks[0].mlp.fc1, tech.model.blocks[0].mlp.fc2
+    assert all(isinstance(tech.model.get_submodule(n), ProductLinear) for n in TARGETED)
+    assert [[tuple(f.shape) for f in p] for p in qkv.products] == [[(16, 16)] * 3] * 3    # Q, K, V each
+    assert [tuple(f.shape) for f in fc1.products[0]] == [(16, 16), (16, 16), (64, 16)]   # fc1: 16 -> 64
+    assert [tuple(f.shape) for f in fc2.products[0]] == [(64, 64), (64, 64), (16, 64)]   # fc2: 64 -> 16
+    for layer, d_in in ((qkv, 16), (fc1, 16), (fc2, 64)):
+        bound = 1 / d_in ** 0.5
+        for f in layer.factors:
+            assert f.abs().max() <= bound and f.abs().max() > 0.8 * bound                 # U(-b, b), filled
+        assert layer.bias.abs().max() <= bound
+        W = layer.products[0]
+        torch.testing.assert_close(layer.merged_weight()[: W[-1].shape[0]], W[2] @ W[1] @ W[0])
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(fc1(x), x @ fc1.products[0][0].T @ fc1.products[0][1].T @ fc1.products[0][2].T
+                               + fc1.bias)
     factors, others = tech.optimizer.param_groups
     assert factors["weight_decay"] == 0.1 and others["weight_decay"] == 0.01
     assert {id(p) for p in factors["params"]} == {id(f) for n in TARGETED for f in tech.model.get_submodule(n).factors}
+
+
+def test_lorita_output_form_starts_at_the_original_weight():
+    model = vit()
+    before = {name: model.get_submodule(name).weight.detach().clone() for name in TARGETED}
+    tech = build_technique("lorita", model, depth=3, lorita_form="output")
+    for name in TARGETED:
+        torch.testing.assert_close(tech.model.get_submodule(name).merged_weight(), before[name])
+    fc1 = tech.model.blocks[0].mlp.fc1
+    assert [tuple(f.shape) for f in fc1.products[0]] == [(64, 16), (64, 64), (64, 64)]
 
 
 @pytest.mark.parametrize("name", ["adamq3r", "adam_q3r_loss"])

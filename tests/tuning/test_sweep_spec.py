@@ -294,5 +294,6 @@ def test_json_schema_lists_each_technique_and_the_distribution_kinds():
     assert schema["required"] == ["name", "techniques"]
     spaces = schema["$defs"]["TechniqueSpaces"]["properties"]
     assert list(spaces) == ["adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita"]
-    assert set(schema["$defs"]["LoRITaSpace"]["properties"]) == {"lr", "weight_decay", "finetune", "depth", "alpha"}
+    assert set(schema["$defs"]["LoRITaSpace"]["properties"]) == {"lr", "weight_decay", "finetune", "depth", "alpha",
+                                                                    "lorita_form"}
     assert {"LogUniform", "Uniform", "IntRange", "LogInt", "Choice"} <= set(schema["$defs"])

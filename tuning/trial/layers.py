@@ -8,6 +8,7 @@ truncation code then scores alike for every technique. LoRA pre-training reuses
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -26,30 +27,50 @@ def plain_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
 
 
 class ProductLinear(nn.Module):
-    """LoRITa (Alkhouri et al. 2024): each matrix is a product W = W_D ... W_2 W_1.
+    """LoRITa (Alkhouri et al. 2024): each matrix is a product of ``depth`` trained factors.
 
-    Convention: W_1 is (d_out, d_in) and W_2 .. W_D are square (d_out, d_out), i.e. the extra
-    factors act on the output side. A Linear whose rows hold several matrices (a fused qkv,
-    3d x d) gets one product per row segment, so Q, K and V are each over-parameterised as
-    d x d products. Initialised at W_1 = the original weight and W_k = I, so the product starts
-    at the original weight; weight decay on the factors then favours low rank.
+    ``form="input"`` (the default, as the LoRITa authors' code and the Q3R paper's code build it):
+    a (d_out, d_in) matrix is W_D W_{D-1} ... W_1 with W_1 .. W_{D-1} square (d_in, d_in) and W_D
+    (d_out, d_in) carrying the bias, every factor initialised like a fresh nn.Linear (uniform in
+    +-1/sqrt(d_in)); for pre-training the product replaces the layer, as in the reference.
+    ``form="output"``: W = W_D ... W_2 W_1 with W_1 the original (d_out, d_in) weight and W_2 .. W_D
+    square (d_out, d_out) identities, so the product starts at the original weight (for fine-tuning
+    from pretrained weights). A Linear whose rows hold several matrices (a fused qkv, 3d x d) gets one
+    product per row segment, so Q, K and V are each over-parameterised on their own, as in the
+    reference's LoRITaQKV. Weight decay on the factors then favours low rank.
     """
 
-    def __init__(self, linear: nn.Linear, depth: int, segments: Optional[Sequence[tuple[int, int]]] = None):
+    FORMS = ("input", "output")
+
+    def __init__(self, linear: nn.Linear, depth: int, segments: Optional[Sequence[tuple[int, int]]] = None,
+                 form: str = "input"):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"LoRITa depth must be an int >= 1, but got depth={depth!r}")
+        if form not in self.FORMS:
+            raise ValueError(f"LoRITa form must be one of {self.FORMS}, but got {form=}")
         W = linear.weight.detach()                                  # (d_out, d_in)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features, self.form = linear.in_features, linear.out_features, form
         self.segments = list(segments) if segments else [(0, W.shape[0])]
         if sum(end - start for start, end in self.segments) != W.shape[0]:
             raise ValueError(f"segments {self.segments} must cover the {W.shape[0]} rows of the weight")
+        kw = dict(device=W.device, dtype=W.dtype)
         self.products = nn.ModuleList()
         for start, end in self.segments:
-            eye = torch.eye(end - start, device=W.device, dtype=W.dtype)
-            self.products.append(nn.ParameterList(
-                [nn.Parameter(W[start:end].clone())] + [nn.Parameter(eye.clone()) for _ in range(depth - 1)]))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+            if form == "input":                                     # [W_1 (d_in, d_in), ..., W_D (d_seg, d_in)]
+                shapes = [(self.in_features, self.in_features)] * (depth - 1) + [(end - start, self.in_features)]
+                factors = [nn.Linear(d_in, d_o, bias=False, **kw).weight for d_o, d_in in shapes]
+            else:                                                   # [W_1 = W (d_seg, d_in), I (d_seg, d_seg)...]
+                eye = torch.eye(end - start, **kw)
+                factors = [nn.Parameter(W[start:end].clone())] + [nn.Parameter(eye.clone()) for _ in range(depth - 1)]
+            self.products.append(nn.ParameterList(factors))
+        if linear.bias is None:
+            self.bias = None
+        elif form == "input":                                       # W_D's own nn.Linear bias init
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.bias = nn.Parameter(torch.empty(self.out_features, **kw).uniform_(-bound, bound))
+        else:
+            self.bias = nn.Parameter(linear.bias.detach().clone())
 
     @property
     def factors(self) -> list[nn.Parameter]:
@@ -57,11 +78,12 @@ class ProductLinear(nn.Module):
         return [f for product in self.products for f in product]
 
     def merged_weight(self) -> Tensor:
+        """W_D ... W_2 W_1 per segment, stacked: (d_out, d_in)."""
         parts = []
         for product in self.products:
-            W = product[0]                                          # (d_seg, d_in)
+            W = product[0]                       # input: (d_in, d_in) or (d_seg, d_in) if D = 1; output: (d_seg, d_in)
             for f in product[1:]:
-                W = f @ W                                           # (d_seg, d_seg) @ (d_seg, d_in)
+                W = f @ W                        # input: (., d_in) @ (d_in, d_in); output: (d_seg, d_seg) @ (d_seg, d_in)
             parts.append(W)
         return torch.cat(parts)                                     # (d_out, d_in)
 
@@ -73,7 +95,7 @@ class ProductLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"depth={len(self.products[0])}, segments={len(self.segments)}")
+                f"depth={len(self.products[0])}, segments={len(self.segments)}, form={self.form}")
 
 
 class DeltaLinear(nn.Module):

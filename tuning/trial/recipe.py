@@ -67,9 +67,12 @@ def make_schedule(cfg: TrialSpec, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def q3r_options(t) -> dict:
-    """The operator-bank options of the spec, for the techniques that have a Q3R operator."""
-    return {"eps_schedule": t.eps_schedule, "svd": t.svd} if t.name in ("adamq3r", "adam_q3r_loss") else {}
+def technique_options(t) -> dict:
+    """The technique-specific options of the spec: the operator bank's for the Q3R techniques, the
+    product form for LoRITa."""
+    if t.name in ("adamq3r", "adam_q3r_loss"):
+        return {"eps_schedule": t.eps_schedule, "svd": t.svd}
+    return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
 
 
 def task_loss(logits, y):
@@ -93,7 +96,7 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
     t = cfg.technique
     tech = build_technique(t.name, model, modules=tuple(cfg.model.modules), lr=t.lr, weight_decay=t.weight_decay,
                            lmbda=t.lmbda, target_rank=t.target_rank, period=t.period, depth=t.depth,
-                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **q3r_options(t))
+                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **technique_options(t))
     val_loader = DataLoader(val_set, batch_size=max(256, cfg.train.batch_size), pin_memory=on_gpu)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
     sched = make_schedule(cfg, tech.optimizer, steps_per_epoch)
@@ -125,7 +128,7 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
             total = loss + tech.extra_loss()
             tech.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if on_gpu and cfg.train.grad_clip:
+            if cfg.train.grad_clip:              # on every device: a result must not depend on where it ran
                 torch.nn.utils.clip_grad_norm_(tech.model.parameters(), cfg.train.grad_clip)
             tech.optimizer.step()
             sched.step()

@@ -31,6 +31,7 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 Lr = Annotated[float, Field(gt=0)]
 EpsScheduleName = Literal["paper", "geometric"]
 SvdMode = Literal["warm", "exact"]
+LoritaForm = Literal["input", "output"]
 
 
 def _dataset(name: str) -> str:
@@ -86,6 +87,7 @@ class TechniqueSpec(Strict):
     period: Positive = 5
     depth: Positive = 2                         # lorita: factors per matrix
     alpha: NonNegative = 0.1                    # lorita: weight decay of the factors
+    lorita_form: LoritaForm = "input"           # lorita: input-side factors (the authors') or output-side identities
     lora_rank: Optional[Positive] = None        # lora fine-tuning rank (pre-training uses r(target_rank))
     finetune: bool = False                      # regularize Delta W on frozen pretrained weights
     eps_schedule: EpsScheduleName = "paper"     # Q3R techniques: the eps rule
@@ -103,7 +105,7 @@ class TrainSpec(Strict):
     threads: Positive = 1                       # torch CPU threads: the trial's CPU share
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                            # bfloat16 autocast, on GPU only
-    grad_clip: Optional[Annotated[float, Field(gt=0)]] = 1.0   # on GPU only; null turns it off
+    grad_clip: Optional[Annotated[float, Field(gt=0)]] = None  # max gradient norm, on every device; null: none
     schedule: Literal["constant", "cosine"] = "constant"     # constant (the paper) or warmup + cosine
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     collapse_patience: Positive = 2             # evaluations at chance accuracy before a trial stops itself

@@ -7,7 +7,7 @@ the one truncation code scores for every technique alike.
 - ``adamq3r``: AdamQ3R (Algorithm 2).          - ``adam_q3r_loss``: Adam on loss + lmbda * Q3R.
 - ``adamw``: the unregularized baseline.        - ``lora``: rank-r(p) factors from scratch, or
 - ``lorita``: products of ``depth`` matrices       peft LoRA adapters when fine-tuning.
-  with weight decay ``alpha``.
+  with weight decay ``alpha`` (input-side factors as the LoRITa authors build them; ``lorita_form``).
 With ``finetune=True``, ``adamq3r`` and ``adam_q3r_loss`` regularize an additive Delta W on
 frozen pretrained weights (paper Section 5.2); ``lora`` uses peft adapters; ``adamw`` and
 ``lorita`` train every parameter (full fine-tuning).
@@ -191,10 +191,12 @@ def _peft_lora(model, modules, lr, weight_decay, rank, extra):
     return Technique("lora", peft_model, opt, merge=lambda m: copy.deepcopy(m).merge_and_unload())
 
 
-@register("lorita")
-def build_lorita(model, *, modules, lr, weight_decay, depth, alpha, **_):
+@register("lorita", ("lorita_form",))
+def build_lorita(model, *, modules, lr, weight_decay, depth, alpha, extra, **_):
+    form = extra.get("lorita_form", "input")
+
     def overparameterize(lname: str, lin: nn.Linear) -> ProductLinear:
-        return ProductLinear(lin, depth, [(t.row_start, t.row_end) for t in linear_targets(lname, lin)])
+        return ProductLinear(lin, depth, [(t.row_start, t.row_end) for t in linear_targets(lname, lin)], form=form)
 
     layers = replace_modules(model, _targeted_linears(model, modules), overparameterize)
     factor_ids = {id(p) for layer in layers.values() for p in layer.factors}
@@ -218,7 +220,8 @@ def build_technique(name: str, model: nn.Module, *, modules=("qkv", "proj", "fc1
         lora_rank: peft LoRA rank when fine-tuning (default 8); LoRA pre-training uses r(target_rank).
         finetune: train on top of frozen pretrained weights (see the module docstring).
         extra: Q3R bank options (eps_schedule, svd, power_iters, oversample) for the Q3R techniques;
-            lora_alpha (default 2 * rank), lora_dropout (default 0) for peft LoRA.
+            lora_alpha (default 2 * rank), lora_dropout (default 0) for peft LoRA; lorita_form
+            ("input", the reference, or "output") for LoRITa.
     """
     if name not in TECHNIQUES:
         raise ValueError(f"unknown technique {name!r}; known: {list_techniques()}")
