@@ -23,16 +23,29 @@ def _train(args: argparse.Namespace) -> int:
     except config.SpecError as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
+    from .tracking import TrackingError, TrainRun, check_tracking, default_uri
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
+    uri = args.tracking_uri or default_uri()
+    try:
+        client = check_tracking(uri)
+    except TrackingError as e:
+        return _fail("train", e)
     out.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, out / "config.yaml")
     print(f"training {cfg.technique.name} on {cfg.data.name}; checkpoints and scores in {out}")
+    experiment = args.experiment or f"train-{Path(args.spec).stem}"
+    tracked = TrainRun(client, experiment, cfg, str((out / "checkpoint.pt").resolve()), resume=args.resume)
+    print(f"MLflow: experiment {experiment!r}, run {tracked.run_id}, tracking URI {uri}")
     from .trial.data import DatasetError
     try:
-        result = run_trial(cfg, checkpoint_dir=str(out), resume=args.resume, log=print)
-    except (DatasetError, FileNotFoundError) as e:
-        print(f"q3r-tune train: {e}", file=sys.stderr)
-        return 2
+        result = run_trial(cfg, report=tracked.report, checkpoint_dir=str(out), resume=args.resume, log=print)
+    except BaseException as e:
+        tracked.finish("failed")
+        if isinstance(e, (DatasetError, FileNotFoundError)):
+            print(f"q3r-tune train: {e}", file=sys.stderr)
+            return 2
+        raise
+    tracked.finish(result.status)
     (out / "scores.json").write_text(json.dumps({"status": result.status, "epoch": result.epoch,
                                                  "metrics": result.metrics, "history": result.history}, indent=2))
     m = result.metrics
@@ -41,6 +54,7 @@ def _train(args: argparse.Namespace) -> int:
         p = key[4:]
         print(f"  retention {p:>5}: accuracy {m[key]:.4f}  parameters {m[f'params@{p}']}")
     print(f"scores written to {out / 'scores.json'}")
+    print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
     return 0 if result.status == "completed" else 1
 
 
@@ -177,6 +191,39 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import describe, export_run, export_sweep, log_model, model_name
+    from .recommend import parse_budget
+    from .tracking import check_tracking, default_uri
+    uri = args.tracking_uri or default_uri()
+    try:
+        if (args.name is None) == (args.run is None):
+            raise ValueError("name either a sweep (q3r-tune export NAME --budget B) or a run (--run RUN_ID)")
+        if args.name is not None and (args.budget is None or args.retention is not None):
+            raise ValueError("a sweep's model is chosen by --budget (a fraction or a parameter count), not --retention")
+        if args.run is not None and (args.budget is None) == (args.retention is None):
+            raise ValueError("--run needs either --retention P or --budget B")
+        budget = None if args.budget is None else parse_budget(args.budget)
+        label = model_name(budget, args.retention)
+        out = args.out or (f"{args.name or args.run}-{label}")
+        if args.name is not None:
+            export = export_sweep(uri, args.name, budget, out, storage=args.storage, verify=args.verify)
+        else:
+            export = export_run(uri, args.run, out, retention=args.retention, budget=budget, storage=args.storage,
+                                verify=args.verify)
+        for line in describe(export):
+            print(line)
+        if not args.no_mlflow:
+            info = log_model(check_tracking(uri), export.run_id, export, label, register=args.register)
+            registered = f"; registered as {args.register!r} version {info.registered_model_version}" \
+                if args.register else ""
+            print(f"MLflow: model {label!r} ({info.model_uri}) logged on run {export.run_id}{registered}; "
+                  f"load it with mlflow.pytorch.load_model('runs:/{export.run_id}/{label}')")
+    except _sweep_errors() as e:
+        return _fail("export", e)
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     from dashboards.ui import UIError, serve
 
@@ -211,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override one field, e.g. --set technique.lmbda=0.5 (repeatable)")
     train.add_argument("--out", help="output folder (default runs/<spec name>)")
     train.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+    train.add_argument("--experiment", help="MLflow experiment (default train-<spec name>)")
+    _tracking_option(train)
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="run a sweep spec with Ray Tune (ASHA + Optuna), tracked in MLflow")
@@ -252,6 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--pngs", metavar="FOLDER", help="also write the figures as PNGs into FOLDER")
     _tracking_option(report)
     report.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="write the recommended model truncated and factorized (safetensors + spec) "
+                                           "and log it to MLflow")
+    export.add_argument("name", nargs="?", help="the sweep's name (its MLflow experiment)")
+    export.add_argument("--budget", help="the recommendation's budget: a fraction of the targeted parameters (0.2) "
+                                         "or a whole-model parameter count (50000)")
+    export.add_argument("--run", metavar="RUN_ID", help="export this MLflow run instead: a sweep trial or a "
+                                                        "q3r-tune train run (with --retention or --budget)")
+    export.add_argument("--retention", type=float, help="with --run: the retention level p in (0, 1]")
+    export.add_argument("-o", "--out", help="the folder to write (default NAME-model-budget-B)")
+    export.add_argument("--register", metavar="MODEL_NAME", help="also register the model under this name in "
+                                                                 "MLflow's model registry")
+    export.add_argument("--storage", help="where the run's checkpoints are now, if they moved: the sweep's Ray "
+                                          "storage folder, or a train run's output folder")
+    export.add_argument("--verify", action="store_true", help="also measure the exported model's accuracy "
+                                                              "on the validation split")
+    export.add_argument("--no-mlflow", action="store_true", help="write the folder only, log nothing")
+    _tracking_option(export)
+    export.set_defaults(func=_export)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of sweep specs (or trial specs), for editors")
     schema.add_argument("kind", nargs="?", choices=("sweep", "trial"), default="sweep")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
+from .export import log_recommended_models
 from .pareto import format_table, front_table, fronts
 from .recommend import BUDGETS, recommend, recommendation_table, write_spec
 from .records import outcome_lines
@@ -89,6 +90,7 @@ def publish(client, parent: str, spec, records: list, log: Callable[[str], None]
     log(format_table(front_table(result.overall)))
     log("Recommended hyperparameters by budget (fraction of the targeted parameters; accuracy over seeds):")
     log(format_table([shown_row(row) for row in table]))
+    summary.update(log_recommended_models(client, parent, records, log))     # the models themselves
     summary.update(hypervolume=result.hypervolume, front=len(result.overall), recommendations=table)
     summary.update(log_report(client, parent, records, log))
     return summary

@@ -25,6 +25,9 @@ from .records import COMPLETED, CONFIRMATION, FAILED, SEARCH, STOPPED
 ROLE, SWEEP = "q3r.role", "sweep"
 TRIAL_ID, STATUS, TECHNIQUE, PARAMS, CONFIG = "q3r.trial_id", "q3r.status", "q3r.technique", "q3r.params", "q3r.config"
 CONFIRMS = "q3r.confirms"          # a confirmation run: the trial_id of the search trial it trains again
+STORAGE = "q3r.storage"            # a sweep's parent run: the folder of Ray's trial state and checkpoints
+CHECKPOINT = "q3r.checkpoint"      # a q3r-tune train run: its checkpoint file
+TRAIN = "train"                    # the q3r.role of a q3r-tune train run
 PARENT = "mlflow.parentRunId"
 LOGGED = ("acc", "objective", "train_loss", "epoch", "time_s")      # plus every acc@/params@/targeted@/diag/ key
 PACKAGES = ("q3r-tune", "torch", "timm", "transformers", "ray", "optuna", "mlflow", "peft")
@@ -133,6 +136,13 @@ def version(package: str) -> str:
         return "not installed"
 
 
+def evaluation_metrics(result: dict, step: int) -> list:
+    """The MLflow metrics of one evaluation (``acc``, ``acc_at_0.2``, ``diag/...``), at ``step`` (the epoch)."""
+    now = int(time.time() * 1000)
+    return [Metric(mlflow_key(k), float(v), now, step) for k, v in result.items()
+            if (k in LOGGED or "@" in k or k.startswith("diag/")) and isinstance(v, (int, float))]
+
+
 def confirmed_trial(config: dict) -> str:
     """The search trial a confirmation config trains again (``{"point": {..., "confirms": id}}``), else ""."""
     point = config.get("point") if isinstance(config.get("point"), dict) else config
@@ -206,10 +216,7 @@ class TrialRuns(Callback):
         step = int(result.get("epoch", 0))
         if step <= self._last_step.get(run_id, 0):   # already logged before an interruption
             return
-        now = int(time.time() * 1000)
-        metrics = [Metric(mlflow_key(k), float(v), now, step) for k, v in result.items()
-                   if (k in LOGGED or "@" in k or k.startswith("diag/")) and isinstance(v, (int, float))]
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(STATUS, "running")])
+        self.client.log_batch(run_id, metrics=evaluation_metrics(result, step), tags=[RunTag(STATUS, "running")])
         self._last_step[run_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -223,3 +230,41 @@ class TrialRuns(Callback):
         self.client.set_tag(run_id, STATUS, status)
         self.client.set_terminated(run_id, run_status)
 
+
+
+class TrainRun:
+    """One ``q3r-tune train`` as an MLflow run: the spec as parameters (and as the ``q3r.config`` tag),
+    every evaluation stepped by epoch under the sweeps' metric names, ``q3r.status`` and the checkpoint
+    file (``q3r.checkpoint``), so that ``q3r-tune export --run RUN_ID`` finds the model. With
+    ``resume``, the latest run of the same checkpoint continues (no run is duplicated)."""
+
+    def __init__(self, client: MlflowClient, experiment: str, cfg, checkpoint: str, resume: bool = False):
+        self.client = client
+        exp_id = experiment_id(client, experiment)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{CHECKPOINT}` = '{checkpoint}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1) if resume else []
+        if found:
+            self.run_id = found[0].info.run_id
+            history = client.get_metric_history(self.run_id, "epoch")
+            self.last_step = max((int(m.value) for m in history), default=0)
+            client.update_run(self.run_id, status="RUNNING")
+        else:
+            tags = {ROLE: TRAIN, TECHNIQUE: cfg.technique.name, STATUS: "running", CONFIG: json.dumps(cfg.to_dict()),
+                    CHECKPOINT: checkpoint, "mlflow.runName": f"{cfg.technique.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    "mlflow.source.git.commit": git_commit()}
+            self.run_id = client.create_run(exp_id, tags=tags).info.run_id
+            client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in cfg.flat().items()])
+            self.last_step = 0
+        self.client.set_tag(self.run_id, STATUS, "running")
+
+    def report(self, metrics: dict) -> None:
+        step = int(metrics.get("epoch", 0))
+        if step <= self.last_step:
+            return
+        self.client.log_batch(self.run_id, metrics=evaluation_metrics(metrics, step),
+                              tags=[RunTag(STATUS, str(metrics.get("status", "running")))])
+        self.last_step = step
+
+    def finish(self, status: str) -> None:
+        self.client.set_tag(self.run_id, STATUS, status)
+        self.client.set_terminated(self.run_id, "FAILED" if status == FAILED else "FINISHED")

@@ -76,7 +76,8 @@ def test_train_cli(tmp_path, capsys):
     spec = tmp_path / "t.yaml"
     config.dump(tiny("adamw"), spec)
     out = tmp_path / "out"
-    assert cli(["train", str(spec), "--set", "train.epochs=2", "--set", "technique.lr=0.002", "--out", str(out)]) == 0
+    assert cli(["train", str(spec), "--set", "train.epochs=2", "--set", "technique.lr=0.002", "--out", str(out),
+                "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"]) == 0
     scores = json.loads((out / "scores.json").read_text())
     assert scores["status"] == "completed" and "acc@0.1" in scores["metrics"]
     assert config.load(out / "config.yaml").technique.lr == 0.002
@@ -124,7 +125,8 @@ def test_glue_finetuning_trial_from_local_model_and_tokenizer(tmp_path, techniqu
 def test_train_cli_missing_dataset_is_one_clear_error(tmp_path, capsys):
     spec = tmp_path / "c.yaml"
     spec.write_text(f"data:\n  name: cifar10\n  data_root: {tmp_path / 'nowhere'}\n")
-    assert cli(["train", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert cli(["train", str(spec), "--out", str(tmp_path / "out"), "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlruns.db'}"]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "download" in err
 

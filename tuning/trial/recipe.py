@@ -81,6 +81,27 @@ def task_loss(logits, y):
     return F.cross_entropy(logits.float(), y)
 
 
+def load_data(cfg: TrialSpec):
+    """``(train_set, val_set, DatasetInfo)`` of the spec; the split depends on ``train.seed``."""
+    d = cfg.data
+    return load_dataset(d.name, data_root=d.data_root, seed=cfg.train.seed, augment=d.augment, download=d.download,
+                        image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length,
+                        limit=d.limit)
+
+
+def eval_batch_size(cfg: TrialSpec) -> int:
+    """The batch size of the validation passes that score a trial."""
+    return max(256, cfg.train.batch_size)
+
+
+def make_technique(cfg: TrialSpec, model):
+    """The spec's technique set up on ``model`` (which it modifies in place, see ``build_technique``)."""
+    t = cfg.technique
+    return build_technique(t.name, model, modules=tuple(cfg.model.modules), lr=t.lr, weight_decay=t.weight_decay,
+                           lmbda=t.lmbda, target_rank=t.target_rank, period=t.period, depth=t.depth,
+                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **technique_options(t))
+
+
 def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
               resume: bool = False, log: Callable[[str], None] = lambda s: None) -> TrialResult:
     """Train one configuration; ``report`` receives the flat metrics dict of every evaluation."""
@@ -88,16 +109,10 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
     device = pick_device(cfg.train.device)
     on_gpu = device.type == "cuda"
     seed_everything(cfg.train.seed)
-    d = cfg.data
-    train_set, val_set, info = load_dataset(d.name, data_root=d.data_root, seed=cfg.train.seed, augment=d.augment,
-                                            download=d.download, image_size=d.image_size, task=d.task,
-                                            tokenizer=d.tokenizer, max_length=d.max_length, limit=d.limit)
+    train_set, val_set, info = load_data(cfg)
     model = build_model(cfg.model, info).to(device)
-    t = cfg.technique
-    tech = build_technique(t.name, model, modules=tuple(cfg.model.modules), lr=t.lr, weight_decay=t.weight_decay,
-                           lmbda=t.lmbda, target_rank=t.target_rank, period=t.period, depth=t.depth,
-                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **technique_options(t))
-    val_loader = DataLoader(val_set, batch_size=max(256, cfg.train.batch_size), pin_memory=on_gpu)
+    tech = make_technique(cfg, model)
+    val_loader = DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=on_gpu)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
     sched = make_schedule(cfg, tech.optimizer, steps_per_epoch)
     amp = cfg.train.amp and on_gpu

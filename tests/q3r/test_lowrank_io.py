@@ -1,0 +1,97 @@
+"""q3r.save_lowrank / q3r.load_lowrank: a factorized model saved as safetensors and loaded back into
+a freshly built dense architecture computes the same outputs with the same parameter count."""
+import pytest
+import torch
+from torch import nn
+
+import q3r
+from q3r.lowrank_io import lowrank_layers, read_metadata
+
+
+def tiny_sequential(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 36), nn.ReLU(), nn.Linear(36, 20), nn.ReLU(), nn.Linear(20, 3)).double()
+
+
+def tiny_vit(seed=0):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=2,
+                             num_heads=2).eval()
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_same_weights(a, b):
+    """Bit for bit the same tensors under the same names (outputs then agree up to the matmul
+    kernels, which may sum in another order for another memory layout: SVD factors are column-major)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("p", [0.1, 0.4])
+def test_round_trip_sequential(tmp_path, p):
+    model = tiny_sequential()
+    targets = q3r.select_targets(model, ("0", "2"))
+    small = q3r.SpectralCache(targets).factorized_model(model, p)
+    path = q3r.save_lowrank(small, tmp_path / "m.safetensors", metadata={"retention": p})
+    assert read_metadata(path) == {"format": "q3r.lowrank/1", "retention": str(p)}
+
+    fresh = tiny_sequential(seed=1)                         # other weights: everything must come from the file
+    loaded = q3r.load_lowrank(fresh, path)
+    assert loaded is fresh and isinstance(loaded[0], q3r.LowRankLinear) and isinstance(loaded[4], nn.Linear)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    assert_same_weights(loaded, small)
+    torch.testing.assert_close(loaded(x), small(x), rtol=1e-12, atol=1e-12)
+    assert n_params(loaded) == n_params(small) == q3r.parameter_counts(model, targets, p)["model_kept"]
+    assert n_params(loaded) < n_params(model)
+    torch.testing.assert_close(loaded[0].bias, model[0].bias, rtol=0, atol=0)      # biases kept
+
+
+def test_round_trip_timm_vit_with_fused_qkv(tmp_path):
+    model = tiny_vit()
+    targets = q3r.select_targets(model)                      # qkv split in three, proj, fc1, fc2
+    small = q3r.SpectralCache(targets).factorized_model(model, 0.2)
+    path = q3r.save_lowrank(small, tmp_path / "vit.safetensors")
+    layers = lowrank_layers(__import__("safetensors.torch").torch.load_file(str(path)))
+    r = q3r.target_rank((32, 32), 0.2)
+    assert layers["blocks.0.attn.qkv"] == {"in_features": 32, "out_features": 96, "segments": [(32, r)] * 3}
+
+    loaded = q3r.load_lowrank(tiny_vit(seed=1), path).eval()
+    x = torch.randn(4, 1, 8, 8)
+    assert_same_weights(loaded, small)
+    torch.testing.assert_close(loaded(x), small(x))
+    counts = q3r.parameter_counts(model, targets, 0.2)
+    assert n_params(loaded) == n_params(small) == counts["model_kept"] < counts["model_dense"]
+
+
+def test_dense_segments_and_loading_twice(tmp_path):
+    """Rows that stay dense (a LowRankLinear from_linear with a gap) load as dense segments."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 10)
+    A, B = torch.randn(4, 2), torch.randn(2, 6)
+    model = nn.Sequential(q3r.LowRankLinear.from_linear(lin, [(2, 6, (A, B))]))       # rows 0-2, 6-10 dense
+    path = q3r.save_lowrank(model, tmp_path / "m.safetensors")
+    fresh = nn.Sequential(nn.Linear(6, 10))
+    q3r.load_lowrank(fresh, path)
+    q3r.load_lowrank(fresh, path)                            # a LowRankLinear already: rebuilt, loaded again
+    x = torch.randn(3, 6)
+    assert_same_weights(fresh, model)
+    torch.testing.assert_close(fresh(x), model(x))
+    assert [fresh[0].A[k].shape[1] if k in fresh[0].A else None for k in fresh[0].order] == [None, 2, None]
+
+
+def test_mismatched_architecture_is_a_clear_error(tmp_path):
+    model = tiny_sequential()
+    small = q3r.SpectralCache(q3r.select_targets(model, ("0",))).factorized_model(model, 0.2)
+    path = q3r.save_lowrank(small, tmp_path / "m.safetensors")
+    wrong = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 3))
+    with pytest.raises(ValueError, match="'0' is 36 x 12 in the file but 40 x 12 in the model"):
+        q3r.load_lowrank(wrong, path)
+    with pytest.raises(TypeError, match="not an nn.Linear"):
+        q3r.load_lowrank(nn.Sequential(nn.ReLU(), nn.ReLU()), path)
