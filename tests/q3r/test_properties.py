@@ -13,7 +13,15 @@ from q3r.schedules import GeometricEps
 from q3r.truncation import LowRankLinear, SpectralCache, kept_columns, numerical_rank, parameter_counts
 from tests.reference import q3r_value_ref, reweight_ref
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """The checks against the float64 reference run in float64; other test modules keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def factors(W: torch.Tensor, eps: float):
