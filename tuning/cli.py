@@ -83,24 +83,15 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume(args: argparse.Namespace) -> int:
-    from .sweep import resume_sweep
+def _continue(args: argparse.Namespace) -> int:
+    """``resume`` (search, then confirmation) or ``confirm`` (the confirmation alone) of a sweep."""
+    from .sweep import confirm_sweep, resume_sweep
+    run = resume_sweep if args.command == "resume" else confirm_sweep
     try:
-        outcome = resume_sweep(args.name, address=args.address, tracking_uri=args.tracking_uri,
-                               num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        outcome = run(args.name, address=args.address, tracking_uri=args.tracking_uri, num_cpus=args.num_cpus,
+                      num_gpus=args.num_gpus)
     except _sweep_errors() as e:
-        return _fail("resume", e)
-    _where(outcome)
-    return 0
-
-
-def _confirm(args: argparse.Namespace) -> int:
-    from .sweep import confirm_sweep
-    try:
-        outcome = confirm_sweep(args.name, address=args.address, tracking_uri=args.tracking_uri,
-                                num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    except _sweep_errors() as e:
-        return _fail("confirm", e)
+        return _fail(args.command, e)
     _where(outcome)
     return 0
 
@@ -273,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (sweep, resume, confirm):
         if p is not sweep:
             p.add_argument("name", help="the sweep's name (its MLflow experiment)")
-            p.set_defaults(func=_resume if p is resume else _confirm)
+            p.set_defaults(func=_continue)
         _tracking_option(p)
         p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local)")
         p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")

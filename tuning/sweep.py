@@ -189,19 +189,23 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     return _finish(client, uri, spec, parent, str(storage_dir / run_name), results, log)
 
 
-def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
-                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
-                 log: Callable[[str], None] = print) -> SweepOutcome:
-    """Continue the latest sweep of experiment ``name`` where its driver stopped."""
+def _reopen(name: str, tracking_uri: Optional[str]):
+    """(client, uri, parent run, spec as a dict, spec) of the latest sweep of experiment ``name``."""
     uri = tracking_uri or default_uri()
     client = check_tracking(uri)
     parent_run = find_sweep(client, name)
-    parent = parent_run.info.run_id
-    path = parent_run.data.tags.get("q3r.storage", "")
+    spec_dict = _load_spec_artifact(client, parent_run.info.run_id)
+    return client, uri, parent_run, spec_dict, from_dict(spec_dict, source=f"sweep {name}")
+
+
+def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+                 log: Callable[[str], None] = print) -> SweepOutcome:
+    """Continue the latest sweep of experiment ``name`` where its driver stopped (search, then confirmation)."""
+    client, uri, parent_run, spec_dict, spec = _reopen(name, tracking_uri)
+    parent, path = parent_run.info.run_id, parent_run.data.tags.get("q3r.storage", "")
     if not tune.Tuner.can_restore(path):
         raise TrackingError(f"sweep {name!r}: its Ray experiment folder {path!r} is missing or holds no state")
-    spec_dict = _load_spec_artifact(client, parent)
-    spec = from_dict(spec_dict, source=f"sweep {name}")
     connect(address, num_cpus, num_gpus)
     client.update_run(parent, status="RUNNING")
     log(f"resuming sweep {name} from {path}")
@@ -215,18 +219,13 @@ def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opt
                   num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
                   log: Callable[[str], None] = print) -> SweepOutcome:
     """Run, or complete, the confirmation runs of the latest sweep of experiment ``name``."""
-    uri = tracking_uri or default_uri()
-    client = check_tracking(uri)
-    parent_run = find_sweep(client, name)
-    parent = parent_run.info.run_id
-    spec_dict = _load_spec_artifact(client, parent)
-    spec = from_dict(spec_dict, source=f"sweep {name}")
+    client, uri, parent_run, spec_dict, spec = _reopen(name, tracking_uri)
+    parent, path = parent_run.info.run_id, parent_run.data.tags.get("q3r.storage", "")
     if spec.confirm.top == 0 or spec.confirm.seeds == 0:
         raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {spec.confirm.model_dump()}); "
                             f"run it again with confirm.top and confirm.seeds >= 1")
     connect(address, num_cpus, num_gpus)
     client.update_run(parent, status="RUNNING")
-    path = parent_run.data.tags.get("q3r.storage", "")
     results = run_confirmation(client, uri, spec, spec_dict, parent, path, log)
     return _finish(client, uri, spec, parent, path, results, log)
 
