@@ -21,7 +21,8 @@ from tuning.trial.recipe import run_trial
 def one(args) -> tuple:
     technique, seed, epochs = args
     metrics = run_trial(trial_config(technique, epochs, threads=1, seed=seed)).metrics
-    return technique, seed, {f"{p:g}": metrics[f"acc@{p:g}"] for p in RETENTIONS}
+    return technique, seed, {f"{p:g}": metrics[f"acc@{p:g}"] for p in RETENTIONS}, \
+        {f"{p:g}": metrics[f"params@{p:g}"] for p in RETENTIONS}
 
 
 def main() -> None:
@@ -42,11 +43,15 @@ def main() -> None:
     print(f"{'technique':<14}{'seed':<6}" + "".join(f"p={k:<7}" for k in keys))
     means = {}
     for t in args.techniques:
-        rows = [acc for (tt, s, acc) in results if tt == t]
-        for (tt, s, acc) in (r for r in results if r[0] == t):
+        rows = [acc for (tt, s, acc, _) in results if tt == t]
+        for (tt, s, acc, _) in (r for r in results if r[0] == t):
             print(f"{t:<14}{s:<6}" + "".join(f"{acc[k]:<9.3f}" for k in keys))
         means[t] = {k: statistics.mean(r[k] for r in rows) for k in keys}
         print(f"{t:<14}{'mean':<6}" + "".join(f"{means[t][k]:<9.3f}" for k in keys))
+        if len(rows) > 1:
+            print(f"{t:<14}{'std':<6}" + "".join(f"{statistics.stdev(r[k] for r in rows):<9.3f}" for k in keys))
+        params = next(n for (tt, _, _, n) in results if tt == t)
+        print(f"{t:<14}{'params':<6}" + "".join(f"{params[k]:<9d}" for k in keys))
     if "adamw" in means:
         for t in means:
             if t != "adamw":
