@@ -144,6 +144,8 @@ class SpectralCache:
             if not isinstance(linear, nn.Linear):
                 raise ValueError(f"{module_name!r} is a {type(linear).__name__}, not an nn.Linear")
             segments = [(t.row_start, t.row_end, self.factors(t.name, retention)) for t in ts]
+            if not module_name:                                    # the model is itself one Linear
+                return LowRankLinear.from_linear(linear, segments)
             parent_name, _, leaf = module_name.rpartition(".")
             parent = clone.get_submodule(parent_name) if parent_name else clone
             setattr(parent, leaf, LowRankLinear.from_linear(linear, segments))

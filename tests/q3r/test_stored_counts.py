@@ -70,3 +70,16 @@ def test_truncate_takes_plain_linear_modules_like_adamq3r():
     torch.testing.assert_close(fact(x), cut(x))
     with pytest.raises(ValueError, match="is not a parameter of Sequential"):
         q3r.truncate(model, [nn.Linear(16, 32)], 0.2)
+
+
+def test_a_bare_linear_and_a_zero_matrix():
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 30).double()
+    fact = SpectralCache([lin]).factorized_model(lin, 0.2)
+    r = target_rank_ref(30, 20, 0.2)
+    assert isinstance(fact, q3r.LowRankLinear) and sum(p.numel() for p in fact.parameters()) == r * 50 + 30
+    zero = nn.Sequential(nn.Linear(8, 8))
+    with torch.no_grad():
+        zero[0].weight.zero_()
+    assert parameter_counts(zero, [zero[0]], 0.5)["targets"] == {"linear0": (64, 0)}       # stores nothing
+    assert sum(p.numel() for p in SpectralCache([zero[0]]).factorized_model(zero, 0.5).parameters()) == 8
