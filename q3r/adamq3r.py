@@ -38,7 +38,8 @@ class AdamQ3R(Adam):
         target_rank (float | int): fraction p in (0, 1] per matrix, r = r(p), or an int rank (default 0.2).
         lmbda (float): Q3R strength lambda (default 0.1).
         period (int): reweighting period T in optimizer steps (default 5).
-        eps_schedule: "paper" (default), "geometric" or a dict such as {"name": "geometric", "decay": 0.8}.
+        eps_schedule: "paper" (default), "geometric" or a dict such as {"name": "geometric", "decay": 0.8}
+            or {"name": "linear", "steps": N} (the published code's decay to 1e-5 over N reweightings).
         svd: "warm" (default; warm-started subspace iteration) or "exact" (full SVD each reweighting).
         power_iters, oversample: accuracy knobs of the warm start (see ``OperatorBank``).
 

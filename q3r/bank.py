@@ -26,7 +26,7 @@ from .decomposition import warm_triplets
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .ranks import resolve_rank
-from .schedules import EpsSchedule, make_schedule
+from .schedules import EpsSchedule, make_schedule, next_eps
 from .targets import Target
 
 SVD_MODES = ("warm", "exact")
@@ -38,6 +38,7 @@ class _Group:
     rank: int                       # r_target, the same for every member
     width: int                      # columns carried (host int)
     eps: Tensor                     # (G,), +inf before the first fit
+    eps_first: Optional[Tensor] = None   # (G,), eps after the first fit (+inf before), for the "linear" schedule
     U: Optional[Tensor] = None      # (G, d1, width)
     V: Optional[Tensor] = None      # (G, d2, width)
     sigma: Optional[Tensor] = None  # (G, width)
@@ -66,7 +67,8 @@ class OperatorBank:
     Args:
         targets: the regularized matrices (see ``select_targets``).
         target_rank: a fraction in (0, 1] mapped through ``target_rank`` per shape, or an int rank.
-        eps_schedule: "paper" (default), "geometric", a dict with its arguments, or a callable.
+        eps_schedule: "paper" (default), "geometric", a dict with its arguments (such as
+            {"name": "linear", "steps": N}), or a callable.
         svd: "warm" (subspace iteration from the previous fit) or "exact" (full SVD every time).
         power_iters: subspace iterations per warm reweighting.
         oversample: extra columns carried beyond r_env + 1, for the warm start's accuracy.
@@ -103,6 +105,7 @@ class OperatorBank:
             by_key[key].targets.append(t)
         for g in self.groups:
             g.eps = g.stacked().new_full((len(g.targets),), math.inf)
+            g.eps_first = g.eps.clone()
 
     @property
     def fitted(self) -> bool:
@@ -145,6 +148,7 @@ class OperatorBank:
             g.width = self._width_for(g, r_env_max)
             U, S, V = U[..., : g.width], S[..., : g.width], Vh[..., : g.width, :].mT
             k_apply = max(1, r_env_max)
+        g.eps_first = torch.where(torch.isinf(g.eps_first), eps, g.eps_first)
         g.U, g.sigma, g.V, g.eps = U, S, V, eps
         g.s = shift(S, eps)
         g.k_apply = k_apply
@@ -153,7 +157,7 @@ class OperatorBank:
         """The schedule's eps; a matrix with sigma_{r+1} = 0 (a zero-initialised Delta W in
         fine-tuning) keeps its old eps (+inf at first: R is the identity) instead of eps = 0,
         which would switch Q3R off for the rest of training."""
-        eps = self.schedule(g.eps, sigma_next)
+        eps = next_eps(self.schedule, g.eps, sigma_next, g.eps_first)
         return torch.where(eps > 0, eps, g.eps)
 
     def _width_for(self, g: _Group, r_env_max: int) -> int:
@@ -211,7 +215,7 @@ class OperatorBank:
 
     # ---- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Every target's operator (U, sigma, V, eps) by target name, plus its group's width."""
+        """Every target's operator (U, sigma, V, eps, eps_first) by target name, plus its group's width."""
         state = {}
         for g in self.groups:
             lagged = None
@@ -220,7 +224,8 @@ class OperatorBank:
                 event.synchronize()
                 lagged = int(host)
             for i, t in enumerate(g.targets):
-                entry = {"eps": g.eps[i].clone(), "width": g.width, "k_apply": g.k_apply, "pending": lagged}
+                entry = {"eps": g.eps[i].clone(), "eps_first": g.eps_first[i].clone(), "width": g.width,
+                         "k_apply": g.k_apply, "pending": lagged}
                 if g.U is not None:
                     entry.update(U=g.U[i].clone(), sigma=g.sigma[i].clone(), V=g.V[i].clone())
                 state[t.name] = entry
@@ -235,6 +240,8 @@ class OperatorBank:
             ref = g.stacked()
             g.width = int(entries[0]["width"])
             g.eps = torch.stack([torch.as_tensor(e["eps"]) for e in entries]).to(ref.device, ref.dtype)
+            g.eps_first = torch.stack([torch.as_tensor(e.get("eps_first", math.inf)) for e in entries]
+                                      ).to(ref.device, ref.dtype)
             lagged = entries[0].get("pending")
             g.pending = None if lagged is None else (torch.tensor(lagged), _Done())
             g.k_apply = int(entries[0].get("k_apply", g.width))

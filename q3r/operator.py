@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .functional import q3r_value, reweight, shift
 from .ranks import resolve_rank
-from .schedules import EpsSchedule, make_schedule
+from .schedules import EpsSchedule, make_schedule, next_eps
 
 
 class ReweightingOperator:
@@ -40,12 +40,14 @@ class ReweightingOperator:
         W: Tensor,
         target_rank: float | int,
         eps: Optional[float] = None,
-        schedule: str | EpsSchedule = "paper",
+        schedule: str | dict | EpsSchedule = "paper",
+        eps_first: Optional[float] = None,
     ) -> "ReweightingOperator":
         """Algorithm 1 on W with a full SVD: eps <- schedule(eps, sigma_{r+1}(W)), keep sigma_i > eps.
 
         ``target_rank`` is a fraction in (0, 1] or an absolute rank (int); ``eps=None``
         means +infinity (the first fit), so the paper's rule sets eps = sigma_{r+1}(W).
+        ``eps_first`` (the eps of the first fit) serves the "linear" schedule; None means +infinity.
         """
         if W.ndim != 2:
             raise ValueError(f"fit takes one matrix, but got W.shape={tuple(W.shape)}")
@@ -53,7 +55,8 @@ class ReweightingOperator:
         W = W.detach()
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         eps_old = W.new_tensor(math.inf if eps is None else float(eps))
-        eps_new = make_schedule(schedule)(eps_old, S[r])
+        first = W.new_tensor(math.inf if eps_first is None else float(eps_first))
+        eps_new = next_eps(make_schedule(schedule), eps_old, S[r], first)
         r_env = int((S > eps_new).sum())
         return cls(U[:, :r_env], S[:r_env], Vh[:r_env].mT, float(eps_new))
 

@@ -3,9 +3,13 @@
 A schedule maps (eps_old, sigma_next) to eps_new, elementwise over a batch of matrices,
 where sigma_next = sigma_{r+1}(W) at the target rank r. eps_old = +inf marks a first fit,
 which every schedule answers with sigma_{r+1}(W_0). No schedule ever increases eps.
+A schedule with ``needs_first = True`` also receives eps_first, each matrix's eps after its
+first fit (+inf before it), which the operator bank keeps and saves with its state;
+``next_eps`` calls a schedule either way.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -39,12 +43,49 @@ class GeometricEps:
         return torch.where(torch.isinf(eps_old), sigma_next, decayed)
 
 
-EpsSchedule = Callable[[Tensor, Tensor], Tensor]
-SCHEDULES = {"paper": PaperEps, "geometric": GeometricEps}
+@dataclass(frozen=True)
+class LinearEps:
+    """The published Q3R code's "linear" schedule (``Wx.update_weightoperator`` in ThatE10/Q3R
+    ``Functions/Q3R.py``): per matrix, eps_0 = sigma_{r+1}(W_0), then at every reweighting
+    eps <- max(c * eps, final) with c = exp((log final - log eps_0) / steps), so eps decays
+    geometrically from eps_0 to ``final`` (1e-5, the code's ``10e-6``) over ``steps`` reweightings
+    and stays there. It ignores sigma_{r+1} after the first fit. Unlike the published code, eps
+    never rises: a matrix whose eps_0 is already below ``final`` keeps eps_0.
+    """
+
+    steps: int
+    final: float = 1e-5
+    needs_first = True                                   # a class attribute, not a field
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"linear eps schedule needs steps, an int >= 1 (reweightings to reach final), "
+                             f"but got steps={self.steps!r}")
+        if not self.final > 0.0:
+            raise ValueError(f"linear eps final must be > 0, but got final={self.final}")
+
+    def __call__(self, eps_old: Tensor, sigma_next: Tensor, eps_first: Tensor) -> Tensor:
+        old = eps_old.double()
+        first = torch.where(torch.isinf(eps_first), old, eps_first.double())   # state lost: restart from here
+        log_c = (math.log(self.final) - first.log()) / self.steps
+        decayed = torch.minimum(old, torch.clamp_min(old * log_c.exp(), self.final))
+        return torch.where(torch.isinf(eps_old), sigma_next.to(old.dtype), decayed).to(eps_old.dtype)
+
+
+def next_eps(schedule, eps_old: Tensor, sigma_next: Tensor, eps_first: Tensor) -> Tensor:
+    """``schedule``'s new eps, passing eps_first to the schedules that need it."""
+    if getattr(schedule, "needs_first", False):
+        return schedule(eps_old, sigma_next, eps_first)
+    return schedule(eps_old, sigma_next)
+
+
+EpsSchedule = Callable[..., Tensor]
+SCHEDULES = {"paper": PaperEps, "geometric": GeometricEps, "linear": LinearEps}
 
 
 def make_schedule(spec: Union[str, dict, EpsSchedule, None] = "paper") -> EpsSchedule:
-    """A schedule from its name ("paper", "geometric"), a dict {"name": ..., **kwargs}, or itself."""
+    """A schedule from its name ("paper", "geometric"), a dict {"name": ..., **kwargs} such as
+    {"name": "linear", "steps": 1000}, or itself."""
     if spec is None:
         return PaperEps()
     if isinstance(spec, str):

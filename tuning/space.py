@@ -195,6 +195,7 @@ class Q3RSpace(Space):
     target_rank: searchable(TargetRank) = None
     period: searchable(Positive, integer=True) = None
     eps_schedule: searchable(EpsScheduleName) = None
+    eps_steps: searchable(Optional[Positive], integer=True) = None
     svd: searchable(SvdMode) = None
 
 

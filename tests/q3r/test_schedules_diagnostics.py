@@ -1,4 +1,5 @@
 """Epsilon schedules by name, and per-target diagnostics against hand computations."""
+import copy
 import math
 
 import numpy as np
@@ -68,3 +69,64 @@ def test_diagnostics_by_hand():
 def test_effective_rank_extremes():
     assert float(q3r.effective_rank(torch.tensor([1.0, 0.0, 0.0]))) == pytest.approx(1.0)
     assert float(q3r.effective_rank(torch.ones(7))) == pytest.approx(7.0)
+
+
+def linear_eps_ref(eps0: float, steps: int, reweightings: int, final: float = 1e-5) -> list:
+    """The published code's "linear" schedule (ThatE10/Q3R Functions/Q3R.py, Wx.update_weightoperator),
+    in float64: eps_0 = sigma_{r+1}(W_0), c = exp((log final - log eps_0) / N), eps <- max(c eps, final)."""
+    c = math.exp((math.log(final) - math.log(eps0)) / steps)
+    out = [eps0]
+    for _ in range(reweightings - 1):
+        out.append(max(c * out[-1], final))
+    return out
+
+
+def test_linear_schedule_matches_the_published_formula():
+    steps, n = 40, 50
+    f = make_schedule({"name": "linear", "steps": steps})
+    sigma0 = torch.tensor([2.0, 0.3, 7.5])
+    eps, first, seen = torch.full((3,), math.inf), torch.full((3,), math.inf), []
+    for k in range(n):
+        sigma = sigma0 * (1 + 0.1 * k)             # sigma_{r+1} moves; the schedule ignores it after the first fit
+        eps = f(eps, sigma, first)
+        first = torch.where(torch.isinf(first), eps, first)   # what the operator bank keeps
+        seen.append(eps.clone())
+    seen = torch.stack(seen).double()
+    for i, e0 in enumerate(sigma0.tolist()):
+        ref = torch.tensor(linear_eps_ref(e0, steps, n), dtype=torch.float64)
+        torch.testing.assert_close(seen[:, i], ref, rtol=1e-5, atol=0)
+        assert seen[steps, i].item() == pytest.approx(1e-5, rel=1e-5)   # reaches final after N reweightings
+        assert torch.all(seen[steps + 1:, i] == torch.tensor(1e-5).double())   # and stays there
+
+
+def test_linear_schedule_never_raises_eps_and_needs_steps():
+    f = make_schedule({"name": "linear", "steps": 3})
+    below = torch.tensor([3e-6])                    # eps_0 below final: the published code would grow it
+    assert float(f(below, torch.tensor([1.0]), below)) == pytest.approx(3e-6)
+    with pytest.raises(ValueError, match="steps=None"):
+        make_schedule({"name": "linear", "steps": None})
+    with pytest.raises(TypeError):
+        make_schedule("linear")                      # N has no default in the library
+
+
+def test_linear_schedule_through_the_optimizer_survives_a_state_dict_round_trip():
+    def build():
+        torch.manual_seed(0)
+        lin = nn.Linear(16, 16, bias=False).double()
+        opt = q3r.AdamQ3R(lin.parameters(), targets=[lin], target_rank=3, period=1, svd="exact", lmbda=0.1,
+                          eps_schedule={"name": "linear", "steps": 4})
+        lin.weight.grad = torch.zeros_like(lin.weight)
+        return lin, opt
+
+    lin, opt = build()
+    eps0 = float(torch.linalg.svdvals(lin.weight.detach())[3])
+    ref = linear_eps_ref(eps0, 4, 7)
+    opt.step(); opt.step()
+    state = copy.deepcopy(opt.state_dict())
+    lin2, opt2 = build()
+    lin2.weight.data.copy_(lin.weight.data)
+    opt2.load_state_dict(state)
+    for k in range(2, 7):
+        for o in (opt, opt2):
+            o.step()
+            assert o.operators()["linear0"].eps == pytest.approx(ref[k], rel=1e-10), k

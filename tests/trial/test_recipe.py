@@ -159,3 +159,17 @@ def test_gradients_are_clipped_on_every_device_as_the_spec_says(clip, monkeypatc
         assert calls == []
     else:                                             # on this CPU too: every step, at the spec's norm
         assert len(calls) == 4 and set(calls) == {clip}
+
+
+def test_linear_eps_schedule_reaches_its_floor_at_the_last_reweighting():
+    from tuning.trial.recipe import technique_options
+
+    cfg = tiny("adamq3r")                                   # 4 epochs x 4 steps, period 3: 6 reweightings
+    cfg.technique.eps_schedule = "linear"
+    assert technique_options(cfg.technique, 16) == {"eps_schedule": {"name": "linear", "steps": 5}, "svd": "warm"}
+    result = run_trial(cfg)
+    assert result.status == "completed"
+    assert result.metrics["diag/mean/eps"] == pytest.approx(1e-5, rel=1e-5)
+    cfg.technique.eps_steps = 46875                         # the published README's N
+    assert technique_options(cfg.technique, 16)["eps_schedule"] == {"name": "linear", "steps": 46875}
+    assert technique_options(tiny("lorita").technique, 16) == {"lorita_form": "input"}

@@ -67,11 +67,16 @@ def make_schedule(cfg: TrialSpec, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def technique_options(t) -> dict:
+def technique_options(t, total_steps: int) -> dict:
     """The technique-specific options of the spec: the operator bank's for the Q3R techniques, the
-    product form for LoRITa."""
+    product form for LoRITa. The "linear" eps schedule decays over ``t.eps_steps`` reweightings (the
+    published code's N); unset, over this trial's reweightings after the first
+    (ceil(total_steps / period) - 1), so eps reaches 1e-5 at the last one."""
     if t.name in ("adamq3r", "adam_q3r_loss"):
-        return {"eps_schedule": t.eps_schedule, "svd": t.svd}
+        schedule = t.eps_schedule
+        if schedule == "linear":
+            schedule = {"name": "linear", "steps": t.eps_steps or max(1, math.ceil(total_steps / t.period) - 1)}
+        return {"eps_schedule": schedule, "svd": t.svd}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
 
 
@@ -94,12 +99,12 @@ def eval_batch_size(cfg: TrialSpec) -> int:
     return max(256, cfg.train.batch_size)
 
 
-def make_technique(cfg: TrialSpec, model):
+def make_technique(cfg: TrialSpec, model, steps_per_epoch: int = 1):
     """The spec's technique set up on ``model`` (which it modifies in place, see ``build_technique``)."""
     t = cfg.technique
     return build_technique(t.name, model, modules=tuple(cfg.model.modules), lr=t.lr, weight_decay=t.weight_decay,
                            lmbda=t.lmbda, target_rank=t.target_rank, period=t.period, depth=t.depth,
-                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **technique_options(t))
+                           alpha=t.alpha, lora_rank=t.lora_rank, finetune=t.finetune, **technique_options(t, cfg.train.epochs * steps_per_epoch))
 
 
 def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
@@ -111,9 +116,9 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
     seed_everything(cfg.train.seed)
     train_set, val_set, info = load_data(cfg)
     model = build_model(cfg.model, info).to(device)
-    tech = make_technique(cfg, model)
-    val_loader = DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=on_gpu)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    tech = make_technique(cfg, model, steps_per_epoch)
+    val_loader = DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=on_gpu)
     sched = make_schedule(cfg, tech.optimizer, steps_per_epoch)
     amp = cfg.train.amp and on_gpu
     history: list = []

@@ -29,7 +29,7 @@ Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Lr = Annotated[float, Field(gt=0)]
-EpsScheduleName = Literal["paper", "geometric"]
+EpsScheduleName = Literal["paper", "geometric", "linear"]
 SvdMode = Literal["warm", "exact"]
 LoritaForm = Literal["input", "output"]
 
@@ -91,6 +91,7 @@ class TechniqueSpec(Strict):
     lora_rank: Optional[Positive] = None        # lora fine-tuning rank (pre-training uses r(target_rank))
     finetune: bool = False                      # regularize Delta W on frozen pretrained weights
     eps_schedule: EpsScheduleName = "paper"     # Q3R techniques: the eps rule
+    eps_steps: Optional[Positive] = None        # "linear": reweightings to 1e-5 (null: those of the trial)
     svd: SvdMode = "warm"                       # Q3R techniques: warm-started subspace iteration or full SVDs
 
 
