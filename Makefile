@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install sweep demo test bench
+.PHONY: install sweep demo test bench mutants
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,3 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_overhead.py
+
+# mutation testing of the math (not in CI; about 15-25 minutes on 2 cores): score and survivors in tests/MUTANTS.md
+mutants: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[mutants]'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results

@@ -94,7 +94,8 @@ def test_adamq3r_and_penalty_documented_defaults_and_options_reach_the_bank():
             q3r.Q3RPenalty([lin.weight], period=bad)
 
 
-@pytest.mark.parametrize("rank, ok", [(1.0, True), (1, True), (2, True), (0.0, False), (1.5, False), (0, False)])
+@pytest.mark.parametrize("rank, ok", [(1.0, True), (1, True), (2, True), (0.0, False), (1.5, False), (0, False),
+                                      (True, False)])
 def test_target_rank_bounds(rank, ok):
     lin = nn.Linear(12, 10)
     if ok:
@@ -143,6 +144,7 @@ def test_nested_and_bias_free_linears_factorize_and_run_on_sequences():
     assert isinstance(fact.block[0], LowRankLinear) and fact.block[0].bias is None
     x = torch.randn(2, 5, 8)                                                   # 3-D input: (B, T, d)
     torch.testing.assert_close(fact(x), cache.truncated_model(model, 0.3)(x))
+    assert fact.block[0].to_linear().bias is None                              # bias-free stays bias-free
     lin = fact.out.to_linear()
     assert (lin.in_features, lin.out_features) == (12, 4)
     torch.testing.assert_close(lin(x[0, :, :4].new_ones(3, 12)), fact.out(x[0, :, :4].new_ones(3, 12)))
