@@ -51,7 +51,7 @@ def main() -> None:
         if len(rows) > 1:
             print(f"{t:<14}{'std':<6}" + "".join(f"{statistics.stdev(r[k] for r in rows):<9.3f}" for k in keys))
         params = next(n for (tt, _, _, n) in results if tt == t)
-        print(f"{t:<14}{'params':<6}" + "".join(f"{params[k]:<9d}" for k in keys))
+        print(f"{t:<14}{'param':<6}" + "".join(f"{params[k]:<9d}" for k in keys))
     if "adamw" in means:
         for t in means:
             if t != "adamw":
