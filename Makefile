@@ -21,6 +21,7 @@ install: $(STAMP)
 
 sweep: $(STAMP)
 	$(VENV)/bin/q3r-tune sweep search_spaces/digits_vit.yaml
+	$(VENV)/bin/q3r-tune export digits-vit --budget 0.2 -o digits-vit-0.2 --no-mlflow
 	$(VENV)/bin/q3r-tune report digits-vit -o report.html
 
 demo: $(STAMP)
