@@ -64,7 +64,7 @@ def find_checkpoint(trial_id: str, storage: str) -> Path:
     """The latest ``checkpoint.pt`` of Ray trial ``trial_id`` under a sweep's storage folder (search
     trials) or its ``-confirm`` sibling (confirmation runs); a FileNotFoundError naming the folders."""
     folders = [Path(storage), confirmation_folder(storage)] if storage else []
-    pattern = re.compile(rf"(^|_){re.escape(trial_id)}_")
+    pattern = re.compile(rf"_{re.escape(trial_id)}_\d+_")      # <trainable>_<trial id>_<index>_<params>...
     trial_dirs = [d for f in folders if f.is_dir() for d in sorted(f.iterdir()) if d.is_dir() and pattern.search(d.name)]
     if len(trial_dirs) > 1:
         raise FileNotFoundError(f"trial {trial_id}: several trial folders match: {[str(d) for d in trial_dirs]}")

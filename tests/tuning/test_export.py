@@ -205,6 +205,10 @@ def test_find_checkpoint_takes_the_trial_latest_also_among_confirmation_runs(tmp
     confirm = Path(f"{storage}-confirm") / "train_trial_1f2e3_00001_1_point=x_2026" / "checkpoint_000004"
     confirm.mkdir(parents=True)
     (confirm / "checkpoint.pt").write_bytes(b"")
+    # a confirmation run's folder names the trial it confirms: it is not that trial's folder
+    seed = Path(f"{storage}-confirm") / "train_trial_1f2e3_00000_0_point=lora_seed_1_confirms_ab12cd34_2026-11-24"
+    (seed / "checkpoint_000007").mkdir(parents=True)
+    (seed / "checkpoint_000007" / "checkpoint.pt").write_bytes(b"")
     assert find_checkpoint("ab12cd34", str(storage)) == storage / "train_trial_ab12cd34_3_lr=0.01_2026" / \
         "checkpoint_000003" / "checkpoint.pt"
     assert find_checkpoint("1f2e3_00001", str(storage)) == confirm / "checkpoint.pt"
