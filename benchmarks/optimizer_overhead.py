@@ -4,7 +4,8 @@ q/k/v/proj/fc1/fc2 of every block are regularized (72 matrices), T = 5, p = 0.2.
 optimizers train their own copy of the same model in one process; repetitions are
 interleaved (A B B A ...) so that machine noise hits both alike, and each repetition runs
 a multiple of T steps so it contains the same share of reweightings. Prints the median of
-the per-repetition time ratios AdamQ3R / AdamW at each batch size.
+the per-repetition time ratios AdamQ3R / AdamW at each batch size, by elapsed (wall) time and
+by the CPU time of this process, which other processes on a loaded machine disturb less.
 
     python benchmarks/optimizer_overhead.py                 # CPU, batch 8 and 64
     python benchmarks/optimizer_overhead.py --device cuda --batch 128
@@ -15,6 +16,7 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -33,9 +35,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(model, opt, x, y, steps: int, device, amp: bool) -> float:
+def time_steps(model, opt, x, y, steps: int, device, amp: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``steps`` training steps."""
     sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(model(x), y)
@@ -43,7 +46,7 @@ def time_steps(model, opt, x, y, steps: int, device, amp: bool) -> float:
         loss.backward()
         opt.step()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def measure(batch: int, device: torch.device, reps: int, steps: int, args) -> dict:
@@ -64,9 +67,11 @@ def measure(batch: int, device: torch.device, reps: int, steps: int, args) -> di
     for rep in range(reps):
         for name in order if rep % 2 == 0 else order[::-1]:
             times[name].append(time_steps(models[name], opts[name], x, y, steps, device, args.amp))
-    ratios = [q / w for q, w in zip(times["adamq3r"], times["adamw"])]
-    return {"batch": batch, "ratio": statistics.median(ratios),
-            "spread": (min(ratios), max(ratios)), "reps": reps}
+    out = {"batch": batch, "reps": reps}
+    for i, clock in enumerate(("wall", "cpu")):
+        ratios = [q[i] / w[i] for q, w in zip(times["adamq3r"], times["adamw"])]
+        out[clock] = (statistics.median(ratios), min(ratios), max(ratios))
+    return out
 
 
 def main() -> None:
@@ -87,11 +92,13 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"AdamQ3R / AdamW step time, ViT-Tiny 32px/patch 4, 72 matrices, T=5, p=0.2, svd={args.svd}, "
-          f"{name}, torch {torch.__version__}{', bf16 autocast' if args.amp else ''}")
+          f"{name}, torch {torch.__version__}{', bf16 autocast' if args.amp else ''}, q3r from {Path(q3r.__file__).parent}")
     for batch in args.batch:
         r = measure(batch, device, args.reps, args.steps, args)
-        print(f"batch {r['batch']:4d}: ratio {r['ratio']:.3f}  (min {r['spread'][0]:.3f}, max {r['spread'][1]:.3f}, "
-              f"{r['reps']} interleaved reps of {args.steps} steps)")
+        for clock in ("wall", "cpu"):
+            med, lo, hi = r[clock]
+            print(f"batch {r['batch']:4d}: ratio {med:.3f}  (min {lo:.3f}, max {hi:.3f}, {r['reps']} interleaved reps "
+                  f"of {args.steps} steps, {clock} clock)", flush=True)
 
 
 if __name__ == "__main__":

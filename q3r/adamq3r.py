@@ -42,6 +42,9 @@ class AdamQ3R(Adam):
             or {"name": "linear", "steps": N} (the published code's decay to 1e-5 over N reweightings).
         svd: "warm" (default; warm-started subspace iteration) or "exact" (full SVD each reweighting).
         power_iters, oversample: accuracy knobs of the warm start (see ``OperatorBank``).
+        pack (bool): keep each shape group's regularized weights in one buffer whose views are the
+            parameters, so the Q3R step updates them in place (default True; see ``q3r/packing.py``).
+            The parameters stay the model's own ``nn.Parameter`` objects.
 
     Paper: Ghosh, Nguyen, Kuemmerle, "Q3R: Quadratic Reweighted Rank Regularizer for
     Effective Low-Rank Training", NeurIPS 2025, https://arxiv.org/abs/2511.04485
@@ -64,6 +67,7 @@ class AdamQ3R(Adam):
         power_iters: int = 1,
         oversample: int = 8,
         foreach: Optional[bool] = None,
+        pack: bool = True,
     ):
         if isinstance(lr, torch.Tensor):
             raise ValueError(f"AdamQ3R takes a float learning rate, but got lr={lr!r}")
@@ -71,7 +75,7 @@ class AdamQ3R(Adam):
                          foreach=foreach, decoupled_weight_decay=True)
         self.defaults.update(target_rank=target_rank, lmbda=lmbda, period=period)
         self._bank_options = dict(eps_schedule=eps_schedule, svd=svd, power_iters=power_iters,
-                                  oversample=oversample)
+                                  oversample=oversample, pack=pack)
         for group in self.param_groups:
             for key in _Q3R_DEFAULTS:
                 group.setdefault(key, self.defaults[key])

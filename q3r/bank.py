@@ -15,7 +15,9 @@ SVD at a larger width.
 eps is a running minimum (eps <- min(eps, sigma_{r+1})), and a Ritz value is a lower bound
 of the singular value it estimates, so one unconverged estimate would pull eps below the
 exact one for the rest of training (measured: 5-18% at lambda 30 with one iteration). So a
-Ritz value of sigma_{r+1} may lower eps only once it has converged: the relative residual
+Ritz value of sigma_{r+1} may lower eps only once it has converged (one at or above eps
+cannot lower it, whatever its error, so it needs no check; early in training, while the
+weights grow, that is most of them): the relative residual
 ||W v - sigma u|| / sigma of the (r+1)-th Ritz triplet (one matrix-vector product per
 matrix) must be at most ``ritz_tol`` = 0.02, at which its error stayed below 0.15% on
 training weights. On CPU the matrices that miss it (mostly in the first reweightings, while
@@ -43,6 +45,7 @@ from torch import Tensor
 from .decomposition import ritz_residual, warm_triplets
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
+from .packing import PackedWeights
 from .ranks import resolve_rank
 from .schedules import EpsSchedule, make_schedule, next_eps
 from .targets import Target
@@ -64,12 +67,18 @@ class _Group:
     k_apply: int = 0                # leading columns with s < 0 somewhere in the group (host int)
     pending: Optional[tuple] = field(default=None, repr=False)  # host (r_env max, unconverged, eps = inf), event
     fresh: list[int] = field(default_factory=list)  # members with eps = +inf: no operator yet (host)
+    packed: Optional[PackedWeights] = field(default=None, repr=False)  # the weights in one buffer, if packed
 
     @property
     def max_width(self) -> int:
         return min(self.targets[0].shape)
 
     def stacked(self, detach: bool = True) -> Tensor:
+        """The members' weights (G, d1, d2): the packed buffer itself (detached only), else a copy."""
+        if detach and self.packed is not None:
+            buffer = self.packed.buffer()
+            if buffer is not None:
+                return buffer
         ws = [t.weight.detach() if detach else t.weight for t in self.targets]
         W = torch.stack(ws)         # (G, d1, d2)
         return W.float() if W.dtype in (torch.float16, torch.bfloat16) else W   # SVDs need fp32+
@@ -96,6 +105,8 @@ class OperatorBank:
             this check; it lets eps drift below the exact one, see the module docstring).
         refine_iters: extra subspace iterations, on the unconverged matrices only, before
             those fall back to a full SVD (CPU; an accelerator refits them at the next reweighting).
+        pack: keep each shape group's weights in one buffer whose views are the parameters, so
+            ``descend`` updates them in place instead of stacking and copying back (see ``packing.py``).
     """
 
     def __init__(
@@ -108,6 +119,7 @@ class OperatorBank:
         oversample: int = 8,
         ritz_tol: float = 0.02,
         refine_iters: int = 2,
+        pack: bool = False,
     ):
         if svd not in SVD_MODES:
             raise ValueError(f"svd must be one of {SVD_MODES}, but got svd={svd!r}")
@@ -141,6 +153,9 @@ class OperatorBank:
             g.eps = g.stacked().new_full((len(g.targets),), math.inf)
             g.eps_first = g.eps.clone()
             g.fresh = list(range(len(g.targets)))
+            g.packed = PackedWeights(g.targets) if pack else None
+            if g.packed is not None:
+                g.packed.buffer()                                  # pack now: the parameters are views from here on
 
     @property
     def fitted(self) -> bool:
@@ -176,9 +191,10 @@ class OperatorBank:
 
     def _warm(self, g: _Group, W: Tensor, redo: set, now: bool) -> bool:
         """Warm refresh of group g; full SVDs for the members in ``redo`` (and, on CPU, for
-        those whose sigma_{r+1} did not converge). True means: refit the whole group exactly."""
+        those whose Ritz value of sigma_{r+1} does not give the exact eps even after
+        ``refine_iters``). True means: refit the whole group exactly."""
         U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
-        ok = ritz_residual(W, U, S, V, g.rank) <= self.ritz_tol    # sigma_{r+1} converged, (G,)
+        ok = self._exact_eps(g, W, U, S, V)                        # (G,)
         if now:                                                    # converge the laggards now
             bad = [i for i in torch.nonzero(~ok).flatten().tolist() if i not in redo]
             self.fits["refine"] += len(bad) if self.refine_iters else 0
@@ -189,7 +205,7 @@ class OperatorBank:
                 Wi = W[idx]
                 Ui, Si, Vi = warm_triplets(Wi, V[idx], 1)
                 U[idx], S[idx], V[idx] = Ui, Si, Vi
-                still = (ritz_residual(Wi, Ui, Si, Vi, g.rank) > self.ritz_tol).tolist()
+                still = (~self._exact_eps(g, Wi, Ui, Si, Vi, idx)).tolist()
                 bad = [i for i, b in zip(bad, still) if b]
             redo.update(bad)
         if redo:                                                   # first fits and laggards: full SVDs
@@ -225,6 +241,15 @@ class OperatorBank:
         g.s = shift(S, eps)
         g.k_apply = k_apply
         return False
+
+    def _exact_eps(self, g: _Group, W: Tensor, U: Tensor, S: Tensor, V: Tensor,
+                   idx: Optional[Tensor] = None) -> Tensor:
+        """Whether the Ritz value of sigma_{r+1} gives the exact eps, (G,): it has converged, or
+        eps comes out the same wherever sigma_{r+1} lies at or above it (a Ritz value is a lower
+        bound, and schedules do not decrease in sigma_{r+1}; for the paper's rule: it is >= eps)."""
+        sigma_next = S[:, g.rank]                                  # (a zero one may hide a small true value)
+        above = self._next_eps(g, sigma_next, idx) == self._next_eps(g, torch.full_like(sigma_next, math.inf), idx)
+        return (above & (sigma_next > 0)) | (ritz_residual(W, U, S, V, g.rank) <= self.ritz_tol)
 
     def _exact(self, g: _Group, W: Tensor) -> None:
         """Full SVD of every member: r_env is counted exactly and the width set for it."""
@@ -282,11 +307,11 @@ class OperatorBank:
         """W <- W - scale * R(W) for every target, in place: one fused batched matmul per group."""
         self._require_fit()
         for g in self.groups:
-            weights = [t.weight.detach() for t in g.targets]
-            W = g.stacked()                                            # (G, d1, d2), a copy
+            W = g.stacked()                                            # (G, d1, d2): the packed buffer, or a copy
             X, Y = reweight_factors(W, *g.factors())                   # R(W) = W + X Y
             W.baddbmm_(X, Y, beta=1.0 - scale, alpha=-scale)
-            torch._foreach_copy_(weights, W.unbind(0))
+            if g.packed is None or g.packed.buffer() is not W:
+                torch._foreach_copy_([t.weight.detach() for t in g.targets], W.unbind(0))
 
     def values(self, detach: bool = False) -> list[tuple[_Group, Tensor]]:
         """Q3R values 1/2 <W, R(W)> per group as (G,), differentiable unless ``detach``."""

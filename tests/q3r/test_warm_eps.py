@@ -110,6 +110,27 @@ def test_unconverged_estimate_falls_back_to_a_full_svd_on_cpu():
         assert bank.groups[0].eps[i].item() == pytest.approx(exact.item(), rel=1e-9)
 
 
+def test_unconverged_estimate_at_or_above_eps_needs_no_refinement():
+    """A Ritz value is a lower bound of sigma_{r+1}: one already >= eps cannot lower eps however
+    far from converged it is, so it is neither refined nor refitted, and eps is the exact one."""
+    bank, params = _bank([flat(48, 40, 2), flat(48, 40, 3)], rank=4)
+    bank.refresh()
+    g = bank.groups[0]
+    eps0, V0 = g.eps.clone(), g.V.clone()
+    with torch.no_grad():
+        params[0].copy_(3.0 * flat(48, 40, 4))              # a new matrix, with larger singular values
+    W = params[0].detach().unsqueeze(0)
+    U, S, V = warm_triplets(W, V0[:1])
+    from q3r.decomposition import ritz_residual
+    assert ritz_residual(W, U, S, V, 4).item() > bank.ritz_tol      # unconverged ...
+    assert S[0, 4] >= eps0[0]                                       # ... but above eps
+    bank.refresh()
+    assert bank.fits["refine"] == 0 and bank.fits["svd"] == 2       # only the two first fits
+    exact = torch.linalg.svdvals(params[0].detach())[4]
+    assert eps0[0] < exact
+    assert g.eps[0] == eps0[0]                                      # = min(eps, sigma_{r+1}) exactly
+
+
 def test_accelerator_path_never_lowers_eps_with_an_unconverged_value(monkeypatch):
     """On an accelerator nothing is read back in refresh: an unconverged Ritz value must not
     lower eps, and the matrix gets a full SVD at the next reweighting (here on CPU, with the
