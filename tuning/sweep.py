@@ -37,7 +37,7 @@ from .spec import SweepSpec, from_dict
 from .tracking import STATUS, TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, start_sweep
 from .trainable import train_trial, trial_of
 
-PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"))
+PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"), ("model", "init"))
 
 
 @dataclass
@@ -80,7 +80,11 @@ def preflight(spec: SweepSpec) -> None:
                                    f"out as {root}/train/<class>/<image> and {root}/val/<class>/<image>")
     else:
         load_dataset(d.name, data_root=d.data_root, augment=d.augment, download=d.download,
-                     image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length, limit=1)
+                     image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length, limit=1,
+                     classes=d.classes)
+    if spec.model.init and not Path(spec.model.init).is_file():
+        raise FileNotFoundError(f"{spec.source}: model.init {spec.model.init!r} does not exist; point it at a "
+                                f"pretrained state dict (benchmarks/transfer_digits.py --pretrain-only writes one)")
     if spec.model.kind == "hf" and not (spec.model.path and Path(spec.model.path).exists()):
         raise FileNotFoundError(f"{spec.source}: model.path {spec.model.path!r} does not exist; point it at a "
                                 f"local Hugging Face model directory (nothing is downloaded at run time)")
