@@ -115,7 +115,8 @@ def finetune_spec(method: str, seed: int, args, init: Path):
     if technique is None:
         lmbda = args.lmbda if name == "adamq3r" else args.lmbda_loss
         technique = {"name": name, "lr": args.lr_q3r, "lmbda": lmbda, "target_rank": args.rank,
-                     "period": args.period, "finetune": True, "eps_schedule": rule or "auto"}
+                     "period": args.period, "finetune": True, "eps_schedule": rule or "auto",
+                     "eps_warmup": args.eps_warmup}
     return from_dict({"data": {"name": "digits", "classes": FINETUNE_CLASSES},
                       "model": {**MODEL, "init": str(init)}, "technique": technique,
                       "train": {"epochs": args.epochs, "batch_size": 32, "seed": seed, "threads": 1,
@@ -157,6 +158,8 @@ def main() -> None:
     parser.add_argument("--lmbda", type=float, default=50.0, help="AdamQ3R's lambda")
     parser.add_argument("--lmbda-loss", type=float, default=20.0, help="lambda of Q3R in the loss")
     parser.add_argument("--period", type=int, default=5)
+    parser.add_argument("--eps-warmup", type=int, default=None,
+                        help="optimizer steps in which eps follows sigma_{r+1} (default: a quarter of the steps)")
     parser.add_argument("--lr-q3r", type=float, default=1e-3)
     parser.add_argument("--lr-lora", type=float, default=3e-3)
     parser.add_argument("--lr-dense", type=float, default=1e-3)
