@@ -44,15 +44,15 @@ RANKS = (1, 2, 4, 8)
 METHODS = ("dense", "lora", "adamq3r", "adam_q3r_loss", "adamq3r/paper", "adam_q3r_loss/paper")
 
 
-def checkpoint_path(epochs: int = PRETRAIN["epochs"]) -> Path:
-    return CACHE / f"vit{MODEL['depth']}x{MODEL['width']}-digits01234-e{epochs}-seed{PRETRAIN['seed']}.safetensors"
+def checkpoint_path(epochs: int = PRETRAIN["epochs"], cache: Path = CACHE) -> Path:
+    return Path(cache) / f"vit{MODEL['depth']}x{MODEL['width']}-digits01234-e{epochs}-seed{PRETRAIN['seed']}.safetensors"
 
 
-def pretrain(epochs: int, retrain: bool = False) -> tuple[Path, float]:
+def pretrain(epochs: int, retrain: bool = False, cache: Path = CACHE) -> tuple[Path, float]:
     """The cached pre-trained checkpoint (trained now if missing) and its accuracy on 0-4."""
     from safetensors.torch import save_file
 
-    path = checkpoint_path(epochs)
+    path = checkpoint_path(epochs, cache)
     cfg = from_dict({"data": {"name": "digits", "classes": PRETRAIN["classes"]}, "model": MODEL,
                      "technique": {"name": "adamw", "lr": PRETRAIN["lr"], "weight_decay": PRETRAIN["weight_decay"]},
                      "train": {"epochs": epochs, "batch_size": PRETRAIN["batch_size"], "seed": PRETRAIN["seed"],
@@ -159,11 +159,12 @@ def main() -> None:
     parser.add_argument("--lmbda-loss", type=float, default=20.0, help="lambda of Q3R in the loss")
     parser.add_argument("--period", type=int, default=5)
     parser.add_argument("--eps-warmup", type=int, default=None,
-                        help="optimizer steps in which eps follows sigma_{r+1} (default: a quarter of the steps)")
+                        help="optimizer steps in which eps follows sigma_{r+1} (default: all of them)")
     parser.add_argument("--lr-q3r", type=float, default=1e-3)
     parser.add_argument("--lr-lora", type=float, default=3e-3)
     parser.add_argument("--lr-dense", type=float, default=1e-3)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the pre-trained checkpoint is cached")
     parser.add_argument("--retrain", action="store_true", help="pre-train again even if the checkpoint is cached")
     parser.add_argument("--pretrain-only", action="store_true", help="write (or check) the checkpoint and stop")
     parser.add_argument("--smoke-test", action="store_true", help="tiny run: 1 seed, 2 + 1 epochs")
@@ -171,7 +172,7 @@ def main() -> None:
     if args.smoke_test:
         args.seeds, args.epochs, args.pretrain_epochs = [0], 1, 2
     started = time.perf_counter()
-    init, acc0 = pretrain(args.pretrain_epochs, args.retrain)
+    init, acc0 = pretrain(args.pretrain_epochs, args.retrain, args.cache)
     print(f"pre-trained on digits 0-4 ({args.pretrain_epochs} epochs AdamW): accuracy {acc0:.3f}; checkpoint {init}",
           flush=True)
     if args.pretrain_only:

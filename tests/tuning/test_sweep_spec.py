@@ -297,3 +297,14 @@ def test_json_schema_lists_each_technique_and_the_distribution_kinds():
     assert set(schema["$defs"]["LoRITaSpace"]["properties"]) == {"lr", "weight_decay", "finetune", "depth", "alpha",
                                                                     "lorita_form"}
     assert {"LogUniform", "Uniform", "IntRange", "LogInt", "Choice"} <= set(schema["$defs"])
+
+
+def test_transfer_spec_needs_its_checkpoint_and_makes_init_absolute(tmp_path):
+    from tuning.sweep import preflight, resolve_paths
+
+    spec = load_spec(SPACES / "transfer_digits.yaml", ["model.init=nowhere/pre.safetensors"])
+    assert spec.data.classes == [5, 6, 7, 8, 9] and spec.techniques.adamq3r.finetune is True
+    with pytest.raises(FileNotFoundError, match="model.init 'nowhere/pre.safetensors' does not exist.*--pretrain-only"):
+        preflight(spec)
+    resolved = resolve_paths({"model": {"init": "ckpt/pre.safetensors"}}, tmp_path)
+    assert resolved["model"]["init"] == str((tmp_path / "ckpt" / "pre.safetensors").resolve())

@@ -73,8 +73,8 @@ def technique_options(t, total_steps: int) -> dict:
     published code's N); unset, over this trial's reweightings after the first
     (ceil(total_steps / period) - 1), so eps reaches 1e-5 at the last one. "auto" is "warmup" when
     fine-tuning (Delta W starts at zero) and the paper's rule otherwise; "warmup" lets eps follow
-    sigma_{r+1} for ``t.eps_warmup`` optimizer steps (unset: a quarter of the trial's steps), that is
-    for ceil(eps_warmup / period) reweightings."""
+    sigma_{r+1} for ``t.eps_warmup`` optimizer steps (unset: the whole trial), that is for
+    ceil(eps_warmup / period) reweightings, and then falls back to the paper's running minimum."""
     if t.name in ("adamq3r", "adam_q3r_loss"):
         schedule = t.eps_schedule
         if schedule == "auto":
@@ -82,7 +82,7 @@ def technique_options(t, total_steps: int) -> dict:
         if schedule == "linear":
             schedule = {"name": "linear", "steps": t.eps_steps or max(1, math.ceil(total_steps / t.period) - 1)}
         elif schedule == "warmup":
-            warmup = t.eps_warmup if t.eps_warmup is not None else total_steps // 4
+            warmup = t.eps_warmup if t.eps_warmup is not None else total_steps
             schedule = {"name": "warmup", "reweightings": math.ceil(warmup / t.period)}
         return {"eps_schedule": schedule, "svd": t.svd}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}

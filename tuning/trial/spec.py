@@ -95,7 +95,7 @@ class TechniqueSpec(Strict):
     eps_schedule: EpsScheduleName = "auto"      # Q3R techniques: the eps rule; auto = warmup if finetune else paper
     eps_steps: Optional[Positive] = None        # "linear": reweightings to 1e-5 (null: those of the trial)
     eps_warmup: Optional[Positive] = None       # "warmup": optimizer steps in which eps follows sigma_{r+1}
-                                                # (null: a quarter of the trial's steps)
+                                                # (null: the whole trial), then the paper's rule
     svd: SvdMode = "warm"                       # Q3R techniques: warm-started subspace iteration or full SVDs
 
 
