@@ -23,6 +23,8 @@ def _train(args: argparse.Namespace) -> int:
     except config.SpecError as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
+    for line in cfg.advice():
+        print(f"q3r-tune train: warning: {args.spec}: {line}", file=sys.stderr)
     from .tracking import TrackingError, TrainRun, check_tracking, default_uri
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     uri = args.tracking_uri or default_uri()
@@ -163,8 +165,6 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .recommend import parse_budget, recommend, write_spec
     from .results import load_sweep
     from .tracking import default_uri
@@ -173,10 +173,10 @@ def _recommend(args: argparse.Namespace) -> int:
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
         _outcomes(parent, records)
         rec = recommend(records, budget)
+        out = _output(args.out or f"recommended-{args.name}-{args.budget}.yaml", "--out")
     except _sweep_errors() as e:
         return _fail("recommend", e)
     p = rec.point
-    out = Path(args.out or f"recommended-{args.name}-{args.budget}.yaml")
     write_spec(rec, out)
     hp = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
     print(f"best within budget {args.budget}: {p.technique}  {hp}")
@@ -189,6 +189,21 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output(path, what: str, folder: bool = False):
+    """``path`` with its folder created (``folder``: ``path`` is the folder), or a ``ValueError`` in one line."""
+    from pathlib import Path
+
+    path = Path(path)
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot create the folder {target} ({e.strerror})") from None
+    if not folder and path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; name a file")
+    return path
+
+
 def _report(args: argparse.Namespace) -> int:
     import time
 
@@ -199,15 +214,16 @@ def _report(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_uri()
     try:
         parent, records = load_sweep(uri, args.name)
+        out = _output(args.out or f"report-{args.name}.html", "-o")
+        pngs = _output(args.pngs, "--pngs", folder=True) if args.pngs else None
     except _sweep_errors() as e:
         return _fail("report", e)
     subtitle = (f"MLflow {uri}, parent run {parent.info.run_id} ({parent.info.status}), "
                 f"read {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    out = write_report(records, args.out or f"report-{args.name}.html", title=f"q3r-tune sweep {args.name}",
-                       subtitle=subtitle)
+    out = write_report(records, out, title=f"q3r-tune sweep {args.name}", subtitle=subtitle)
     print(f"report of {len(records)} trials written to {out.resolve()}")
-    if args.pngs:
-        for path in write_pngs(records, args.pngs):
+    if pngs:
+        for path in write_pngs(records, pngs):
             print(f"  {path}")
     return 0
 
@@ -242,6 +258,8 @@ def _export(args: argparse.Namespace) -> int:
                   f"load it with mlflow.pytorch.load_model('runs:/{export.run_id}/{label}')")
     except _sweep_errors() as e:
         return _fail("export", e)
+    except OSError as e:                        # the output folder cannot be written
+        return _fail("export", f"cannot write {e.filename or args.out}: {e.strerror}")
     return 0
 
 

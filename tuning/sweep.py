@@ -182,6 +182,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     client = check_tracking(uri)                              # before anything starts
     spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
     preflight(from_dict(spec_dict, source=spec.source))
+    for line in spec.advice():
+        log(f"warning: {line}")
     storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
     run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     connect(address, num_cpus, num_gpus)
@@ -220,7 +222,7 @@ def sync_sweep(name: str, *, tracking_uri: Optional[str] = None, wait: float = T
                log: Callable[[str], None] = print) -> int:
     """Send what the latest sweep of experiment ``name`` left in its spool; the number of operations sent."""
     uri = tracking_uri or default_uri()
-    parent_run = find_sweep(check_tracking(uri), name)
+    parent_run = find_sweep(check_tracking(uri, looking_for=f"sweep named {name!r}"), name)
     folder = parent_run.data.tags.get("q3r.storage", "")
     if not spool_folder(folder).is_dir():
         log(f"sweep {name}: no tracking spool in {folder!r}: nothing to send")
@@ -235,7 +237,7 @@ def sync_sweep(name: str, *, tracking_uri: Optional[str] = None, wait: float = T
 def _reopen(name: str, tracking_uri: Optional[str]):
     """(client, uri, parent run, spec as a dict, spec) of the latest sweep of experiment ``name``."""
     uri = tracking_uri or default_uri()
-    client = check_tracking(uri)
+    client = check_tracking(uri, looking_for=f"sweep named {name!r}")
     parent_run = find_sweep(client, name)
     spec_dict = _load_spec_artifact(client, parent_run.info.run_id)
     return client, uri, parent_run, spec_dict, from_dict(spec_dict, source=f"sweep {name}")

@@ -61,8 +61,34 @@ def metric_key(key: str) -> str:
     return key.replace("_at_", "@")
 
 
-def check_tracking(uri: str, timeout: float = 5.0) -> MlflowClient:
-    """A client for ``uri``, or a ``TrackingError`` that names the URI, before any trial starts."""
+ACCEPTED = "sqlite:///PATH.db, http(s)://HOST:PORT, databricks, postgresql://, mysql:// or mssql://"
+SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def check_uri(uri: str) -> None:
+    """A ``TrackingError`` in one line unless ``uri`` is a tracking URI q3r-tune works with (not a path)."""
+    scheme, sep, _ = uri.partition(":")
+    scheme = scheme.split("+")[0].lower()                     # postgresql+psycopg2://...
+    if scheme == "databricks" or (scheme in SCHEMES and "://" in uri):
+        return
+    if not sep or len(scheme) == 1 or scheme == "file":       # a path (or a Windows drive letter), a file store
+        path = uri.split(":", 1)[1].removeprefix("//") if scheme == "file" else uri
+        raise TrackingError(f"tracking URI {uri!r} is a path, not a tracking URI: write sqlite:///{path} for a "
+                            f"database file (sqlite:////abs/path.db for an absolute path) or http://HOST:PORT for a "
+                            f"server; accepted: {ACCEPTED}")
+    raise TrackingError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; accepted: {ACCEPTED}")
+
+
+def check_tracking(uri: str, timeout: float = 5.0, looking_for: Optional[str] = None) -> MlflowClient:
+    """A client for ``uri``, or a ``TrackingError`` that names the URI, before any trial starts.
+
+    ``looking_for`` ("sweep named 'x'", "run 'id'"): what a command that only reads looks for; such a
+    command never creates a store (a sqlite file that does not exist holds no such sweep or run)."""
+    check_uri(uri)
+    db = sqlite_path(uri)
+    if looking_for is not None and db is not None and not db.is_file():
+        raise TrackingError(f"no {looking_for} in the tracking store {uri} (there is no file {db}); pass the "
+                            f"--tracking-uri it was tracked in")
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:

@@ -123,6 +123,14 @@ class TrialSpec(Strict):
     def to_dict(self) -> dict:
         return self.model_dump()
 
+    def advice(self) -> list[str]:
+        """Settings that are allowed but probably not meant, each with its consequence (one line each)."""
+        t = self.train
+        if t.eval_every > t.epochs:
+            return [f"train.eval_every ({t.eval_every}) > train.epochs ({t.epochs}): the trial is evaluated, "
+                    f"reported and checkpointed only at its last epoch, and collapse_patience never applies"]
+        return []
+
     def flat(self) -> dict:
         """{"technique.lmbda": 0.1, ...}: every field, for logging as parameters."""
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
