@@ -112,10 +112,6 @@ class SweepSpec(Strict):
             raise ValueError(f"scheduler.grace_period must be <= max_t ({self.max_t}, which is epochs when max_t "
                              f"is null; lower it, or use scheduler.kind=fifo), but got {sch.grace_period}")
         every = self.train.eval_every
-        if every > self.epochs:
-            raise ValueError(f"train.eval_every must be <= epochs ({self.epochs}): a trial reports, and saves a "
-                             f"checkpoint, only every eval_every epochs and at its last, so it would have nothing to "
-                             f"be stopped early on or resumed from, but got {every}")
         if sch.kind == "asha" and every > sch.grace_period and every >= self.max_t:
             raise ValueError(f"train.eval_every must be < max_t ({self.max_t}) for scheduler asha: ASHA judges a "
                              f"trial at its evaluations, and the first would come at epoch {min(every, self.max_t)}, "
@@ -145,6 +141,9 @@ class SweepSpec(Strict):
     def advice(self) -> list[str]:
         """Settings that are allowed but probably not meant, each with its consequence (one line each)."""
         sch, every = self.scheduler, self.train.eval_every
+        if every > self.epochs:
+            return [f"{self.source}: train.eval_every ({every}) > epochs ({self.epochs}): each trial reports, and "
+                    f"saves a checkpoint, only at its last epoch; a trial whose worker dies starts again from scratch"]
         if sch.kind == "asha" and every > sch.grace_period:
             return [f"{self.source}: train.eval_every ({every}) > scheduler.grace_period ({sch.grace_period}): ASHA "
                     f"judges a trial at its evaluations, so its first rung waits until epoch {every}; set eval_every "

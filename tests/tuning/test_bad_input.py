@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tuning import cli
-from tuning.spec import SpecError, from_dict, load_spec
+from tuning.spec import from_dict
 from tuning.tracking import start_sweep, check_tracking
 from tuning.trial import spec as trial_spec
 
@@ -119,19 +119,20 @@ def test_train_rejects_a_bad_technique_before_anything_starts(here, capsys, over
     assert files(here) == before                               # no runs/ folder, no mlruns.db
 
 
-def test_eval_every_beyond_the_epochs_or_the_rungs(here, capsys):
+def test_eval_every_that_leaves_asha_nothing_to_judge_is_rejected_and_a_late_first_rung_warned(here, capsys):
     before = files(here)
-    err = one_line_error(capsys, cli.main(["sweep", "sweep.yaml", "--set", "train.eval_every=5"]))
-    assert err.startswith("q3r-tune sweep: sweep.yaml (--set train.eval_every=5): train.eval_every must be <= epochs "
-                          "(4): a trial reports, and saves a checkpoint, only every eval_every epochs and at its last")
-    assert files(here) == before
-    with pytest.raises(SpecError, match=r"train.eval_every must be < max_t \(4\) for scheduler asha: .* the first "
-                                        r"would come at epoch 4, the last, so nothing could be stopped early"):
-        load_spec(here / "sweep.yaml", ["train.eval_every=4", "scheduler.grace_period=2"])
+    err = one_line_error(capsys, cli.main(["sweep", "sweep.yaml", "--set", "train.eval_every=4"]))
+    assert err == ("q3r-tune sweep: sweep.yaml (--set train.eval_every=4): train.eval_every must be < max_t (4) for "
+                   "scheduler asha: ASHA judges a trial at its evaluations, and the first would come at epoch 4, the "
+                   "last, so nothing could be stopped early; lower it to at most grace_period (1), but got 4")
+    assert files(here) == before                               # no q3r-runs/, no mlruns.db
     later = from_dict(tiny_spec(epochs=12, train={"eval_every": 4}, scheduler={"kind": "asha", "grace_period": 2}))
     assert later.advice() == ["<dict>: train.eval_every (4) > scheduler.grace_period (2): ASHA judges a trial at its "
                               "evaluations, so its first rung waits until epoch 4; set eval_every <= grace_period for "
                               "the rung at epoch 2"]
+    once = from_dict(tiny_spec(epochs=3, train={"eval_every": 5}, scheduler={"kind": "fifo"}))
+    assert once.advice() == ["<dict>: train.eval_every (5) > epochs (3): each trial reports, and saves a checkpoint, "
+                             "only at its last epoch; a trial whose worker dies starts again from scratch"]
     assert from_dict(tiny_spec()).advice() == []               # eval_every 1, grace period 1
 
 
