@@ -8,12 +8,14 @@ before it. A stop is wrong when the trial would have ended well above chance (``
 Prints every curve, then per rule: stops, wrong stops, epochs saved.
 
     python benchmarks/collapse_recovery.py                    # 8 trials, 2 at a time (about 10-30 min on 2 cores)
+    python benchmarks/collapse_recovery.py --save curves.json   # ... then --replay curves.json re-judges them
     python benchmarks/collapse_recovery.py --smoke-test
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -56,11 +58,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="trials at a time (one CPU thread each)")
     parser.add_argument("--recovered", type=float, default=0.5, help="final accuracy that counts as recovered")
     parser.add_argument("--smoke-test", action="store_true", help="2 trials of 2 epochs")
+    parser.add_argument("--save", help="also write the curves to this JSON file")
+    parser.add_argument("--replay", help="replay the rules on curves saved by --save instead of training")
     args = parser.parse_args()
     trials = TRIALS[:2] if args.smoke_test else TRIALS
     epochs = 2 if args.smoke_test else args.epochs
-    with ProcessPoolExecutor(args.jobs) as pool:
-        curves = list(pool.map(curve, [(t, lm, s, epochs) for t, lm, s in trials]))
+    if args.replay:
+        curves = [tuple(c) for c in json.loads(Path(args.replay).read_text())]
+        epochs = len(curves[0][3])
+    else:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            curves = list(pool.map(curve, [(t, lm, s, epochs) for t, lm, s in trials]))
+    if args.save:
+        Path(args.save).write_text(json.dumps(curves))
     print(f"digits ViT 4x64, lr 1.9e-3, target rank 0.1, T = 5, {epochs} epochs; accuracy after each epoch "
           f"(chance threshold {CHANCE:.2f}; '.' marks an epoch at chance)")
     for technique, lmbda, seed, accs in curves:
@@ -73,7 +83,8 @@ def main() -> None:
           f">= {args.recovered} (recovered)")
     print("rule (eval_every, patience, min_epoch): stops, wrong stops (trial would have ended >= "
           f"{args.recovered}), epochs saved by right stops")
-    for every, patience, min_epoch in itertools.product((1, 2, 4), (2, 3), sorted({0, epochs // 4, epochs // 2})):
+    for every, patience, min_epoch in itertools.product((1, 2, 4), (2, 3),
+                                                        sorted({0, epochs // 4, epochs // 2, 3 * epochs // 4})):
         stops = [(c, stop_epoch(c[3], every, patience, min_epoch)) for c in curves]
         stops = [(c, e) for c, e in stops if e is not None and e < len(c[3])]
         wrong = [c for c, e in stops if c[3][-1] >= args.recovered]

@@ -110,7 +110,7 @@ class TrainSpec(Strict):
     schedule: Literal["constant", "cosine"] = "constant"     # constant (the paper) or warmup + cosine
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     collapse_patience: Positive = 2             # evaluations at chance accuracy before a trial stops itself
-    collapse_after: Annotated[float, Field(ge=0, le=1)] = 0.5   # ... but not before this fraction of the epochs
+    collapse_after: Annotated[float, Field(ge=0, le=1)] = 0.75  # ... and not before this fraction of the epochs
 
 
 class TrialSpec(Strict):
