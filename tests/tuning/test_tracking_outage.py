@@ -141,6 +141,7 @@ def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp
         wait_for(trials_went_on_past_the_retry_budget, 300, "evaluations spooled during the outage", driver, out)
         assert spool_counts(runs)[1] < len(spool_counts(runs)[0])          # some of them wait for the server
         server.start()
+        outage_s = time.monotonic() - down_at
         wait_for(lambda: "operation(s) spooled and delivered" in out.text, 400, "the spool drained", driver, out)
     finally:                                  # what follows (publishing on the parent run) is tested elsewhere
         kill_group(driver)
@@ -150,6 +151,8 @@ def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp
         assert "the server answers again after" in out.text
         slowest = float(re.search(r"the slowest callback on Ray's loop took ([0-9.]+) ms", out.text).group(1))
         assert slowest < 1000, out.text                                        # Ray's loop never waited for MLflow
+        print(f"outage test: server down {outage_s:.0f} s (retry budget about {RETRY_BUDGET:.0f} s); slowest MLflow "
+              f"callback on Ray's loop {slowest:.1f} ms")
         kinds, delivered = spool_counts(runs)
         assert delivered == len(kinds)
 
