@@ -117,9 +117,15 @@ def ray_results(runs: Path) -> dict[str, list[dict]]:
     return out
 
 
-def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp_path):
+@pytest.fixture
+def server(tmp_path):
     server = Server(tmp_path)
     server.start()
+    yield server
+    server.kill()                             # also when the test fails half way
+
+
+def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp_path, server):
     runs, ray_tmp = tmp_path / "runs", short_tmp()
     spec = tiny_spec(name="outage", epochs=5, num_samples=3, scheduler={"kind": "fifo"}, searcher={"kind": "random"})
     driver = cli("sweep", str(write_spec(tmp_path, spec)), "--tracking-uri", server.url, "--storage", str(runs),
@@ -146,30 +152,27 @@ def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp
     finally:                                  # what follows (publishing on the parent run) is tested elsewhere
         kill_group(driver)
         kill_ray_under(ray_tmp)
-    try:
-        assert "the trials go on, and their logging waits in" in out.text
-        assert "the server answers again after" in out.text
-        slowest = float(re.search(r"the slowest callback on Ray's loop took ([0-9.]+) ms", out.text).group(1))
-        assert slowest < 1000, out.text                                        # Ray's loop never waited for MLflow
-        print(f"outage test: server down {outage_s:.0f} s (retry budget about {RETRY_BUDGET:.0f} s); slowest MLflow "
-              f"callback on Ray's loop {slowest:.1f} ms")
-        kinds, delivered = spool_counts(runs)
-        assert delivered == len(kinds)
+    assert "the trials go on, and their logging waits in" in out.text
+    assert "the server answers again after" in out.text
+    slowest = float(re.search(r"the slowest callback on Ray's loop took ([0-9.]+) ms", out.text).group(1))
+    assert slowest < 1000, out.text                                        # Ray's loop never waited for MLflow
+    print(f"outage test: server down {outage_s:.0f} s (retry budget about {RETRY_BUDGET:.0f} s); slowest MLflow "
+          f"callback on Ray's loop {slowest:.1f} ms")
+    kinds, delivered = spool_counts(runs)
+    assert delivered == len(kinds)
 
-        reported = ray_results(runs)
-        client = MlflowClient(server.url)
-        parent = find_sweep(client, "outage")
-        children = {r.data.tags["q3r.trial_id"]: r for r in child_runs(client, parent.info.run_id)}
-        assert set(children) == set(reported) and len(reported) == 3          # one run per trial, none twice
-        for trial_id, results in reported.items():
-            run = children[trial_id]
-            epochs = [r["epoch"] for r in results]
-            assert epochs == [1, 2, 3, 4, 5]
-            for key in KEYS:
-                history = client.get_metric_history(run.info.run_id, key)
-                assert sorted(m.step for m in history) == epochs, (trial_id, key)    # every step, once
-            accs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "acc")}
-            assert accs == pytest.approx({r["epoch"]: r["acc"] for r in results})
-            assert run.info.status == "FINISHED" and run.data.tags["q3r.status"] == "completed"
-    finally:
-        server.kill()
+    reported = ray_results(runs)
+    client = MlflowClient(server.url)
+    parent = find_sweep(client, "outage")
+    children = {r.data.tags["q3r.trial_id"]: r for r in child_runs(client, parent.info.run_id)}
+    assert set(children) == set(reported) and len(reported) == 3          # one run per trial, none twice
+    for trial_id, results in reported.items():
+        run = children[trial_id]
+        epochs = [r["epoch"] for r in results]
+        assert epochs == [1, 2, 3, 4, 5]
+        for key in KEYS:
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == epochs, (trial_id, key)    # every step, once
+        accs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "acc")}
+        assert accs == pytest.approx({r["epoch"]: r["acc"] for r in results})
+        assert run.info.status == "FINISHED" and run.data.tags["q3r.status"] == "completed"
