@@ -104,7 +104,8 @@ def test_overrides_and_variants(tmp_path):
                                    "techniques": {"adamq3r": {"lmbda": {"choice": [0.1, 1.0]}},
                                                   "adamw": None, "lorita": None}}})
     path = write(tmp_path, raw)
-    spec = load_spec(path, ["num_samples=4", "epochs=3", "techniques.adamq3r.lmbda={loguniform: [0.1, 1]}",
+    spec = load_spec(path, ["num_samples=4", "epochs=3", "train.eval_every=1",
+                            "techniques.adamq3r.lmbda={loguniform: [0.1, 1]}",
                             "scheduler.reduction_factor=2", "tracking.experiment=exp", "techniques.adamw.lr=1e-3"])
     assert (spec.num_samples, spec.epochs, spec.scheduler.reduction_factor) == (4, 3, 2.0)
     assert spec.spaces["adamq3r"]["lmbda"] == LogUniform(loguniform=[0.1, 1.0])

@@ -3,7 +3,9 @@
 Every ``eval_every`` epochs the trial scores the full model and its truncations at every
 retention level, adds the Q3R diagnostics, hands one flat dict to ``report`` and writes a
 checkpoint from which ``run_trial(..., resume=True)`` continues identically. A trial whose
-loss turns non-finite, or whose accuracy sits at chance (rank collapse), stops itself.
+loss turns non-finite, or whose accuracy sits at chance (rank collapse) for ``collapse_patience``
+evaluations once ``collapse_after`` of its epochs are done, stops itself: on digits, trials at
+chance in their first epochs often recover (``benchmarks/collapse_recovery.py``).
 """
 from __future__ import annotations
 
@@ -177,8 +179,8 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
             metrics.update(evaluate(cfg, tech, val_loader, device, amp, base))
             at_chance = info.num_classes > 1 and metrics["acc"] < 1.5 / info.num_classes
             chance_evals = chance_evals + 1 if at_chance else 0
-            if chance_evals >= cfg.train.collapse_patience:
-                status = "collapsed"
+            if chance_evals >= cfg.train.collapse_patience and done >= cfg.train.collapse_after * cfg.train.epochs:
+                status = "collapsed"          # at chance for collapse_patience evaluations, late enough to be lost
         if status == "running" and done == cfg.train.epochs:
             status = "completed"
         metrics["status"] = status

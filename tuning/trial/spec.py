@@ -116,6 +116,7 @@ class TrainSpec(Strict):
     collapse_patience: Positive = 2             # evaluations at chance accuracy before a trial stops itself
     truncate: Literal["auto", "weight", "delta"] = "auto"    # what scoring cuts to rank r(p): W, or the
                                                 # update W - W0 on the initial weights; auto: delta if finetune
+    collapse_after: Annotated[float, Field(ge=0, le=1)] = 0.75  # ... and not before this fraction of the epochs
 
 
 class TrialSpec(Strict):
@@ -128,6 +129,14 @@ class TrialSpec(Strict):
 
     def to_dict(self) -> dict:
         return self.model_dump()
+
+    def advice(self) -> list[str]:
+        """Settings that are allowed but probably not meant, each with its consequence (one line each)."""
+        t = self.train
+        if t.eval_every > t.epochs:
+            return [f"train.eval_every ({t.eval_every}) > train.epochs ({t.epochs}): the trial is evaluated, "
+                    f"reported and checkpointed only at its last epoch, and collapse_patience never applies"]
+        return []
 
     def flat(self) -> dict:
         """{"technique.lmbda": 0.1, ...}: every field, for logging as parameters."""
