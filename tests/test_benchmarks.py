@@ -13,6 +13,13 @@ def test_optimizer_overhead_smoke():
     assert "batch    2: ratio" in out.stdout
 
 
+def test_step_breakdown_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_breakdown.py"), "--smoke-test", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "step ratio" in out.stdout and "fits" in out.stdout
+
+
 def test_scoring_cost_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scoring_cost.py"), "--smoke-test", "--threads", "1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
