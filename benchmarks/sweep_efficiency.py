@@ -29,7 +29,10 @@ def main(argv=None) -> None:
     r.add_argument("--table", type=Path, default=table.TABLE)
     r.add_argument("--seeds", type=int, default=10)
     r.add_argument("--strategies", nargs="+", default=None)
+    r.add_argument("--asha-trials", type=int, default=None, help="trials of the ASHA strategies (default 0.7 x grid)")
+    r.add_argument("--epoch-ms", type=float, default=20.0, help="simulated milliseconds of a mean recorded epoch")
     r.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.png")
+    r.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json")
     args = parser.parse_args(argv)
     if args.command == "build":
         table.build(args.out, args.workdir, args.epochs, num_cpus=args.cpus)

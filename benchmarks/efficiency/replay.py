@@ -4,11 +4,11 @@ A strategy is a sweep spec (the build's, with another searcher, scheduler, objec
 allocation). ``replay`` gives it to ``tuning.sweep.search_config``, the function ``q3r-tune sweep`` builds its
 TuneConfig with (``TechniqueSearch`` of ``PruningOptunaSearch``es or the grid, ``TechniqueASHA`` or FIFO,
 ``max_concurrent`` trials at once), and runs a Ray Tuner whose trainable, instead of training, reports the
-table's rows of the suggested configuration. Every row waits its recorded epoch time multiplied by ``scale``
-(simulated time), so the concurrent trials' results reach the scheduler in the order the real run's would,
-and ASHA's asynchronous rung decisions see the same trials as they would have. A callback in the driver
-records every result in the order Tune processed it; a trial's spend is the count of epochs reported by all
-trials up to its completion.
+table's rows of the suggested configuration. Each report waits for its simulated time (``clock.SimClock``:
+the trial's start plus its recorded epoch times), so the concurrent trials' results reach the scheduler in
+the order the real run's would, and ASHA's asynchronous rung decisions see the trials they would have seen,
+whatever Ray's own latencies. A callback in the driver records every result in the order Tune processed
+it; a trial's spend is the count of epochs reported by all trials up to its end.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import ray
 from ray import tune
 from ray.tune import Callback
 
@@ -30,13 +31,7 @@ from tuning.trainable import trial_metrics
 from tuning.tracking import final_status
 
 from .table import Run
-
-
-def config_key(technique: str, params: dict) -> tuple:
-    """A hashable (technique, params) key; numbers as floats so 2 == 2.0 from a CSV or a searcher."""
-    def norm(v):
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-    return technique, tuple(sorted((k, norm(v)) for k, v in params.items()))
+from .trainable import config_key, replay_trial
 
 
 def by_config(runs: list[Run]) -> dict[tuple, Run]:
@@ -51,15 +46,11 @@ def replay_metrics(run: Run, index: int, objective: str, retentions) -> dict:
     return trial_metrics(row, objective, retentions)
 
 
-def replay_trial(config: dict, runs: dict, objective: str, retentions: list, scale: float) -> None:
-    """Ray Tune function trainable: report the table's rows of ``config``'s run, each after its scaled time."""
-    technique, params = split_config(config)
-    run = runs.get(config_key(technique, params))
-    if run is None:
-        raise KeyError(f"the table has no run of {technique} {params}: the strategy's space must be the grid's")
-    for i, row in enumerate(run.rows):
-        time.sleep(max(0.0, float(row.get("seconds", 0.0))) * scale)
-        tune.report(replay_metrics(run, i, objective, retentions))
+def reports_of(runs: list[Run], objective: str, retentions) -> dict:
+    """key -> [(recorded seconds, what the trial reports)] for every grid run: the table's rows through the
+    sweep's ``trial_metrics``, so the objective is the strategy's."""
+    return {key: [(max(0.0, float(run.rows[i].get("seconds", 0.0))), replay_metrics(run, i, objective, retentions))
+                  for i in range(len(run.rows))] for key, run in by_config(runs).items()}
 
 
 @dataclass
@@ -73,8 +64,8 @@ class Finished:
 class Events(Callback):
     """Every result in the order the driver processed it, and every trial's end with the spend so far."""
 
-    def __init__(self, max_t: int):
-        self.max_t, self.epochs, self.finished = max_t, 0, []
+    def __init__(self, max_t: int, clock: Optional[str] = None):
+        self.max_t, self.epochs, self.finished, self.clock = max_t, 0, [], clock
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.epochs += 1
@@ -94,24 +85,38 @@ class Events(Callback):
         record = TrialRecord(trial_id=trial.trial_id, technique=technique, params=params, status=status,
                              epoch=int(result.get("epoch", 0)), metrics=metrics)
         self.finished.append(Finished(record, self.epochs))
+        if self.clock:
+            ray.get(ray.get_actor(self.clock).done.remote(trial.trial_id))
 
 
-def replay(spec: SweepSpec, runs: list[Run], scale: float, workdir: Optional[Path] = None) -> list[Finished]:
-    """Run ``spec``'s search against the table; the trials in the order they ended. Ray must be initialised."""
+def replay(spec: SweepSpec, runs: list[Run], scale: float = 0.0, workdir: Optional[Path] = None,
+           clock: bool = True) -> list[Finished]:
+    """Run ``spec``'s search against the table; the trials in the order they ended. Ray must be initialised.
+    ``clock``: order the reports by simulated time (``SimClock``); ``scale``: also sleep scale x recorded time."""
+    from tuning.space import grid_points
     from tuning.sweep import search_config
+
+    from .clock import SimClock
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="q3r-replay-"))
     name = f"replay-{time.time_ns()}"
     (workdir / name).mkdir(parents=True, exist_ok=True)
-    tune_config, param_space = search_config(spec, f"sqlite:///{workdir / name / 'optuna.db'}")
-    events = Events(spec.max_t)
+    tune_config, param_space = search_config(spec, None)    # Optuna in memory: the same sampling, no sqlite
+    tune_config.reuse_actors = True       # a runtime detail, no search decision: one worker process per slot
+    total = len(grid_points(spec.spaces)) * spec.num_samples if spec.searcher.kind == "grid" else spec.total_samples
+    actor = SimClock.options(name=name).remote(spec.max_concurrent, total) if clock else None
+    events = Events(spec.max_t, name if clock else None)
     trainable = tune.with_resources(
-        tune.with_parameters(replay_trial, runs=by_config(runs), objective=spec.objective,
-                             retentions=list(spec.retentions), scale=scale),
+        tune.with_parameters(replay_trial, reports=reports_of(runs, spec.objective, spec.retentions),
+                             clock=name if clock else None, scale=scale),
         {"cpu": spec.resources.cpu, "gpu": 0})
     run_config = tune.RunConfig(name=name, storage_path=str(workdir), callbacks=[events], verbose=0,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+    try:
+        tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+    finally:
+        if actor is not None:
+            ray.kill(actor)
     return events.finished
 
 
