@@ -25,17 +25,28 @@ def main(argv=None) -> None:
     b.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "efficiency")
     b.add_argument("--epochs", type=int, default=table.EPOCHS)
     b.add_argument("--cpus", type=int, default=2)
+    b.add_argument("--only", nargs="+", default=None, help="techniques of the grid to build (default: all)")
+    b.add_argument("--merge", action="store_true", help="replace those techniques' runs in --out instead of "
+                   "overwriting it (no confirmation runs)")
     r = sub.add_parser("replay", help="replay search strategies against the table")
     r.add_argument("--table", type=Path, default=table.TABLE)
     r.add_argument("--seeds", type=int, default=10)
-    r.add_argument("--strategies", nargs="+", default=None)
-    r.add_argument("--asha-trials", type=int, default=None, help="trials of the ASHA strategies (default 0.7 x grid)")
-    r.add_argument("--epoch-ms", type=float, default=20.0, help="simulated milliseconds of a mean recorded epoch")
+    r.add_argument("--strategies", nargs="+", default=None, help="names (default: the reference set); see strategies.py")
+    r.add_argument("--fifo-fraction", type=float, default=0.3, help="trials of the FIFO strategies / grid size")
+    r.add_argument("--asha-trials", type=int, default=None, help="trials of the ASHA strategies (default 0.55 x grid)")
+    r.add_argument("--epoch-ms", type=float, default=0.0,
+                   help="also sleep this many real ms per mean recorded epoch (the simulated clock alone orders reports)")
     r.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.png")
     r.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json")
     args = parser.parse_args(argv)
     if args.command == "build":
-        table.build(args.out, args.workdir, args.epochs, num_cpus=args.cpus)
+        grid = {t: table.GRID[t] for t in (args.only or table.GRID)}
+        if args.merge:
+            part = table.build(args.out.with_suffix(".part.gz"), args.workdir, args.epochs, grid, 0, args.cpus)
+            table.merge(args.out, part, args.out)
+            part.unlink()
+        else:
+            table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus)
     else:
         from benchmarks.efficiency.cli import replay_main
         replay_main(args)

@@ -42,11 +42,11 @@ def asha(grace: int, rf: float = 3, min_samples: int = 2) -> dict:
     return {"kind": "asha", "grace_period": grace, "reduction_factor": rf, "min_samples": min_samples, "max_t": None}
 
 
-def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.4, asha_trials: Optional[int] = None) -> dict:
+def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, asha_trials: Optional[int] = None) -> dict:
     """The named strategies; FIFO ones get ``fifo_fraction`` of the grid's trials, ASHA ones ``asha_trials``."""
     d = shipped_default(table_epochs)
     n_fifo = max(2, round(fifo_fraction * grid_size))
-    n_asha = asha_trials or max(2, round(0.7 * grid_size))
+    n_asha = asha_trials or max(2, round(0.55 * grid_size))
     fifo = {"kind": "fifo"}
     default = Strategy("default", d["searcher"], d["scheduler"], n_asha if d["scheduler"].get("kind") == "asha" else n_fifo,
                        d["objective"], note="search_spaces/digits_vit.yaml")

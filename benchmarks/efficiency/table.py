@@ -35,14 +35,20 @@ PARAMS = ("lr", "weight_decay", "lmbda", "target_rank", "period", "depth", "alph
 FIXED = ("trial_id", "role", "confirms", "seed", "technique", *PARAMS, "epoch", "status", "seconds")
 
 
+COLLAPSE_PATIENCE = 8   # evaluations at chance before a trial stops itself: 8 epochs, as 2 evaluations every 4 epochs
+
+
 def grid_dict(epochs: int = EPOCHS, grid: dict = GRID, confirm_top: int = 1) -> dict:
-    """The build's sweep spec as a dict: digits_vit.yaml with the grid's choices, FIFO, eval every epoch."""
+    """The build's sweep spec as a dict: digits_vit.yaml with the grid's choices, FIFO, eval every epoch.
+
+    The trial harness counts ``collapse_patience`` in evaluations (2 by default); evaluating every epoch would
+    stop a slow starter after 2 epochs where the shipped sweep (eval_every 4) waits 8, so the build sets 8."""
     raw = yaml.safe_load(BASE_SPEC.read_text())
     raw.pop("variants", None)
     raw.update(name="digits-efficiency-grid", epochs=epochs, objective="mean", num_samples=1,
                scheduler={"kind": "fifo"}, searcher={"kind": "grid"}, confirm={"top": confirm_top, "seeds": 1},
                max_concurrent=2, resources={"cpu": 1, "gpu": 0})
-    raw["train"] = {**raw.get("train", {}), "eval_every": 1}
+    raw["train"] = {**raw.get("train", {}), "eval_every": 1, "collapse_patience": COLLAPSE_PATIENCE}
     raw["techniques"] = {t: {p: ({"choice": list(v)} if isinstance(v, list) else v) for p, v in space.items()}
                          for t, space in grid.items()}
     return raw
@@ -132,6 +138,16 @@ def load(path: Path = TABLE) -> list[Run]:
     for run in runs.values():
         run.rows.sort(key=lambda r: r["epoch"])
     return list(runs.values())
+
+
+def merge(table: Path, part: Path, out: Path) -> Path:
+    """``table`` with the runs of every technique that ``part`` holds replaced by ``part``'s runs."""
+    def rows(path):
+        with gzip.open(path, "rt", newline="") as f:
+            return list(csv.DictReader(f))
+    new = rows(part)
+    techniques = {r["technique"] for r in new}
+    return write([r for r in rows(table) if r["technique"] not in techniques] + new, out)
 
 
 def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epochs: int = EPOCHS,
