@@ -26,7 +26,9 @@ def main(argv=None) -> None:
     b.add_argument("--epochs", type=int, default=table.EPOCHS)
     b.add_argument("--cpus", type=int, default=2)
     b.add_argument("--only", nargs="+", default=None, help="techniques of the grid to build (default: all)")
-    b.add_argument("--merge", action="store_true", help="replace those techniques' runs in --out instead of "
+    b.add_argument("--collapsed", action="store_true", help="build only the configurations that collapsed in --out "
+                   "(with a shorter collapse patience) and merge them in")
+    b.add_argument("--merge", action="store_true", help="replace those configurations' runs in --out instead of "
                    "overwriting it (no confirmation runs)")
     r = sub.add_parser("replay", help="replay search strategies against the table")
     r.add_argument("--table", type=Path, default=table.TABLE)
@@ -41,7 +43,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.command == "build":
         grid = {t: table.GRID[t] for t in (args.only or table.GRID)}
-        if args.merge:
+        if args.collapsed:
+            grid, args.merge = table.collapsed_grid(args.out, grid), True
             part = table.build(args.out.with_suffix(".part.gz"), args.workdir, args.epochs, grid, 0, args.cpus)
             table.merge(args.out, part, args.out)
             part.unlink()

@@ -183,3 +183,13 @@ def test_tiny_replay_of_tpe_seeds(tmp_path, ray_local):
         assert scores.total_spend(finished) == sum(f.record.epoch for f in finished)   # every epoch counted once
         spends.append(scores.total_spend(finished))
     assert all(4 <= s <= 16 for s in spends)
+
+
+def test_collapsed_runs_are_built_again_and_merged_by_configuration(tmp_path):
+    path = small_table(tmp_path)
+    grid = {"adamw": {"lr": [1e-3, 2e-3]}, "lora": {"lr": [1e-3, 2e-3]}}
+    assert table.collapsed_grid(path, grid) == {"lora": {"lr": [2e-3]}}
+    part = table.write([row("n0", "lora", {"lr": 2e-3}, e, [0.3, 0.4, 0.5]) for e in (1, 2, 3, 4)], tmp_path / "p.csv.gz")
+    runs = table.load(table.merge(path, part, tmp_path / "m.csv.gz"))
+    assert sorted(r.trial_id for r in runs) == ["n0", "s0", "t0", "t1", "t2"]
+    assert next(r for r in runs if r.trial_id == "n0").status == "completed" and grid_epochs(runs) == 16

@@ -141,13 +141,34 @@ def load(path: Path = TABLE) -> list[Run]:
 
 
 def merge(table: Path, part: Path, out: Path) -> Path:
-    """``table`` with the runs of every technique that ``part`` holds replaced by ``part``'s runs."""
+    """``table`` with every grid run whose configuration ``part`` holds replaced by ``part``'s run of it."""
     def rows(path):
         with gzip.open(path, "rt", newline="") as f:
             return list(csv.DictReader(f))
+
+    def key(r):
+        return r["technique"], tuple(_number(r[p]) for p in PARAMS if r.get(p, "") != "")
     new = rows(part)
-    techniques = {r["technique"] for r in new}
-    return write([r for r in rows(table) if r["technique"] not in techniques] + new, out)
+    replaced = {key(r) for r in new if r["role"] == "trial"}
+    kept = [r for r in rows(table) if r["role"] != "trial" or key(r) not in replaced]
+    return write(kept + new, out)
+
+
+def collapsed_grid(path: Path, grid: dict = GRID) -> dict:
+    """The smallest grid (per technique, the cross product of the collapsed runs' values) that holds every
+    configuration of ``grid`` whose run in the table at ``path`` collapsed."""
+    out: dict = {}
+    for run in load(path):
+        if run.role == "trial" and run.status == "collapsed" and run.technique in grid:
+            space = out.setdefault(run.technique, {})
+            for p, v in run.params.items():
+                if isinstance(grid[run.technique].get(p), list):
+                    space.setdefault(p, set()).add(v)
+                else:
+                    space[p] = grid[run.technique][p]
+    if not out:
+        raise SystemExit(f"{path}: no run collapsed; nothing to build again")
+    return {t: {p: (sorted(v) if isinstance(v, set) else v) for p, v in space.items()} for t, space in out.items()}
 
 
 def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epochs: int = EPOCHS,
