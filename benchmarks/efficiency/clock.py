@@ -36,6 +36,12 @@ class SimClock:
     async def start(self, trial_id: str) -> float:
         """The simulated time the trial starts: when the earliest free slot was freed."""
         async with self._condition():
+            waited = time.monotonic()
+            while not self.free and time.monotonic() - waited < self.patience:   # the driver tells done() first,
+                try:                                                            # usually; never start early
+                    await asyncio.wait_for(self.cond.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
             if trial_id not in self.starts:
                 self.free.sort()
                 self.starts[trial_id] = self.free.pop(0) if self.free else max(self.posted.values(), default=0.0)
