@@ -71,7 +71,8 @@ def summary_rows(results: dict) -> list[dict]:
         for b in BUDGETS:
             lo, med, hi = quartiles([r["regret"][b] for r in runs])
             row[f"regret@{b:g}"] = f"{med:.3f} [{lo:.3f},{hi:.3f}]"
-        row["HV>=0.95 at"] = statistics.median([r["reach95"] if r["reach95"] == r["reach95"] else 9.99 for r in runs])
+        reach = statistics.median([r["reach95"] if r["reach95"] == r["reach95"] else math.inf for r in runs])
+        row["HV>=0.95 at"] = f"{reach:g}" if reach < math.inf else "not reached"
         rows.append(row)
     return rows
 
@@ -136,7 +137,7 @@ def replay_main(args, log=print) -> dict:
             for seed in range(s.seeds or args.seeds):
                 spread = sized_allocation({t: sum(r.technique == t for r in runs if r.role == SEARCH) for t in grid},
                                           s.num_samples) if s.sized else None
-                spec = strategy_spec(base, seed, s.searcher, s.scheduler, s.num_samples, s.objective, spread)
+                spec = strategy_spec(base, seed, s.searcher, s.scheduler, s.num_samples, s.objective, spread, s.startup)
                 results[label].append(score_run(replay(spec, runs, scale), grid_recs, total))
             log(f"  {label}: {len(results[label])} seed(s) in {time.perf_counter() - one:.0f} s")
     finally:

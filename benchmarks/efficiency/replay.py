@@ -121,10 +121,13 @@ def replay(spec: SweepSpec, runs: list[Run], scale: float = 0.0, workdir: Option
 
 
 def strategy_spec(base: dict, seed: int, searcher: str, scheduler: dict, num_samples: int,
-                  objective: str = "mean", samples_per_technique: Optional[dict] = None) -> SweepSpec:
-    """The build's spec with another search: ``scheduler`` e.g. {"kind": "asha", "grace_period": 5, ...}."""
+                  objective: str = "mean", samples_per_technique: Optional[dict] = None,
+                  startup: Optional[int] = None) -> SweepSpec:
+    """The build's spec with another search: ``scheduler`` e.g. {"kind": "asha", "grace_period": 5, ...};
+    ``startup``: the searcher's n_startup_trials (None: the spec's default)."""
     raw = copy.deepcopy(base)
-    raw.update(seed=seed, searcher={"kind": searcher}, scheduler=scheduler, objective=objective,
+    search = {"kind": searcher, **({"n_startup_trials": startup} if startup else {})}
+    raw.update(seed=seed, searcher=search, scheduler=scheduler, objective=objective,
                num_samples=num_samples, samples_per_technique=samples_per_technique or {}, confirm={"top": 0, "seeds": 0})
     return from_dict(raw, f"strategy {searcher}+{scheduler.get('kind')}")
 

@@ -22,6 +22,7 @@ class Strategy:
     num_samples: int
     objective: str = "mean"
     sized: bool = False                      # samples_per_technique in proportion to each technique's grid size
+    startup: Optional[int] = None            # searcher.n_startup_trials (None: the spec's default)
     seeds: Optional[int] = None              # None: the replay's --seeds; grid+fifo is deterministic (1)
     note: str = ""
 
@@ -34,8 +35,9 @@ def shipped_default(table_epochs: int, path=BASE_SPEC) -> dict:
     if sch.get("kind", "asha") == "asha":
         sch["grace_period"] = max(1, round(int(sch.get("grace_period", 5)) * table_epochs / epochs))
         sch["max_t"] = None
-    return {"searcher": (raw.get("searcher") or {}).get("kind", "tpe"), "scheduler": sch,
-            "objective": raw.get("objective", "mean")}
+    searcher = raw.get("searcher") or {}
+    return {"searcher": searcher.get("kind", "tpe"), "startup": searcher.get("n_startup_trials"), "scheduler": sch,
+            "objective": raw.get("objective", "mean"), "sized": bool(raw.get("samples_per_technique"))}
 
 
 def asha(grace: int, rf: float = 3, min_samples: int = 2) -> dict:
@@ -49,7 +51,7 @@ def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, as
     n_asha = asha_trials or max(2, round(0.55 * grid_size))
     fifo = {"kind": "fifo"}
     default = Strategy("default", d["searcher"], d["scheduler"], n_asha if d["scheduler"].get("kind") == "asha" else n_fifo,
-                       d["objective"], note="search_spaces/digits_vit.yaml")
+                       d["objective"], d["sized"], d["startup"], note="search_spaces/digits_vit.yaml")
     g = max(1, round(table_epochs / 3))       # the shipped grace period before this benchmark: 8 of 24 epochs
     out = [
         Strategy("grid+fifo", "grid", fifo, 1, seeds=1, note="the reference; deterministic"),
@@ -65,6 +67,11 @@ def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, as
         Strategy("tpe+asha rf2", "tpe", asha(g, rf=2), n_asha),
         Strategy("tpe+asha acc@0.2", "tpe", asha(g), n_asha, objective="acc@0.2"),
         Strategy("tpe+asha min1", "tpe", asha(g, min_samples=1), n_asha),
+        Strategy("tpe+asha su2", "tpe", asha(g), n_asha, startup=2),
+        Strategy("tpe+asha su2 g2", "tpe", asha(max(1, g // 2)), n_asha, startup=2),
+        Strategy("tpe+asha su2 rf2", "tpe", asha(g, rf=2), n_asha, startup=2),
+        Strategy("tpe+asha su2 sized", "tpe", asha(g), n_asha, sized=True, startup=2),
+        Strategy("tpe+asha g8", "tpe", asha(min(table_epochs - 1, 2 * g)), n_asha),
     ]
     return {s.name: s for s in out}
 
@@ -74,8 +81,8 @@ DEFAULT_SET = ("grid+fifo", "random+fifo", "random+asha", "tpe+asha", "multi+ash
 
 def same_search(a: Strategy, b: Strategy) -> bool:
     """Whether two strategies run the same search (then the replay runs it once)."""
-    return (a.searcher, a.scheduler, a.num_samples, a.objective, a.sized) == \
-        (b.searcher, b.scheduler, b.num_samples, b.objective, b.sized)
+    return (a.searcher, a.scheduler, a.num_samples, a.objective, a.sized, a.startup or 5) == \
+        (b.searcher, b.scheduler, b.num_samples, b.objective, b.sized, b.startup or 5)
 
 
 def sized_allocation(counts: dict, num_samples: int) -> dict:
