@@ -39,6 +39,7 @@ def main(argv=None) -> None:
     r.add_argument("--epoch-ms", type=float, default=0.0,
                    help="also sleep this many real ms per mean recorded epoch (the simulated clock alone orders reports)")
     r.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.png")
+    r.add_argument("--report-only", type=Path, default=None, help="print and draw the scores of an earlier --json")
     r.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json")
     args = parser.parse_args(argv)
     if args.command == "build":

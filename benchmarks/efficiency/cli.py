@@ -94,7 +94,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("fraction of the grid's epochs spent")
     ax.set_ylabel("hypervolume / grid's hypervolume")
     ax.set_title("Q3R sweeps replayed on the digits grid (median, quartiles over seeds)")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0.7, 1.01)
     ax.set_xlim(0, 1.02)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -103,10 +103,25 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def from_json(path: Path) -> dict:
+    """The per-seed scores of an earlier replay (``--json``), with their fractions and budgets as numbers."""
+    results = json.loads(Path(path).read_text())["results"]
+    for runs in results.values():
+        for r in runs:
+            for k in ("hv", "regret", "regret_end"):
+                r[k] = {float(f): v for f, v in r[k].items()}
+    return results
+
+
 def replay_main(args, log=print) -> dict:
     import ray
 
     runs = load(args.table)
+    if args.report_only:                   # print and draw an earlier replay's scores again
+        results = from_json(args.report_only)
+        args.json = None
+        report(results, runs, max(int(row["epoch"]) for r in runs for row in r.rows), args, log)
+        return results
     grid = grid_of(runs)
     epochs = max(int(row["epoch"]) for r in runs for row in r.rows)
     base = grid_dict(epochs, grid)
@@ -172,5 +187,5 @@ def report(results: dict, runs, epochs: int, args, log=print) -> None:
     label = next((n for n in results if n.startswith("default")), None)
     if label:
         rs = results[label]
-        log(f"{label}: hypervolume ratio {statistics.median(r['hv'][HEADLINE] for r in rs):.2f} at {HEADLINE:.0%} of grid "
+        log(f"{label}: hypervolume ratio {statistics.median(r["hv"][HEADLINE] for r in rs):.3f} at {HEADLINE:.0%} of grid "
             f"epochs; regret@0.2 {statistics.median(r['regret'][0.2] for r in rs):.3f}")

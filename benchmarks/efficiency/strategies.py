@@ -68,6 +68,8 @@ def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, as
         Strategy("tpe+asha acc@0.2", "tpe", asha(g), n_asha, objective="acc@0.2"),
         Strategy("tpe+asha min1", "tpe", asha(g, min_samples=1), n_asha),
         Strategy("tpe+asha su2", "tpe", asha(g), n_asha, startup=2),
+        Strategy("tpe+asha min1 g2", "tpe", asha(max(1, g // 2), min_samples=1), n_asha),
+        Strategy("tpe+asha g7", "tpe", asha(min(table_epochs - 1, round(7 * table_epochs / 12))), n_asha),
         Strategy("tpe+asha su2 g2", "tpe", asha(max(1, g // 2)), n_asha, startup=2),
         Strategy("tpe+asha su2 rf2", "tpe", asha(g, rf=2), n_asha, startup=2),
         Strategy("tpe+asha su2 sized", "tpe", asha(g), n_asha, sized=True, startup=2),
