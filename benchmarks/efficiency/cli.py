@@ -187,5 +187,5 @@ def report(results: dict, runs, epochs: int, args, log=print) -> None:
     label = next((n for n in results if n.startswith("default")), None)
     if label:
         rs = results[label]
-        log(f"{label}: hypervolume ratio {statistics.median(r["hv"][HEADLINE] for r in rs):.3f} at {HEADLINE:.0%} of grid "
+        log(f"{label}: hypervolume ratio {statistics.median(r['hv'][HEADLINE] for r in rs):.3f} at {HEADLINE:.0%} of grid "
             f"epochs; regret@0.2 {statistics.median(r['regret'][0.2] for r in rs):.3f}")
