@@ -40,6 +40,8 @@ def main(argv=None) -> None:
                    help="also sleep this many real ms per mean recorded epoch (the simulated clock alone orders reports)")
     r.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.png")
     r.add_argument("--report-only", type=Path, default=None, help="print and draw the scores of an earlier --json")
+    r.add_argument("--smoke-test", action="store_true", help="1 seed of random+fifo and the default, 6 ASHA trials, "
+                   "nothing written")
     r.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json")
     args = parser.parse_args(argv)
     if args.command == "build":
@@ -53,6 +55,8 @@ def main(argv=None) -> None:
             table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus)
     else:
         from benchmarks.efficiency.cli import replay_main
+        if args.smoke_test:
+            args.seeds, args.strategies, args.asha_trials, args.png, args.json = 1, ["random+fifo", "default"], 6, None, None
         replay_main(args)
 
 

@@ -26,3 +26,11 @@ def test_digits_techniques_smoke():
     assert out.returncode == 0, out.stderr
     means = [line.split()[0] for line in out.stdout.splitlines() if line.split()[1:2] == ["mean"]]
     assert means == ["adamw", "adamq3r"] and "ratio adamq3r/adamw" in out.stdout
+
+
+def test_sweep_efficiency_replay_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_efficiency.py"), "replay", "--smoke-test"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("default (") and "hypervolume ratio" in last and "regret@0.2" in last

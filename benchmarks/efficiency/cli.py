@@ -147,6 +147,8 @@ def replay_main(args, log=print) -> dict:
                 continue
             s = all_strategies[name]
             label = f"default ({name})" if name == alias else name
+            if name == "default":
+                label = f"default ({s.searcher}+{s.scheduler.get('kind')})"
             one = time.perf_counter()
             results[label] = []
             for seed in range(s.seeds or args.seeds):
