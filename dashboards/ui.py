@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from tuning.tracking import artifact_root, sqlite_path
+from tuning.tracking import TrackingError, artifact_root, check_uri, sqlite_path
 
 STARTUP_TIMEOUT = 180.0       # seconds: a busy 2-core machine takes a while to import MLflow's server
 
@@ -72,6 +72,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = STARTUP_TIME
 
 def start(uri: str, host: str = "127.0.0.1", port: int = 5000, **popen) -> subprocess.Popen:
     """Start ``mlflow server`` on ``uri`` in a new process group; returns at once (see wait_healthy)."""
+    try:
+        check_uri(uri)
+    except TrackingError as e:
+        raise UIError(str(e)) from None
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UIError(f"no tracking store at {uri}: run a sweep first, or pass --tracking-uri")

@@ -5,12 +5,13 @@ peft, scikit-learn, Ray, Optuna or MLflow). Ghosh, Nguyen, Kuemmerle, NeurIPS 20
 """
 from .adamq3r import AdamQ3R
 from .bank import OperatorBank
+from .delta import DeltaSpectra
 from .diagnostics import diagnostics, flatten
 from .functional import effective_rank, q3r_value, reweight, tail_ratio
 from .operator import ReweightingOperator
 from .penalty import Q3RPenalty
 from .ranks import resolve_rank, target_rank
-from .schedules import GeometricEps, LinearEps, PaperEps, make_schedule
+from .schedules import GeometricEps, LinearEps, PaperEps, WarmupEps, make_schedule
 from .targets import Target, select_targets
 from .lowrank_io import load_lowrank, save_lowrank
 from .truncation import LowRankLinear, SpectralCache, parameter_counts, retained_rank, truncate
@@ -18,7 +19,7 @@ from .truncation import LowRankLinear, SpectralCache, parameter_counts, retained
 __all__ = [
     "AdamQ3R", "Q3RPenalty", "ReweightingOperator", "OperatorBank", "Target", "select_targets",
     "target_rank", "resolve_rank", "truncate", "SpectralCache", "LowRankLinear", "parameter_counts",
-    "retained_rank", "diagnostics", "flatten", "reweight", "q3r_value", "effective_rank", "tail_ratio",
-    "PaperEps", "GeometricEps", "LinearEps", "make_schedule", "save_lowrank", "load_lowrank",
+    "retained_rank", "DeltaSpectra", "diagnostics", "flatten", "reweight", "q3r_value", "effective_rank", "tail_ratio",
+    "PaperEps", "GeometricEps", "LinearEps", "WarmupEps", "make_schedule", "save_lowrank", "load_lowrank",
 ]
 __version__ = "0.1.0"

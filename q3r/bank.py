@@ -126,6 +126,7 @@ class OperatorBank:
         # matrices refreshed; of those, refined by extra iterations; full SVDs (a matrix's first
         # fit, a laggard, a group refitted at a new width): host counts, for benchmarks
         self.fits: Counter = Counter(refresh=0, refine=0, svd=0)
+        self.reweightings = 0       # refreshes done, for schedules that count them ("warmup")
         self.groups: list[_Group] = []
         by_key: dict[tuple, _Group] = {}
         for t in self.targets:
@@ -152,6 +153,7 @@ class OperatorBank:
         """Reweight every operator at the current weights (Algorithm 1)."""
         for g in self.groups:
             self._refresh_group(g)
+        self.reweightings += 1
 
     def _refresh_group(self, g: _Group) -> None:
         W = g.stacked()                                            # (G, d1, d2)
@@ -247,7 +249,7 @@ class OperatorBank:
         which would switch Q3R off for the rest of training."""
         eps_old = g.eps if idx is None else g.eps[idx]
         first = g.eps_first if idx is None else g.eps_first[idx]
-        eps = next_eps(self.schedule, eps_old, sigma_next, first)
+        eps = next_eps(self.schedule, eps_old, sigma_next, first, self.reweightings)
         return torch.where(eps > 0, eps, eps_old)
 
     def _width_for(self, g: _Group, r_env_max: int) -> int:
@@ -319,6 +321,7 @@ class OperatorBank:
                 lagged, unconverged = int(host), flags.tolist()
             for i, t in enumerate(g.targets):
                 entry = {"eps": g.eps[i].clone(), "eps_first": g.eps_first[i].clone(), "width": g.width,
+                         "reweightings": self.reweightings,
                          "k_apply": g.k_apply, "pending": lagged, "unconverged": unconverged[i]}
                 if g.U is not None:
                     entry.update(U=g.U[i].clone(), sigma=g.sigma[i].clone(), V=g.V[i].clone())
@@ -329,6 +332,7 @@ class OperatorBank:
         missing = [t.name for t in self.targets if t.name not in state]
         if missing:
             raise KeyError(f"Q3R state has no operator for targets {missing}")
+        self.reweightings = int(state[self.targets[0].name].get("reweightings", 0)) if self.targets else 0
         for g in self.groups:
             entries = [state[t.name] for t in g.targets]
             ref = g.stacked()

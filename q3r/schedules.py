@@ -2,10 +2,12 @@
 
 A schedule maps (eps_old, sigma_next) to eps_new, elementwise over a batch of matrices,
 where sigma_next = sigma_{r+1}(W) at the target rank r. eps_old = +inf marks a first fit,
-which every schedule answers with sigma_{r+1}(W_0). No schedule ever increases eps.
+which every schedule answers with sigma_{r+1}(W_0). No schedule ever increases eps, except
+``WarmupEps`` during its warm-up (for an update that starts at zero).
 A schedule with ``needs_first = True`` also receives eps_first, each matrix's eps after its
-first fit (+inf before it), which the operator bank keeps and saves with its state;
-``next_eps`` calls a schedule either way.
+first fit (+inf before it), which the operator bank keeps and saves with its state; one with
+``needs_count = True`` receives ``count``, the index of this reweighting (0, 1, 2, ...: the
+bank's refreshes so far), which the bank also keeps; ``next_eps`` calls a schedule either way.
 """
 from __future__ import annotations
 
@@ -72,20 +74,50 @@ class LinearEps:
         return torch.where(torch.isinf(eps_old), sigma_next.to(old.dtype), decayed).to(eps_old.dtype)
 
 
-def next_eps(schedule, eps_old: Tensor, sigma_next: Tensor, eps_first: Tensor) -> Tensor:
-    """``schedule``'s new eps, passing eps_first to the schedules that need it."""
+@dataclass(frozen=True)
+class WarmupEps:
+    """For an update that starts at zero (fine-tuning's Delta W): eps follows the update's own
+    sigma_{r+1} for the first ``reweightings`` reweightings, then the paper's running minimum.
+
+        k < K:   eps_k = sigma_{r+1}(W_k)                   (may rise: the update is still growing)
+        k >= K:  eps_k = min(eps_{k-1}, sigma_{r+1}(W_k))   (eq. 7, from the last warm-up value)
+
+    k counts the bank's reweightings from 0. With K = 0 this is ``PaperEps`` exactly. Why: under
+    the paper's rule a Delta W that is zero at k = 0 and T Adam steps old at k = 1 fixes eps at
+    its tiny sigma_{r+1} then, which later singular values of order 1 leave orders of magnitude
+    behind, so R weights every direction by about eps / sigma_i and Q3R barely acts.
+    """
+
+    reweightings: int
+    needs_count = True                                   # a class attribute, not a field
+
+    def __post_init__(self):
+        k = self.reweightings
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"warmup eps schedule needs reweightings, an int >= 0, but got reweightings={k!r}")
+
+    def __call__(self, eps_old: Tensor, sigma_next: Tensor, count: int) -> Tensor:
+        if count < self.reweightings:
+            return sigma_next.clone()
+        return torch.minimum(eps_old, sigma_next)
+
+
+def next_eps(schedule, eps_old: Tensor, sigma_next: Tensor, eps_first: Tensor, count: int = 0) -> Tensor:
+    """``schedule``'s new eps, passing eps_first and the reweighting count to the schedules that need them."""
     if getattr(schedule, "needs_first", False):
         return schedule(eps_old, sigma_next, eps_first)
+    if getattr(schedule, "needs_count", False):
+        return schedule(eps_old, sigma_next, count)
     return schedule(eps_old, sigma_next)
 
 
 EpsSchedule = Callable[..., Tensor]
-SCHEDULES = {"paper": PaperEps, "geometric": GeometricEps, "linear": LinearEps}
+SCHEDULES = {"paper": PaperEps, "geometric": GeometricEps, "linear": LinearEps, "warmup": WarmupEps}
 
 
 def make_schedule(spec: Union[str, dict, EpsSchedule, None] = "paper") -> EpsSchedule:
     """A schedule from its name ("paper", "geometric"), a dict {"name": ..., **kwargs} such as
-    {"name": "linear", "steps": 1000}, or itself."""
+    {"name": "linear", "steps": 1000} or {"name": "warmup", "reweightings": 20}, or itself."""
     if spec is None:
         return PaperEps()
     if isinstance(spec, str):

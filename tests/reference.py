@@ -126,6 +126,7 @@ def adamq3r_ref(
     lmbda: float = 0.1,
     period: int = 5,
     history: list | None = None,
+    eps_warmup: int = 0,
 ) -> list[np.ndarray]:
     """Algorithm 2 in float64, one matrix at a time, with full SVDs.
 
@@ -135,6 +136,10 @@ def adamq3r_ref(
     and becomes the expansion point W'. Adam's moments see only the task gradient; the
     update is W <- W - lr * (m_hat / (sqrt(v_hat) + delta) + lmbda * R_t(W_t)).
     If ``history`` is a list, (t, [eps_k or None], [r_env_k or None]) is appended per step.
+    ``eps_warmup`` = K (the "warmup" rule for an update that starts at zero): at the reweightings
+    k < K, eps = sigma_{r+1}(W) (it may rise), after them eps = min(eps, sigma_{r+1}(W)); K = 0 is
+    the paper's rule. A new eps of 0 (sigma_{r+1} of a zero matrix) is not taken: eps keeps its old
+    value (+inf at first, R = identity), the library's convention for a Delta W that starts at zero.
     """
     W = [_np64(p) for p in params]
     if regularized is None:
@@ -145,13 +150,18 @@ def adamq3r_ref(
     eps = [math.inf] * len(W)
     expansion = [None] * len(W)
     r_env = [None] * len(W)
+    reweighting = 0
     for t in range(steps):
         if lmbda != 0 and t % period == 0:
             for k, w in enumerate(W):
                 if regularized[k]:
                     r = resolve_rank_ref(w.shape, target_rank)
-                    eps[k], r_env[k], _ = fit_ref(w, r, eps[k])
+                    old = math.inf if reweighting < eps_warmup else eps[k]
+                    new, _, _ = fit_ref(w, r, old)
+                    eps[k] = new if new > 0 else eps[k]
+                    r_env[k] = int(np.sum(singular_values(w) > eps[k]))
                     expansion[k] = w.copy()
+            reweighting += 1
         if history is not None:
             history.append((t, [eps[k] if regularized[k] else None for k in range(len(W))],
                             [r_env[k] if regularized[k] else None for k in range(len(W))]))

@@ -28,6 +28,16 @@ def test_digits_techniques_smoke():
     assert means == ["adamw", "adamq3r"] and "ratio adamq3r/adamw" in out.stdout
 
 
+def test_transfer_digits_smoke(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_digits.py"), "--smoke-test",
+                          "--cache", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split(" | ")[0].strip("| ") for line in out.stdout.splitlines() if line.startswith("| ")]
+    for method in ("dense", "lora", "adamq3r", "adam_q3r_loss", "adamq3r/paper", "adam_q3r_loss/paper"):
+        assert method in rows
+    assert "eps trajectory" in out.stdout and list(tmp_path.glob("*.safetensors"))
+
+
 def test_sweep_efficiency_replay_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_efficiency.py"), "replay", "--smoke-test"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)

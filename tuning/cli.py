@@ -23,6 +23,8 @@ def _train(args: argparse.Namespace) -> int:
     except config.SpecError as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
+    for line in cfg.advice():
+        print(f"q3r-tune train: warning: {args.spec}: {line}", file=sys.stderr)
     from .tracking import TrackingError, TrainRun, check_tracking, default_uri
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     uri = args.tracking_uri or default_uri()
@@ -58,16 +60,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def _fail(command: str, error: Exception) -> int:
+def _fail(command: str, error: Exception, code: int = 2) -> int:
     print(f"q3r-tune {command}: {error}", file=sys.stderr)
-    return 2
+    return code
 
 
 def _sweep_errors():
     from .spec import SpecError
+    from .spool import SpoolBusy
     from .tracking import TrackingError
     from .trial.data import DatasetError
-    return (SpecError, TrackingError, DatasetError, FileNotFoundError, ValueError)
+    return (SpecError, TrackingError, SpoolBusy, DatasetError, FileNotFoundError, ValueError)
+
+
+def _running(command: str, name: str, call) -> int:
+    """Run a sweep command; a tracking server that fails mid-way is one line and exit code 1 (the
+    trials are kept, the spool says what is not yet in MLflow), bad input one line and exit code 2."""
+    from mlflow.exceptions import MlflowException
+
+    from .sweep import TrackingDown
+    try:
+        outcome = call()
+    except TrackingDown as e:
+        return _fail(command, e, 1)
+    except _sweep_errors() as e:
+        return _fail(command, e)
+    except MlflowException as e:
+        return _fail(command, f"the MLflow tracking store failed: {' '.join(str(e).split())[:300]}; the trials "
+                              f"are kept: `q3r-tune resume {name}` finishes the sweep once it answers", 1)
+    _where(outcome)
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -75,24 +97,34 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
     try:
         spec = load_spec(args.spec, args.set, variant=args.variant)
-        outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
-                            num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     except _sweep_errors() as e:
         return _fail("sweep", e)
-    _where(outcome)
-    return 0
+    return _running("sweep", spec.experiment_name, lambda: run_sweep(
+        spec, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus, tracking_wait=args.tracking_wait))
 
 
 def _continue(args: argparse.Namespace) -> int:
     """``resume`` (search, then confirmation) or ``confirm`` (the confirmation alone) of a sweep."""
     from .sweep import confirm_sweep, resume_sweep
     run = resume_sweep if args.command == "resume" else confirm_sweep
+    return _running(args.command, args.name, lambda: run(
+        args.name, address=args.address, tracking_uri=args.tracking_uri, num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus, tracking_wait=args.tracking_wait))
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from .sweep import TrackingDown, sync_sweep
     try:
-        outcome = run(args.name, address=args.address, tracking_uri=args.tracking_uri, num_cpus=args.num_cpus,
-                      num_gpus=args.num_gpus)
+        sync_sweep(args.name, tracking_uri=args.tracking_uri, wait=args.tracking_wait)
+    except TrackingDown as e:
+        return _fail("sync", e, 1)
     except _sweep_errors() as e:
-        return _fail(args.command, e)
-    _where(outcome)
+        return _fail("sync", e)
+    except MlflowException as e:
+        return _fail("sync", f"the MLflow tracking store failed: {' '.join(str(e).split())[:300]}", 1)
     return 0
 
 
@@ -133,8 +165,6 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .recommend import parse_budget, recommend, write_spec
     from .results import load_sweep
     from .tracking import default_uri
@@ -143,10 +173,10 @@ def _recommend(args: argparse.Namespace) -> int:
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
         _outcomes(parent, records)
         rec = recommend(records, budget)
+        out = _output(args.out or f"recommended-{args.name}-{args.budget}.yaml", "--out")
     except _sweep_errors() as e:
         return _fail("recommend", e)
     p = rec.point
-    out = Path(args.out or f"recommended-{args.name}-{args.budget}.yaml")
     write_spec(rec, out)
     hp = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
     print(f"best within budget {args.budget}: {p.technique}  {hp}")
@@ -159,6 +189,21 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output(path, what: str, folder: bool = False):
+    """``path`` with its folder created (``folder``: ``path`` is the folder), or a ``ValueError`` in one line."""
+    from pathlib import Path
+
+    path = Path(path)
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot create the folder {target} ({e.strerror})") from None
+    if not folder and path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; name a file")
+    return path
+
+
 def _report(args: argparse.Namespace) -> int:
     import time
 
@@ -169,15 +214,16 @@ def _report(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_uri()
     try:
         parent, records = load_sweep(uri, args.name)
+        out = _output(args.out or f"report-{args.name}.html", "-o")
+        pngs = _output(args.pngs, "--pngs", folder=True) if args.pngs else None
     except _sweep_errors() as e:
         return _fail("report", e)
     subtitle = (f"MLflow {uri}, parent run {parent.info.run_id} ({parent.info.status}), "
                 f"read {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    out = write_report(records, args.out or f"report-{args.name}.html", title=f"q3r-tune sweep {args.name}",
-                       subtitle=subtitle)
+    out = write_report(records, out, title=f"q3r-tune sweep {args.name}", subtitle=subtitle)
     print(f"report of {len(records)} trials written to {out.resolve()}")
-    if args.pngs:
-        for path in write_pngs(records, args.pngs):
+    if pngs:
+        for path in write_pngs(records, pngs):
             print(f"  {path}")
     return 0
 
@@ -212,6 +258,8 @@ def _export(args: argparse.Namespace) -> int:
                   f"load it with mlflow.pytorch.load_model('runs:/{export.run_id}/{label}')")
     except _sweep_errors() as e:
         return _fail("export", e)
+    except OSError as e:                        # the output folder cannot be written
+        return _fail("export", f"cannot write {e.filename or args.out}: {e.strerror}")
     return 0
 
 
@@ -261,15 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", help="folder for Ray's trial state and checkpoints (default ./q3r-runs)")
     resume = sub.add_parser("resume", help="continue an interrupted sweep (search and confirmation), found by its name")
     confirm = sub.add_parser("confirm", help="run, or complete, the confirmation over seeds of a finished sweep")
-    for p in (sweep, resume, confirm):
+    sync = sub.add_parser("sync", help="send to MLflow what a sweep's tracking spool still holds (after an outage)")
+    for p in (sweep, resume, confirm, sync):
         if p is not sweep:
             p.add_argument("name", help="the sweep's name (its MLflow experiment)")
             p.set_defaults(func=_continue)
         _tracking_option(p)
-        p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local)")
-        p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-        p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: all)")
+        p.add_argument("--tracking-wait", type=float, default=60.0, metavar="SECONDS",
+                       help="how long to wait for a tracking server that does not answer before leaving the "
+                            "logging in the sweep's spool (default 60)")
+        if p is not sync:
+            p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local)")
+            p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+            p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: all)")
     sweep.set_defaults(func=_sweep)
+    sync.set_defaults(func=_sync)
 
     pareto = sub.add_parser("pareto", help="print a sweep's accuracy-vs-parameters Pareto front")
     pareto.add_argument("name", help="the sweep's name (its MLflow experiment)")

@@ -126,7 +126,7 @@ def export_run(uri: str, run_id: str, out_dir, *, retention: Optional[float] = N
     Ray storage folder, or a train run's output folder), if it moved."""
     from .results import record_of
 
-    client = check_tracking(uri)
+    client = check_tracking(uri, looking_for=f"run {run_id!r}")
     try:
         run = client.get_run(run_id)
     except Exception as e:  # noqa: BLE001 - MlflowException for an unknown id

@@ -58,7 +58,7 @@ def load_sweep(tracking_uri: str, name: str, with_history: bool = True) -> tuple
     """(parent run, trial records) of the latest sweep in the experiment ``name``."""
     from .tracking import check_tracking
 
-    client = check_tracking(tracking_uri)
+    client = check_tracking(tracking_uri, looking_for=f"sweep named {name!r}")
     parent = find_sweep(client, name)
     return parent, load_records(client, parent.info.run_id, with_history)
 

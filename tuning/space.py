@@ -196,6 +196,7 @@ class Q3RSpace(Space):
     period: searchable(Positive, integer=True) = None
     eps_schedule: searchable(EpsScheduleName) = None
     eps_steps: searchable(Optional[Positive], integer=True) = None
+    eps_warmup: searchable(Optional[Positive], integer=True) = None
     svd: searchable(SvdMode) = None
 
 

@@ -112,6 +112,12 @@ class SweepSpec(Strict):
         if sch.kind == "asha" and sch.grace_period > self.max_t:
             raise ValueError(f"scheduler.grace_period must be <= max_t ({self.max_t}, which is epochs when max_t "
                              f"is null; lower it, or use scheduler.kind=fifo), but got {sch.grace_period}")
+        every = self.train.eval_every
+        if sch.kind == "asha" and every > sch.grace_period and every >= self.max_t:
+            raise ValueError(f"train.eval_every must be < max_t ({self.max_t}) for scheduler asha: ASHA judges a "
+                             f"trial at its evaluations, and the first would come at epoch {min(every, self.max_t)}, "
+                             f"the last, so nothing could be stopped early; lower it to at most grace_period "
+                             f"({sch.grace_period}), but got {every}")
         if self.searcher.kind == "multi" and not any(p < 1 for p in self.retentions):
             raise ValueError(f"retentions must hold a level < 1 for searcher multi, but got {self.retentions}")
         if self.searcher.kind == "grid":
@@ -132,6 +138,18 @@ class SweepSpec(Strict):
     @property
     def source(self) -> str:
         return self._source
+
+    def advice(self) -> list[str]:
+        """Settings that are allowed but probably not meant, each with its consequence (one line each)."""
+        sch, every = self.scheduler, self.train.eval_every
+        if every > self.epochs:
+            return [f"{self.source}: train.eval_every ({every}) > epochs ({self.epochs}): each trial reports, and "
+                    f"saves a checkpoint, only at its last epoch; a trial whose worker dies starts again from scratch"]
+        if sch.kind == "asha" and every > sch.grace_period:
+            return [f"{self.source}: train.eval_every ({every}) > scheduler.grace_period ({sch.grace_period}): ASHA "
+                    f"judges a trial at its evaluations, so its first rung waits until epoch {every}; set eval_every "
+                    f"<= grace_period for the rung at epoch {sch.grace_period}"]
+        return []
 
     @property
     def spaces(self) -> dict[str, dict[str, Dist]]:

@@ -34,10 +34,16 @@ from .results import load_records
 from .schedulers import TechniqueASHA
 from .searcher import make_searcher
 from .spec import SweepSpec, from_dict
-from .tracking import STATUS, TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, start_sweep
+from .tracking import (STATUS, TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, open_spool,
+                       spool_folder, start_sweep)
 from .trainable import train_trial, trial_of
 
-PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"))
+PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"), ("model", "init"))
+TRACKING_WAIT = 60.0       # seconds a sweep waits at its end for a tracking server that does not answer
+
+
+class TrackingDown(TrackingError):
+    """The tracking server did not answer in time: the sweep's logging is kept in its spool."""
 
 
 @dataclass
@@ -80,7 +86,11 @@ def preflight(spec: SweepSpec) -> None:
                                    f"out as {root}/train/<class>/<image> and {root}/val/<class>/<image>")
     else:
         load_dataset(d.name, data_root=d.data_root, augment=d.augment, download=d.download,
-                     image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length, limit=1)
+                     image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length, limit=1,
+                     classes=d.classes)
+    if spec.model.init and not Path(spec.model.init).is_file():
+        raise FileNotFoundError(f"{spec.source}: model.init {spec.model.init!r} does not exist; point it at a "
+                                f"pretrained state dict (benchmarks/transfer_digits.py --pretrain-only writes one)")
     if spec.model.kind == "hf" and not (spec.model.path and Path(spec.model.path).exists()):
         raise FileNotFoundError(f"{spec.source}: model.path {spec.model.path!r} does not exist; point it at a "
                                 f"local Hugging Face model directory (nothing is downloaded at run time)")
@@ -166,7 +176,8 @@ def run_confirmation(client, uri: str, spec: SweepSpec, spec_dict: dict, parent:
     configs = len({p["confirms"] for p in points})
     log(f"confirming the best {spec.confirm.top} configuration(s) of each budget {list(BUDGETS)}: {configs} distinct "
         f"configuration(s) x {spec.confirm.seeds} new seeds = {len(points)} runs of {spec.epochs} epochs")
-    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.epochs)]
+    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.epochs,
+                           spool_folder(search_folder))]
     tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
                        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent),
                        run_config=run_config(folder.name, folder.parent, callbacks))
@@ -175,11 +186,13 @@ def run_confirmation(client, uri: str, spec: SweepSpec, spec_dict: dict, parent:
 
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
               storage: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
-              log: Callable[[str], None] = print) -> SweepOutcome:
+              tracking_wait: float = TRACKING_WAIT, log: Callable[[str], None] = print) -> SweepOutcome:
     uri = tracking_uri or spec.tracking.uri or default_uri()
     client = check_tracking(uri)                              # before anything starts
     spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
     preflight(from_dict(spec_dict, source=spec.source))
+    for line in spec.advice():
+        log(f"warning: {line}")
     storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
     run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     connect(address, num_cpus, num_gpus)
@@ -187,41 +200,81 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
     share = "" if spec.searcher.kind == "grid" else " (" + ", ".join(f"{t} {n}" for t, n in spec.allocation().items()) + ")"
     log(f"sweep {spec.experiment_name}: {spec.total_samples} trials{share}, MLflow parent run {parent} in {uri}")
-    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.max_t)]
+    folder = str(storage_dir / run_name)
+    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.max_t,
+                           spool_folder(folder))]
     tuner = make_tuner(spec, spec_dict, storage_dir, run_name, callbacks)
     results = list(tuner.fit())
-    results += run_confirmation(client, uri, spec, spec_dict, parent, str(storage_dir / run_name), log)
-    return _finish(client, uri, spec, parent, str(storage_dir / run_name), results, log)
+    settle(spec.experiment_name, uri, folder, tracking_wait, log)
+    results += run_confirmation(client, uri, spec, spec_dict, parent, folder, log)
+    settle(spec.experiment_name, uri, folder, tracking_wait, log)
+    return _finish(client, uri, spec, parent, folder, results, log)
+
+
+def settle(name: str, uri: str, folder: str, wait: float, log: Callable[[str], None] = print) -> None:
+    """Wait up to ``wait`` seconds for the sweep's spooled logging to reach MLflow; ``TrackingDown``
+    (the spool kept on disk, and what to run later) if the server does not take it all by then."""
+    spool = open_spool(spool_folder(folder), uri, log)
+    left = spool.drain(wait)
+    if left:
+        where = "" if uri == default_uri() else f" --tracking-uri {uri}"
+        raise TrackingDown(f"sweep {name}: the MLflow tracking server {uri} did not take the sweep's logging within "
+                           f"{wait:g} s ({spool.last_error}); its {left} operation(s) are kept in {spool.folder}; when "
+                           f"the server answers, `q3r-tune sync {name}{where}` sends them and `q3r-tune resume "
+                           f"{name}{where}` also finishes the sweep")
+    if spool.appended:
+        log(f"MLflow logging: {spool.appended} operation(s) spooled and delivered; the slowest callback on Ray's "
+            f"loop took {spool.slowest_append * 1000:.1f} ms")
+
+
+def sync_sweep(name: str, *, tracking_uri: Optional[str] = None, wait: float = TRACKING_WAIT,
+               log: Callable[[str], None] = print) -> int:
+    """Send what the latest sweep of experiment ``name`` left in its spool; the number of operations sent."""
+    uri = tracking_uri or default_uri()
+    parent_run = find_sweep(check_tracking(uri, looking_for=f"sweep named {name!r}"), name)
+    folder = parent_run.data.tags.get("q3r.storage", "")
+    if not spool_folder(folder).is_dir():
+        log(f"sweep {name}: no tracking spool in {folder!r}: nothing to send")
+        return 0
+    spool = open_spool(spool_folder(folder), uri, log)
+    settle(name, uri, folder, wait, log)
+    sent = spool.delivered - spool.delivered_at_open
+    log(f"sweep {name}: {sent} spooled operation(s) sent to {uri}; none left in {spool.folder}")
+    return sent
 
 
 def _reopen(name: str, tracking_uri: Optional[str]):
     """(client, uri, parent run, spec as a dict, spec) of the latest sweep of experiment ``name``."""
     uri = tracking_uri or default_uri()
-    client = check_tracking(uri)
+    client = check_tracking(uri, looking_for=f"sweep named {name!r}")
     parent_run = find_sweep(client, name)
     spec_dict = _load_spec_artifact(client, parent_run.info.run_id)
     return client, uri, parent_run, spec_dict, from_dict(spec_dict, source=f"sweep {name}")
 
 
 def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
-                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, tracking_wait: float = TRACKING_WAIT,
                  log: Callable[[str], None] = print) -> SweepOutcome:
-    """Continue the latest sweep of experiment ``name`` where its driver stopped (search, then confirmation)."""
+    """Continue the latest sweep of experiment ``name`` where its driver stopped (search, then confirmation),
+    first sending what its spool holds."""
     client, uri, parent_run, spec_dict, spec = _reopen(name, tracking_uri)
     parent, path = parent_run.info.run_id, parent_run.data.tags.get("q3r.storage", "")
     if not tune.Tuner.can_restore(path):
         raise TrackingError(f"sweep {name!r}: its Ray experiment folder {path!r} is missing or holds no state")
+    settle(name, uri, path, tracking_wait, log)
     connect(address, num_cpus, num_gpus)
     client.update_run(parent, status="RUNNING")
     log(f"resuming sweep {name} from {path}")
     tuner = tune.Tuner.restore(path, trainable_of(spec, spec_dict), resume_unfinished=True, resume_errored=True)
     results = list(tuner.fit())
+    settle(name, uri, path, tracking_wait, log)
     results += run_confirmation(client, uri, spec, spec_dict, parent, path, log)
+    settle(name, uri, path, tracking_wait, log)
     return _finish(client, uri, spec, parent, path, results, log)
 
 
 def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
-                  num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+                  num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, tracking_wait: float = TRACKING_WAIT,
                   log: Callable[[str], None] = print) -> SweepOutcome:
     """Run, or complete, the confirmation runs of the latest sweep of experiment ``name``."""
     client, uri, parent_run, spec_dict, spec = _reopen(name, tracking_uri)
@@ -229,9 +282,11 @@ def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opt
     if spec.confirm.top == 0 or spec.confirm.seeds == 0:
         raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {spec.confirm.model_dump()}); "
                             f"run it again with confirm.top and confirm.seeds >= 1")
+    settle(name, uri, path, tracking_wait, log)
     connect(address, num_cpus, num_gpus)
     client.update_run(parent, status="RUNNING")
     results = run_confirmation(client, uri, spec, spec_dict, parent, path, log)
+    settle(name, uri, path, tracking_wait, log)
     return _finish(client, uri, spec, parent, path, results, log)
 
 

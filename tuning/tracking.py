@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .records import COMPLETED, CONFIRMATION, FAILED, SEARCH, STOPPED
+from .spool import Spool
 
 ROLE, SWEEP = "q3r.role", "sweep"
 TRIAL_ID, STATUS, TECHNIQUE, PARAMS, CONFIG = "q3r.trial_id", "q3r.status", "q3r.technique", "q3r.params", "q3r.config"
@@ -60,8 +61,34 @@ def metric_key(key: str) -> str:
     return key.replace("_at_", "@")
 
 
-def check_tracking(uri: str, timeout: float = 5.0) -> MlflowClient:
-    """A client for ``uri``, or a ``TrackingError`` that names the URI, before any trial starts."""
+ACCEPTED = "sqlite:///PATH.db, http(s)://HOST:PORT, databricks, postgresql://, mysql:// or mssql://"
+SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def check_uri(uri: str) -> None:
+    """A ``TrackingError`` in one line unless ``uri`` is a tracking URI q3r-tune works with (not a path)."""
+    scheme, sep, _ = uri.partition(":")
+    scheme = scheme.split("+")[0].lower()                     # postgresql+psycopg2://...
+    if scheme == "databricks" or (scheme in SCHEMES and "://" in uri):
+        return
+    if not sep or len(scheme) == 1 or scheme == "file":       # a path (or a Windows drive letter), a file store
+        path = uri.split(":", 1)[1].removeprefix("//") if scheme == "file" else uri
+        raise TrackingError(f"tracking URI {uri!r} is a path, not a tracking URI: write sqlite:///{path} for a "
+                            f"database file (sqlite:////abs/path.db for an absolute path) or http://HOST:PORT for a "
+                            f"server; accepted: {ACCEPTED}")
+    raise TrackingError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; accepted: {ACCEPTED}")
+
+
+def check_tracking(uri: str, timeout: float = 5.0, looking_for: Optional[str] = None) -> MlflowClient:
+    """A client for ``uri``, or a ``TrackingError`` that names the URI, before any trial starts.
+
+    ``looking_for`` ("sweep named 'x'", "run 'id'"): what a command that only reads looks for; such a
+    command never creates a store (a sqlite file that does not exist holds no such sweep or run)."""
+    check_uri(uri)
+    db = sqlite_path(uri)
+    if looking_for is not None and db is not None and not db.is_file():
+        raise TrackingError(f"no {looking_for} in the tracking store {uri} (there is no file {db}); pass the "
+                            f"--tracking-uri it was tracked in")
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -157,16 +184,43 @@ def final_status(result: Optional[dict], max_t: int) -> str:
     return status
 
 
-class TrialRuns(Callback):
-    """A Ray Tune callback that mirrors every trial into a child run of the sweep's parent run."""
+class Undeliverable(ValueError):
+    """A spooled operation that no server can take (it names a trial that has no run)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, trial_config, max_t: int):
-        self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent_run_id
-        self.trial_config = trial_config          # (Ray config) -> (technique, params, TrialSpec)
-        self.max_t = max_t
-        self._runs: dict[str, str] = {}           # trial id -> run id
-        self._last_step: dict[str, int] = {}      # run id -> last epoch logged (no duplicates on resume)
+
+def transient(error: Exception) -> bool:
+    """Whether a failed tracking call may succeed later: anything but the server's 4xx answer and
+    ``Undeliverable``."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, Undeliverable):
+        return False
+    if isinstance(error, MlflowException):
+        return not 400 <= error.get_http_status_code() < 500
+    return True
+
+
+def spool_folder(storage: str) -> Path:
+    """A sweep's tracking spool: ``mlflow-spool/`` in the folder of its Ray state (``q3r.storage``)."""
+    return Path(storage) / "mlflow-spool"
+
+
+class RunMirror:
+    """Delivers the spooled operations of ``TrialRuns`` to MLflow, each idempotently.
+
+    ``start`` finds the trial's child run by its tags (``q3r.trial_id`` and the parent) or creates
+    it, then sets its parameters and tags and marks it running (repeating any of it changes nothing);
+    ``metrics`` logs one evaluation unless its step (the epoch) is not after the run's last logged
+    one, which it reads from MLflow when it first meets the run (no step twice, also after a resume),
+    with the timestamp of the evaluation, so that a batch sent again after a lost reply is the
+    same row to MLflow's SQL store; ``finish`` sets ``q3r.status`` and ends the run.
+    """
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
         self._client: Optional[MlflowClient] = None
+        self._runs: dict[tuple, str] = {}         # (parent, trial id) -> run id
+        self._last_step: dict[str, int] = {}      # run id -> last epoch logged
 
     @property
     def client(self) -> MlflowClient:
@@ -174,62 +228,99 @@ class TrialRuns(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def __getstate__(self):                       # Ray saves callbacks with the experiment state
-        return {**self.__dict__, "_client": None}
+    def __call__(self, op: dict) -> None:
+        run_id = self.run_of(op)
+        if op["op"] == "start":
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"].items()],
+                                  tags=[RunTag(k, v) for k, v in op["tags"].items()])
+            self.client.update_run(run_id, status="RUNNING")
+        elif op["op"] == "metrics":
+            step = int(op["step"])
+            if step <= self._last_step.get(run_id, 0):
+                return
+            self.client.log_batch(run_id, metrics=[Metric(k, v, t, step) for k, v, t in op["metrics"]],
+                                  tags=[RunTag(STATUS, "running")])
+            self._last_step[run_id] = step
+        elif op["op"] == "finish":
+            self.client.set_tag(run_id, STATUS, op["status"])
+            self.client.set_terminated(run_id, op["run_status"])
+        else:
+            raise Undeliverable(f"unknown spooled operation {op['op']!r}")
 
-    def run_for(self, trial) -> str:
-        """The trial's child run: found by its tags if it exists (after a resume), else created."""
-        tid = trial.trial_id
-        if tid in self._runs:
-            return self._runs[tid]
-        exp_id = experiment_id(self.client, self.experiment)
-        found = self.client.search_runs([exp_id], filter_string=f"tags.`{TRIAL_ID}` = '{tid}' and "
-                                                                f"tags.`{PARENT}` = '{self.parent}'")
+    def run_of(self, op: dict) -> str:
+        key = (op["parent"], op["trial"])
+        if key in self._runs:
+            return self._runs[key]
+        exp_id = experiment_id(self.client, op["experiment"])
+        found = self.client.search_runs([exp_id], filter_string=f"tags.`{TRIAL_ID}` = '{op['trial']}' and "
+                                                                f"tags.`{PARENT}` = '{op['parent']}'")
         if found:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "epoch")
             self._last_step[run_id] = max((int(m.value) for m in history), default=0)
-        else:
-            technique, params, cfg = self.trial_config(trial.config)
-            confirms = confirmed_trial(trial.config)
-            tags = {PARENT: self.parent, TRIAL_ID: tid, TECHNIQUE: technique, STATUS: "running",
-                    PARAMS: json.dumps(params), CONFIG: json.dumps(cfg.to_dict()),
-                    ROLE: CONFIRMATION if confirms else SEARCH,
-                    "mlflow.runName": f"{technique}-{tid}" + (f"-seed{cfg.train.seed}" if confirms else "")}
-            if confirms:
-                tags[CONFIRMS] = confirms
-            run_id = self.client.create_run(exp_id, tags=tags).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in cfg.flat().items()])
+        elif op["op"] == "start":
+            run_id = self.client.create_run(exp_id, tags=op["tags"]).info.run_id
             self._last_step[run_id] = 0
-        self._runs[tid] = run_id
+        else:
+            raise Undeliverable(f"trial {op['trial']} has no MLflow run under parent {op['parent']} to log into")
+        self._runs[key] = run_id
         return run_id
 
+
+class TrialRuns(Callback):
+    """A Ray Tune callback that mirrors every trial into a child run of the sweep's parent run.
+
+    It never calls MLflow on Ray's event loop: each event becomes one operation in the sweep's
+    durable spool (``tuning.spool``), which a background thread sends to MLflow in order
+    (``RunMirror``). ``spool.slowest_append`` is the longest time a callback spent on it.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, trial_config, max_t: int,
+                 spool: str):
+        self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent_run_id
+        self.trial_config = trial_config          # (Ray config) -> (technique, params, TrialSpec)
+        self.max_t = max_t
+        self.spool_path = str(spool)              # only a path: the callback is pickled with Ray's state
+
+    @property
+    def spool(self) -> Spool:
+        return open_spool(self.spool_path, self.tracking_uri)
+
+    def _op(self, kind: str, trial, since: float, **fields) -> None:
+        self.spool.append({"op": kind, "trial": trial.trial_id, "parent": self.parent,
+                           "experiment": self.experiment, **fields}, since=since)
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        run_id = self.run_for(trial)
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, STATUS, "running")
+        since = time.perf_counter()
+        technique, params, cfg = self.trial_config(trial.config)
+        confirms = confirmed_trial(trial.config)
+        tags = {PARENT: self.parent, TRIAL_ID: trial.trial_id, TECHNIQUE: technique, STATUS: "running",
+                PARAMS: json.dumps(params), CONFIG: json.dumps(cfg.to_dict()),
+                ROLE: CONFIRMATION if confirms else SEARCH,
+                "mlflow.runName": f"{technique}-{trial.trial_id}" + (f"-seed{cfg.train.seed}" if confirms else "")}
+        if confirms:
+            tags[CONFIRMS] = confirms
+        self._op("start", trial, since, tags=tags, params={k: str(v) for k, v in cfg.flat().items()})
 
     on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_for(trial)
+        since = time.perf_counter()
         step = int(result.get("epoch", 0))
-        if step <= self._last_step.get(run_id, 0):   # already logged before an interruption
-            return
-        self.client.log_batch(run_id, metrics=evaluation_metrics(result, step), tags=[RunTag(STATUS, "running")])
-        self._last_step[run_id] = step
+        metrics = [(m.key, m.value, m.timestamp) for m in evaluation_metrics(result, step)]
+        self._op("metrics", trial, since, step=step, metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finish(trial, final_status(trial.last_result, self.max_t), "FINISHED")
+        self._op("finish", trial, time.perf_counter(), status=final_status(trial.last_result, self.max_t),
+                 run_status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.finish(trial, FAILED, "FAILED")
+        self._op("finish", trial, time.perf_counter(), status=FAILED, run_status="FAILED")
 
-    def finish(self, trial, status: str, run_status: str) -> None:
-        run_id = self.run_for(trial)
-        self.client.set_tag(run_id, STATUS, status)
-        self.client.set_terminated(run_id, run_status)
 
+def open_spool(folder, tracking_uri: str, log=print) -> Spool:
+    """The sweep's spool in this process, sending to ``tracking_uri`` through a ``RunMirror``."""
+    return Spool.of(folder, RunMirror(tracking_uri), transient, log)
 
 
 class TrainRun:

@@ -65,11 +65,15 @@ def test_diverging_trial_stops_itself():
     assert result.status in ("diverged", "collapsed") and result.epoch < 20
 
 
-def test_rank_collapse_stops_itself():
-    cfg = tiny("adamq3r", epochs=30, eval_every=1, collapse_patience=2)
+@pytest.mark.parametrize("after, stop", [(0.0, 2), (0.5, 4)])
+def test_rank_collapse_stops_itself_once_enough_epochs_are_done(after, stop):
+    """At chance from the first epoch: stopped after collapse_patience evaluations, not before collapse_after."""
+    cfg = tiny("adamq3r", epochs=8, eval_every=1, collapse_patience=2, collapse_after=after)
     cfg.technique.lmbda, cfg.technique.lr, cfg.technique.target_rank = 1e3, 1e-2, 0.05
-    result = run_trial(cfg)
-    assert result.status == "collapsed" and result.epoch < 30
+    reports = []
+    result = run_trial(cfg, report=reports.append)
+    assert result.status == "collapsed" and result.epoch == stop
+    assert all(r["acc"] < 0.15 for r in reports)             # every evaluation at chance (1.5 / 10 classes)
 
 
 def test_train_cli(tmp_path, capsys):

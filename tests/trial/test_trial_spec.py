@@ -50,6 +50,8 @@ def test_round_trip_through_dump(tmp_path):
     ("technique: [1, 2\n", "not valid YAML"),
     ("technique:\n  lmbda: {loguniform: [0.1, 1]}\n  lmbda: 0.5\n", "duplicate key 'lmbda' (first on line 2)"),
     ("technique: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    ("technique: !!python/object:subprocess.Popen {args: ['true']}\n",
+     "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:subprocess.Popen'"),
 ])
 def test_errors_name_file_field_and_value(tmp_path, text, expected):
     p = write(tmp_path, text)

@@ -53,9 +53,14 @@ def short_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="q3rt", dir="/tmp"))
 
 
+ROOT = Path(__file__).resolve().parents[2]       # the checkout under test (also a worktree's)
+
+
 def cli(*args: str, cwd: Path, env: dict | None = None, **kw) -> subprocess.Popen:
-    """``q3r-tune ARGS`` in its own process group (so a test can kill the driver and its Ray)."""
-    return subprocess.Popen([sys.executable, "-m", "tuning.cli", *args], cwd=cwd, env={**os.environ, **(env or {})},
+    """``q3r-tune ARGS`` of this checkout in its own process group (so a test can kill the driver and its Ray)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.Popen([sys.executable, "-m", "tuning.cli", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": path, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 

@@ -104,7 +104,8 @@ def test_overrides_and_variants(tmp_path):
                                    "techniques": {"adamq3r": {"lmbda": {"choice": [0.1, 1.0]}},
                                                   "adamw": None, "lorita": None}}})
     path = write(tmp_path, raw)
-    spec = load_spec(path, ["num_samples=4", "epochs=3", "techniques.adamq3r.lmbda={loguniform: [0.1, 1]}",
+    spec = load_spec(path, ["num_samples=4", "epochs=3", "train.eval_every=1",
+                            "techniques.adamq3r.lmbda={loguniform: [0.1, 1]}",
                             "scheduler.reduction_factor=2", "tracking.experiment=exp", "techniques.adamw.lr=1e-3"])
     assert (spec.num_samples, spec.epochs, spec.scheduler.reduction_factor) == (4, 3, 2.0)
     assert spec.spaces["adamq3r"]["lmbda"] == LogUniform(loguniform=[0.1, 1.0])
@@ -297,3 +298,14 @@ def test_json_schema_lists_each_technique_and_the_distribution_kinds():
     assert set(schema["$defs"]["LoRITaSpace"]["properties"]) == {"lr", "weight_decay", "finetune", "depth", "alpha",
                                                                     "lorita_form"}
     assert {"LogUniform", "Uniform", "IntRange", "LogInt", "Choice"} <= set(schema["$defs"])
+
+
+def test_transfer_spec_needs_its_checkpoint_and_makes_init_absolute(tmp_path):
+    from tuning.sweep import preflight, resolve_paths
+
+    spec = load_spec(SPACES / "transfer_digits.yaml", ["model.init=nowhere/pre.safetensors"])
+    assert spec.data.classes == [5, 6, 7, 8, 9] and spec.techniques.adamq3r.finetune is True
+    with pytest.raises(FileNotFoundError, match="model.init 'nowhere/pre.safetensors' does not exist.*--pretrain-only"):
+        preflight(spec)
+    resolved = resolve_paths({"model": {"init": "ckpt/pre.safetensors"}}, tmp_path)
+    assert resolved["model"]["init"] == str((tmp_path / "ckpt" / "pre.safetensors").resolve())

@@ -1,15 +1,17 @@
 """Scoring: accuracy of the full model and after truncation at each retention level.
 
 K retention levels cost one SVD per targeted matrix (``SpectralCache``) plus K evaluation
-passes with the truncated weights swapped in place.
+passes with the truncated weights swapped in place. A fine-tuned model is scored with its update
+truncated instead (``base`` given: W0 + [W - W0]_r, ``q3r.delta.DeltaSpectra``).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from q3r.delta import DeltaSpectra
 from q3r.targets import Target
 from q3r.truncation import SpectralCache
 
@@ -52,12 +54,17 @@ def accuracy(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
 
 
 def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retentions: Sequence[float],
-          device: torch.device, amp: bool = False) -> tuple[dict, SpectralCache]:
-    """{"acc", "acc@p", "params@p", "targeted@p"} for every level p; "acc" is the full model."""
-    cache = SpectralCache(targets)
+          device: torch.device, amp: bool = False, base: Optional[dict] = None) -> tuple[dict, SpectralCache]:
+    """{"acc", "acc@p", "params@p", "targeted@p"} for every level p; "acc" is the full model.
+
+    ``base``: {target name: W0}, the pretrained matrices; then each target's update W - W0 is
+    truncated (W0 + [W - W0]_r(p)) and params@p counts the update's factors in place of the matrix.
+    """
+    cache = SpectralCache(targets) if base is None else DeltaSpectra(targets, base)
     out: dict = {}
     for p in retentions:
         key = level_key(p)
+        p = float(p)
         with cache.applied(p):
             out[f"acc@{key}"] = accuracy(model, loader, device, amp)
         counts = cache.counts(model, p)

@@ -46,12 +46,41 @@ def build_hf_classifier(path: str, num_labels: int):
     return AutoModelForSequenceClassification.from_config(config)
 
 
+def load_init(model, path: str):
+    """Load pretrained weights into ``model`` in place: a ``.safetensors`` file or a torch state dict
+    (``torch.load(weights_only=True)``), every key matching in name and shape."""
+    from pathlib import Path
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model.init {path!r} does not exist (a .safetensors file or a torch state dict)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if shapes or missing or unexpected:
+        raise ValueError(f"model.init {path}: does not fit the model (shape mismatches: {shapes[:3]}, missing: "
+                         f"{missing[:3]}, unexpected: {unexpected[:3]}); check model.depth/width and data.classes")
+    model.load_state_dict(state)
+    return model
+
+
 def build_model(cfg, info: DatasetInfo):
     """The model of a trial from its ``ModelSpec`` and the dataset's ``DatasetInfo``."""
     if cfg.kind == "vit":
         if info.kind != "image":
             raise ValueError(f"model.kind='vit' needs an image dataset, but {info.name!r} is {info.kind}")
-        return build_vit(info, cfg.size, cfg.patch_size, cfg.depth, cfg.width, cfg.heads)
+        model = build_vit(info, cfg.size, cfg.patch_size, cfg.depth, cfg.width, cfg.heads)
+        return model if cfg.init is None else load_init(model, cfg.init)
     if cfg.kind == "hf":
-        return build_hf_classifier(cfg.path, info.num_classes)
+        model = build_hf_classifier(cfg.path, info.num_classes)
+        return model if cfg.init is None else load_init(model, cfg.init)
     raise ValueError(f"unknown model.kind {cfg.kind!r}; known: ['hf', 'vit']")

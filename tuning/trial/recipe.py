@@ -3,7 +3,9 @@
 Every ``eval_every`` epochs the trial scores the full model and its truncations at every
 retention level, adds the Q3R diagnostics, hands one flat dict to ``report`` and writes a
 checkpoint from which ``run_trial(..., resume=True)`` continues identically. A trial whose
-loss turns non-finite, or whose accuracy sits at chance (rank collapse), stops itself.
+loss turns non-finite, or whose accuracy sits at chance (rank collapse) for ``collapse_patience``
+evaluations once ``collapse_after`` of its epochs are done, stops itself: on digits, trials at
+chance in their first epochs often recover (``benchmarks/collapse_recovery.py``).
 """
 from __future__ import annotations
 
@@ -71,11 +73,19 @@ def technique_options(t, total_steps: int) -> dict:
     """The technique-specific options of the spec: the operator bank's for the Q3R techniques, the
     product form for LoRITa. The "linear" eps schedule decays over ``t.eps_steps`` reweightings (the
     published code's N); unset, over this trial's reweightings after the first
-    (ceil(total_steps / period) - 1), so eps reaches 1e-5 at the last one."""
+    (ceil(total_steps / period) - 1), so eps reaches 1e-5 at the last one. "auto" is "warmup" when
+    fine-tuning (Delta W starts at zero) and the paper's rule otherwise; "warmup" lets eps follow
+    sigma_{r+1} for ``t.eps_warmup`` optimizer steps (unset: the whole trial), that is for
+    ceil(eps_warmup / period) reweightings, and then falls back to the paper's running minimum."""
     if t.name in ("adamq3r", "adam_q3r_loss"):
         schedule = t.eps_schedule
+        if schedule == "auto":
+            schedule = "warmup" if t.finetune else "paper"
         if schedule == "linear":
             schedule = {"name": "linear", "steps": t.eps_steps or max(1, math.ceil(total_steps / t.period) - 1)}
+        elif schedule == "warmup":
+            warmup = t.eps_warmup if t.eps_warmup is not None else total_steps
+            schedule = {"name": "warmup", "reweightings": math.ceil(warmup / t.period)}
         return {"eps_schedule": schedule, "svd": t.svd}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
 
@@ -91,7 +101,7 @@ def load_data(cfg: TrialSpec):
     d = cfg.data
     return load_dataset(d.name, data_root=d.data_root, seed=cfg.train.seed, augment=d.augment, download=d.download,
                         image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length,
-                        limit=d.limit)
+                        limit=d.limit, classes=d.classes)
 
 
 def eval_batch_size(cfg: TrialSpec) -> int:
@@ -117,6 +127,7 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
     train_set, val_set, info = load_data(cfg)
     model = build_model(cfg.model, info).to(device)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    base = initial_weights(cfg, model)
     tech = make_technique(cfg, model, steps_per_epoch)
     val_loader = DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=on_gpu)
     sched = make_schedule(cfg, tech.optimizer, steps_per_epoch)
@@ -165,11 +176,11 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
             continue
         metrics = {"epoch": done, "train_loss": train_loss, "time_s": time.perf_counter() - started}
         if status == "running":
-            metrics.update(evaluate(cfg, tech, val_loader, device, amp))
+            metrics.update(evaluate(cfg, tech, val_loader, device, amp, base))
             at_chance = info.num_classes > 1 and metrics["acc"] < 1.5 / info.num_classes
             chance_evals = chance_evals + 1 if at_chance else 0
-            if chance_evals >= cfg.train.collapse_patience:
-                status = "collapsed"
+            if chance_evals >= cfg.train.collapse_patience and done >= cfg.train.collapse_after * cfg.train.epochs:
+                status = "collapsed"          # at chance for collapse_patience evaluations, late enough to be lost
         if status == "running" and done == cfg.train.epochs:
             status = "completed"
         metrics["status"] = status
@@ -185,11 +196,24 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
     return TrialResult(last.get("status", "completed"), cfg.train.epochs, last, history)
 
 
-def evaluate(cfg: TrialSpec, tech, val_loader, device, amp) -> dict:
-    """Scores at every retention level plus the mean Q3R diagnostics, as one flat dict."""
+def truncates_delta(cfg: TrialSpec) -> bool:
+    """Whether scoring truncates the update W - W0 (fine-tuning) rather than W."""
+    return cfg.train.truncate == "delta" or (cfg.train.truncate == "auto" and cfg.technique.finetune)
+
+
+def initial_weights(cfg: TrialSpec, model) -> Optional[dict]:
+    """{target name: W0} of the freshly built (pretrained) model when scoring truncates the update, else None."""
+    if not truncates_delta(cfg):
+        return None
+    return {t.name: t.weight.detach().clone() for t in select_targets(model, tuple(cfg.model.modules))}
+
+
+def evaluate(cfg: TrialSpec, tech, val_loader, device, amp, base: Optional[dict] = None) -> dict:
+    """Scores at every retention level plus the mean Q3R diagnostics, as one flat dict; with ``base``
+    (W0 by target name) the update W - W0 is truncated and diagnosed instead of W."""
     dense = tech.dense_model()
     targets = select_targets(dense, tuple(cfg.model.modules))
-    metrics, cache = score(dense, targets, val_loader, cfg.train.retentions, device, amp)
+    metrics, cache = score(dense, targets, val_loader, cfg.train.retentions, device, amp, base)
     diag = diagnostics(targets, cfg.technique.target_rank, banks=tech.banks(), spectra=cache)
     metrics.update({k: v for k, v in flatten(diag).items() if k.startswith("diag/mean/")})
     return metrics

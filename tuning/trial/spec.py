@@ -29,7 +29,7 @@ Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Lr = Annotated[float, Field(gt=0)]
-EpsScheduleName = Literal["paper", "geometric", "linear"]
+EpsScheduleName = Literal["auto", "paper", "geometric", "linear", "warmup"]
 SvdMode = Literal["warm", "exact"]
 LoritaForm = Literal["input", "output"]
 
@@ -61,6 +61,7 @@ class DataSpec(Strict):
     tokenizer: Optional[str] = None             # local tokenizer directory (GLUE)
     max_length: Positive = 128
     limit: Optional[Positive] = None            # keep the first N training items (smoke tests)
+    classes: Optional[list[Annotated[int, Field(ge=0)]]] = Field(default=None, min_length=1)  # digits: a class subset, relabelled 0..
 
 
 class ModelSpec(Strict):
@@ -73,6 +74,7 @@ class ModelSpec(Strict):
     width: Optional[Positive] = None
     heads: Optional[Positive] = None
     path: Optional[str] = None                  # hf: a local model directory (weights) or config.json
+    init: Optional[str] = None                  # vit: start from these weights (a .safetensors or torch state dict)
     modules: list[str] = Field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"], min_length=1)
 
 
@@ -90,8 +92,10 @@ class TechniqueSpec(Strict):
     lorita_form: LoritaForm = "input"           # lorita: input-side factors (the authors') or output-side identities
     lora_rank: Optional[Positive] = None        # lora fine-tuning rank (pre-training uses r(target_rank))
     finetune: bool = False                      # regularize Delta W on frozen pretrained weights
-    eps_schedule: EpsScheduleName = "paper"     # Q3R techniques: the eps rule
+    eps_schedule: EpsScheduleName = "auto"      # Q3R techniques: the eps rule; auto = warmup if finetune else paper
     eps_steps: Optional[Positive] = None        # "linear": reweightings to 1e-5 (null: those of the trial)
+    eps_warmup: Optional[Positive] = None       # "warmup": optimizer steps in which eps follows sigma_{r+1}
+                                                # (null: the whole trial), then the paper's rule
     svd: SvdMode = "warm"                       # Q3R techniques: warm-started subspace iteration or full SVDs
 
 
@@ -110,6 +114,9 @@ class TrainSpec(Strict):
     schedule: Literal["constant", "cosine"] = "constant"     # constant (the paper) or warmup + cosine
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     collapse_patience: Positive = 2             # evaluations at chance accuracy before a trial stops itself
+    truncate: Literal["auto", "weight", "delta"] = "auto"    # what scoring cuts to rank r(p): W, or the
+                                                # update W - W0 on the initial weights; auto: delta if finetune
+    collapse_after: Annotated[float, Field(ge=0, le=1)] = 0.75  # ... and not before this fraction of the epochs
 
 
 class TrialSpec(Strict):
@@ -122,6 +129,14 @@ class TrialSpec(Strict):
 
     def to_dict(self) -> dict:
         return self.model_dump()
+
+    def advice(self) -> list[str]:
+        """Settings that are allowed but probably not meant, each with its consequence (one line each)."""
+        t = self.train
+        if t.eval_every > t.epochs:
+            return [f"train.eval_every ({t.eval_every}) > train.epochs ({t.epochs}): the trial is evaluated, "
+                    f"reported and checkpointed only at its last epoch, and collapse_patience never applies"]
+        return []
 
     def flat(self) -> dict:
         """{"technique.lmbda": 0.1, ...}: every field, for logging as parameters."""

@@ -126,6 +126,9 @@ def describe_error(err: ValidationError, source: str, origins: Optional[dict] = 
         msg = msg.replace(old, new)
     path = _path(e["loc"])
     where = _where(e["loc"], source, origins or {})
+    if not path and where == source:           # a rule across fields: blame an override it names, if any
+        named = [text for fields, text in (origins or {}).items() if ".".join(fields) in msg]
+        where = f"{source} (--set {named[0]})" if named else source
     if e["type"] in ("value_error", "assertion_error") or not path:   # our validators say it all
         sep = " " if msg.startswith("must") else ": "
         return f"{where}: {path + sep if path else ''}{msg}"

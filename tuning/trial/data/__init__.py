@@ -17,10 +17,10 @@ from .images import load_cifar10, load_cifar100, load_digits, load_imagefolder, 
 __all__ = ["DATASETS", "DatasetError", "DatasetInfo", "load_dataset", "load_digits", "read_cifar"]
 
 
-def _load_digits(*, seed=0, val_fraction=0.2, **_):
+def _load_digits(*, seed=0, val_fraction=0.2, classes=None, **_):
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction=} (data.val_fraction)")
-    return load_digits(seed=seed, val_fraction=val_fraction)
+    return load_digits(seed=seed, val_fraction=val_fraction, classes=classes)
 
 
 def _load_glue(**kw):
@@ -40,19 +40,24 @@ DATASETS: dict = {
 
 def load_dataset(name: str, *, data_root=None, seed: int = 0, augment=None, download: bool = False,
                  image_size: Optional[int] = None, val_fraction: float = 0.2, tokenizer=None,
-                 task: Optional[str] = None, max_length: int = 128, limit: Optional[int] = None):
-    """``(train_set, val_set, DatasetInfo)`` for ``name`` (a key of ``DATASETS``; ``glue/<task>`` also works)."""
+                 task: Optional[str] = None, max_length: int = 128, limit: Optional[int] = None,
+                 classes: Optional[list] = None):
+    """``(train_set, val_set, DatasetInfo)`` for ``name`` (a key of ``DATASETS``; ``glue/<task>`` also works);
+    ``classes`` keeps a subset of the classes, relabelled in the order given (digits only)."""
     key = str(name).lower()
     if key.startswith("glue/"):
         key, task = "glue", task or key.split("/", 1)[1]
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))} "
                            f"(set data.name in the config)")
+    if classes is not None and key != "digits":
+        raise DatasetError(f"data.classes (a class subset) is supported for digits only, but the dataset is {name!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
     train, val, info = DATASETS[key](data_root=data_root, seed=seed, augment=augment, download=download,
                                      image_size=image_size, val_fraction=val_fraction, tokenizer=tokenizer,
-                                     task=task, max_length=max_length, limit=limit)
+                                     task=task, max_length=max_length, limit=limit,
+                                     **({} if classes is None else {"classes": classes}))
     if limit is not None and limit < len(train):
         train = Subset(train, range(limit))
     return train, val, info

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,20 +14,36 @@ from torch.utils.data import Dataset, TensorDataset
 from .common import DatasetError, DatasetInfo
 
 
-def load_digits(seed: int = 0, val_fraction: float = 0.2) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
-    """scikit-learn's 1,797 8x8 digit images, standardised, split stratified by ``seed``."""
+def load_digits(seed: int = 0, val_fraction: float = 0.2,
+                classes: Optional[Sequence[int]] = None) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
+    """scikit-learn's 1,797 8x8 digit images, standardised, split stratified by ``seed``.
+
+    ``classes`` keeps only those digits, relabelled 0, 1, ... in the order given (a transfer task:
+    pre-train on [0, 1, 2, 3, 4], fine-tune on [5, 6, 7, 8, 9]). The split and the standardisation
+    are those of all ten digits, so both halves see the same preprocessing.
+    """
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
     X, y = sk_digits(return_X_y=True)
     X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=val_fraction, stratify=y, random_state=seed)
     mean, std = X_tr.mean(), X_tr.std()
+    num_classes = 10
+    if classes is not None:
+        classes = [int(c) for c in classes]
+        if not classes or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes):
+            raise DatasetError(f"digits: data.classes must be distinct digits 0-9, but got {classes}")
+        relabel = np.full(10, -1)
+        relabel[classes] = np.arange(len(classes))
+        keep_tr, keep_va = np.isin(y_tr, classes), np.isin(y_va, classes)
+        X_tr, y_tr, X_va, y_va = X_tr[keep_tr], relabel[y_tr[keep_tr]], X_va[keep_va], relabel[y_va[keep_va]]
+        num_classes = len(classes)
 
     def to_tensors(X, y):
         x = torch.tensor((X - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8)   # (N, 1, 8, 8)
         return TensorDataset(x, torch.tensor(y, dtype=torch.long))
 
-    return to_tensors(X_tr, y_tr), to_tensors(X_va, y_va), DatasetInfo("digits", 8, 1, 10)
+    return to_tensors(X_tr, y_tr), to_tensors(X_va, y_va), DatasetInfo("digits", 8, 1, num_classes)
 
 
 # ----------------------------------------------------------------------------------------------- images

@@ -1,0 +1,73 @@
+"""Truncating a fine-tuning update (q3r.delta) in float64 against numpy's SVD written out."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from q3r.delta import DeltaSpectra, level_rank, top_energy
+from q3r.targets import select_targets
+
+
+def low_rank_ref(D: np.ndarray, r: int) -> np.ndarray:
+    U, S, Vt = np.linalg.svd(D, full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vt[:r]
+
+
+def model_pair():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 6)).double()
+    targets = select_targets(model, ("0", "2"))
+    base = {t.name: t.weight.detach().clone() for t in targets}
+    with torch.no_grad():                     # a fine-tuning update of rank 5 on each matrix, plus noise
+        for t in targets:
+            d1, d2 = t.shape
+            t.weight.add_(torch.randn(d1, 5, dtype=torch.float64) @ torch.randn(5, d2, dtype=torch.float64) / 4
+                          + 1e-3 * torch.randn(d1, d2, dtype=torch.float64))
+    return model, targets, base
+
+
+@pytest.mark.parametrize("level", [1, 2, 4, 0.25, 0.5])
+def test_applied_is_base_plus_the_truncated_update(level):
+    model, targets, base = model_pair()
+    spectra = DeltaSpectra(targets, base)
+    W = {t.name: t.weight.detach().numpy().copy() for t in targets}
+    with spectra.applied(level):
+        for t in targets:
+            W0 = base[t.name].numpy()
+            d1, d2 = t.shape
+            r = level if isinstance(level, int) else max(1, min(int(level * d1 * d2 / (d1 + d2)), min(d1, d2) - 1))
+            np.testing.assert_allclose(t.weight.detach().numpy(), W0 + low_rank_ref(W[t.name] - W0, r),
+                                       rtol=1e-12, atol=1e-12)
+    for t in targets:                         # restored
+        assert np.array_equal(t.weight.detach().numpy(), W[t.name])
+
+
+def test_full_level_keeps_the_update_and_energy_matches_numpy():
+    model, targets, base = model_pair()
+    spectra = DeltaSpectra(targets, base)
+    before = [t.weight.detach().clone() for t in targets]
+    with spectra.applied(1.0):
+        for t, w in zip(targets, before):
+            assert torch.equal(t.weight, w)
+    for t in targets:
+        S = np.linalg.svd(t.weight.detach().numpy() - base[t.name].numpy(), compute_uv=False)
+        assert spectra.energy(t.name, 3) == pytest.approx((S[:3] ** 2).sum() / (S ** 2).sum(), rel=1e-12)
+        assert spectra.rank[t.name] == min(t.shape)          # the noise makes it full rank
+    assert top_energy(torch.zeros(4), 2) == 1.0
+
+
+def test_counts_store_the_update_factors():
+    model, targets, base = model_pair()
+    counts = DeltaSpectra(targets, base).counts(model, 0.25)
+    # 16 x 12 at p = 0.25: r = floor(0.25 * 192 / 28) = 1 -> 28 numbers; 6 x 16: r = 1 -> 22
+    assert counts["targeted_kept"] == 28 + 22
+    assert counts["model_kept"] == sum(p.numel() for p in model.parameters()) - (16 * 12 + 6 * 16) + 50
+
+
+def test_errors_name_the_problem():
+    model, targets, base = model_pair()
+    with pytest.raises(KeyError, match="no pretrained weight"):
+        DeltaSpectra(targets, {})
+    with pytest.raises(ValueError, match="level=0"):
+        level_rank((4, 4), 0)
+    assert level_rank((4, 6), 9) == 4 and level_rank((4, 6), 1.0) is None
