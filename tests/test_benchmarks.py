@@ -43,3 +43,11 @@ def test_transfer_digits_smoke(tmp_path):
     for method in ("dense", "lora", "adamq3r", "adam_q3r_loss", "adamq3r/paper", "adam_q3r_loss/paper"):
         assert method in rows
     assert "eps trajectory" in out.stdout and list(tmp_path.glob("*.safetensors"))
+
+
+def test_sweep_efficiency_replay_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_efficiency.py"), "replay", "--smoke-test"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("default (") and "hypervolume ratio" in last and "regret@0.2" in last

@@ -91,14 +91,14 @@ class TechniqueSearch(Searcher):
             self.__dict__.update(pickle.load(f))
 
 
-def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, seed: int, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         # group=True: the space is conditional on the technique; constant_liar: trials run in parallel
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=5)
+                                          n_startup_trials=n_startup_trials)
 
 
 def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
@@ -117,6 +117,6 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
     for i, (technique, space) in enumerate(spec.spaces.items()):
         seed = spec.seed + 1000 * i                 # independent, reproducible sampler streams
         searchers[technique] = PruningOptunaSearch(
-            space=OptunaSpace({technique: space}), metric=metric, mode=mode, sampler=make_sampler(kind, seed),
+            space=OptunaSpace({technique: space}), metric=metric, mode=mode, sampler=make_sampler(kind, seed, spec.searcher.n_startup_trials),
             seed=seed, max_t=spec.max_t, study_name=f"{spec.experiment_name}/{technique}", storage=rdb)
     return TechniqueSearch(searchers, spec.allocation(), metric, mode), {}

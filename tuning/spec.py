@@ -45,6 +45,7 @@ class SchedulerSpec(Strict):
 
 class SearcherSpec(Strict):
     kind: Literal["tpe", "multi", "random", "grid"] = "tpe"   # multi: multi-objective over acc@p
+    n_startup_trials: Positive = 5            # tpe / multi: random trials per technique before TPE models them
 
 
 class ResourcesSpec(Strict):

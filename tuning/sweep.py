@@ -133,10 +133,10 @@ def run_config(name: str, storage: Path, callbacks: list) -> tune.RunConfig:
                           progress_reporter=progress_reporter())
 
 
-def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, callbacks: list):
-    (storage / run_name).mkdir(parents=True, exist_ok=True)
-    searcher, param_space = make_searcher(spec, storage=f"sqlite:///{storage / run_name / 'optuna.db'}"
-                                          if spec.searcher.kind != "grid" else None)
+def search_config(spec: SweepSpec, optuna_storage: Optional[str]) -> tuple[tune.TuneConfig, dict]:
+    """(TuneConfig, param_space) of the search: the spec's searcher, scheduler, trial count and concurrency.
+    ``benchmarks/sweep_efficiency.py replay`` runs the same configuration against a recorded table."""
+    searcher, param_space = make_searcher(spec, storage=optuna_storage if spec.searcher.kind != "grid" else None)
     if spec.scheduler.kind == "asha":
         scheduler = TechniqueASHA(time_attr="epoch", metric="objective", mode="max", max_t=spec.max_t,
                                   grace_period=spec.scheduler.grace_period,
@@ -144,8 +144,13 @@ def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, c
                                   min_samples=spec.scheduler.min_samples)
     else:
         scheduler = FIFOScheduler()
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.total_samples,
-                                  max_concurrent_trials=spec.max_concurrent)
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.total_samples,
+                           max_concurrent_trials=spec.max_concurrent), param_space
+
+
+def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, callbacks: list):
+    (storage / run_name).mkdir(parents=True, exist_ok=True)
+    tune_config, param_space = search_config(spec, f"sqlite:///{storage / run_name / 'optuna.db'}")
     return tune.Tuner(trainable_of(spec, spec_dict), param_space=param_space, tune_config=tune_config,
                       run_config=run_config(run_name, storage, callbacks))
 

@@ -79,3 +79,11 @@ def test_grid_is_every_point_once():
     _, space = make_searcher(spec)
     points = space["point"]["grid_search"]
     assert [split_config({"point": p}) for p in points] == [("adamw", {"lr": v}) for v in (1e-3, 2e-3, 4e-3)]
+
+
+@pytest.mark.parametrize("kind", ["tpe", "multi"])
+def test_n_startup_trials_reaches_every_techniques_sampler(kind):
+    searcher, _ = make_searcher(from_dict(tiny_spec(searcher={"kind": kind, "n_startup_trials": 2})))
+    assert {s._ot_study.sampler._n_startup_trials for s in searcher.searchers.values()} == {2}
+    default, _ = make_searcher(from_dict(tiny_spec(searcher={"kind": kind})))
+    assert {s._ot_study.sampler._n_startup_trials for s in default.searchers.values()} == {5}

@@ -1,0 +1,142 @@
+"""Replay search strategies against the table through the sweep's own Tune configuration.
+
+A strategy is a sweep spec (the build's, with another searcher, scheduler, objective, trial count or
+allocation). ``replay`` gives it to ``tuning.sweep.search_config``, the function ``q3r-tune sweep`` builds its
+TuneConfig with (``TechniqueSearch`` of ``PruningOptunaSearch``es or the grid, ``TechniqueASHA`` or FIFO,
+``max_concurrent`` trials at once), and runs a Ray Tuner whose trainable, instead of training, reports the
+table's rows of the suggested configuration. Each report waits for its simulated time (``clock.SimClock``:
+the trial's start plus its recorded epoch times), so the concurrent trials' results reach the scheduler in
+the order the real run's would, and ASHA's asynchronous rung decisions see the trials they would have seen,
+whatever Ray's own latencies. A callback in the driver records every result in the order Tune processed
+it; a trial's spend is the count of epochs reported by all trials up to its end.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import ray
+from ray import tune
+from ray.tune import Callback
+
+from tuning.records import SEARCH, TrialRecord
+from tuning.space import split_config
+from tuning.spec import SweepSpec, from_dict
+from tuning.trainable import trial_metrics
+from tuning.tracking import final_status
+
+from .table import Run
+from .trainable import config_key, replay_trial
+
+
+def by_config(runs: list[Run]) -> dict[tuple, Run]:
+    """The grid's runs (role trial) by configuration key."""
+    return {config_key(r.technique, r.params): r for r in runs if r.role == SEARCH}
+
+
+def replay_metrics(run: Run, index: int, objective: str, retentions) -> dict:
+    """What the trial reported at its ``index``-th evaluation: the row, its status, and the sweep's objective."""
+    row = {k: v for k, v in run.rows[index].items() if k != "seconds"}
+    row["status"] = run.status if index == len(run.rows) - 1 else "running"
+    return trial_metrics(row, objective, retentions)
+
+
+def reports_of(runs: list[Run], objective: str, retentions) -> dict:
+    """key -> [(recorded seconds, what the trial reports)] for every grid run: the table's rows through the
+    sweep's ``trial_metrics``, so the objective is the strategy's."""
+    return {key: [(max(0.0, float(run.rows[i].get("seconds", 0.0))), replay_metrics(run, i, objective, retentions))
+                  for i in range(len(run.rows))] for key, run in by_config(runs).items()}
+
+
+@dataclass
+class Finished:
+    """A trial of a replay, as it ended: its record and the epochs all trials had spent by then."""
+
+    record: TrialRecord
+    spend: int
+
+
+class Events(Callback):
+    """Every result in the order the driver processed it, and every trial's end with the spend so far."""
+
+    def __init__(self, max_t: int, clock: Optional[str] = None):
+        self.max_t, self.epochs, self.finished, self.clock = max_t, 0, [], clock
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.epochs += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, error=True)
+
+    def _end(self, trial, error: bool = False) -> None:
+        result = trial.last_result or {}
+        technique, params = split_config(trial.config)
+        status = "failed" if error else final_status(result, self.max_t)
+        metrics = {k: v for k, v in result.items() if isinstance(k, str)
+                   and (k.startswith(("acc", "params@", "targeted@")) or k == "objective")}
+        record = TrialRecord(trial_id=trial.trial_id, technique=technique, params=params, status=status,
+                             epoch=int(result.get("epoch", 0)), metrics=metrics)
+        self.finished.append(Finished(record, self.epochs))
+        if self.clock:
+            ray.get(ray.get_actor(self.clock).done.remote(trial.trial_id))
+
+
+def replay(spec: SweepSpec, runs: list[Run], scale: float = 0.0, workdir: Optional[Path] = None,
+           clock: bool = True) -> list[Finished]:
+    """Run ``spec``'s search against the table; the trials in the order they ended. Ray must be initialised.
+    ``clock``: order the reports by simulated time (``SimClock``); ``scale``: also sleep scale x recorded time."""
+    from tuning.space import grid_points
+    from tuning.sweep import search_config
+
+    from .clock import SimClock
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="q3r-replay-"))
+    name = f"replay-{time.time_ns()}"
+    (workdir / name).mkdir(parents=True, exist_ok=True)
+    tune_config, param_space = search_config(spec, None)    # Optuna in memory: the same sampling, no sqlite
+    tune_config.reuse_actors = True       # a runtime detail, no search decision: one worker process per slot
+    total = len(grid_points(spec.spaces)) * spec.num_samples if spec.searcher.kind == "grid" else spec.total_samples
+    actor = SimClock.options(name=name).remote(spec.max_concurrent, total) if clock else None
+    events = Events(spec.max_t, name if clock else None)
+    trainable = tune.with_resources(
+        tune.with_parameters(replay_trial, reports=reports_of(runs, spec.objective, spec.retentions),
+                             clock=name if clock else None, scale=scale),
+        {"cpu": spec.resources.cpu, "gpu": 0})
+    run_config = tune.RunConfig(name=name, storage_path=str(workdir), callbacks=[events], verbose=0,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    try:
+        tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+    finally:
+        if actor is not None:
+            ray.kill(actor)
+    return events.finished
+
+
+def strategy_spec(base: dict, seed: int, searcher: str, scheduler: dict, num_samples: int,
+                  objective: str = "mean", samples_per_technique: Optional[dict] = None,
+                  startup: Optional[int] = None) -> SweepSpec:
+    """The build's spec with another search: ``scheduler`` e.g. {"kind": "asha", "grace_period": 5, ...};
+    ``startup``: the searcher's n_startup_trials (None: the spec's default)."""
+    raw = copy.deepcopy(base)
+    search = {"kind": searcher, **({"n_startup_trials": startup} if startup else {})}
+    raw.update(seed=seed, searcher=search, scheduler=scheduler, objective=objective,
+               num_samples=num_samples, samples_per_technique=samples_per_technique or {}, confirm={"top": 0, "seeds": 0})
+    return from_dict(raw, f"strategy {searcher}+{scheduler.get('kind')}")
+
+
+def grid_epochs(runs: list[Run]) -> int:
+    """Epochs the full grid spent (its search trials, each to its end)."""
+    return sum(len(r.rows) for r in runs if r.role == SEARCH)
+
+
+def mean_epoch_seconds(runs: list[Run]) -> float:
+    secs = [float(row.get("seconds", 0.0)) for r in runs for row in r.rows]
+    return sum(secs) / len(secs) if secs else math.nan

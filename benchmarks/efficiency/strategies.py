@@ -1,0 +1,99 @@
+"""The strategies replayed: the grid reference, random and TPE with or without ASHA, multi-objective TPE,
+an allocation of trials by space size, and the shipped default read from search_spaces/digits_vit.yaml.
+
+The default's grace period is scaled from the shipped epochs to the table's (8 of 24 -> 4 of 12), so that
+ASHA's first rung falls at the same fraction of training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+
+from .table import BASE_SPEC
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    searcher: str
+    scheduler: dict
+    num_samples: int
+    objective: str = "mean"
+    sized: bool = False                      # samples_per_technique in proportion to each technique's grid size
+    startup: Optional[int] = None            # searcher.n_startup_trials (None: the spec's default)
+    seeds: Optional[int] = None              # None: the replay's --seeds; grid+fifo is deterministic (1)
+    note: str = ""
+
+
+def shipped_default(table_epochs: int, path=BASE_SPEC) -> dict:
+    """{searcher, scheduler, objective} of the shipped spec, the grace period scaled to ``table_epochs``."""
+    raw = yaml.safe_load(open(path))
+    sch = dict(raw.get("scheduler") or {})
+    epochs = int(raw.get("epochs", table_epochs))
+    if sch.get("kind", "asha") == "asha":
+        sch["grace_period"] = max(1, round(int(sch.get("grace_period", 5)) * table_epochs / epochs))
+        sch["max_t"] = None
+    searcher = raw.get("searcher") or {}
+    return {"searcher": searcher.get("kind", "tpe"), "startup": searcher.get("n_startup_trials"), "scheduler": sch,
+            "objective": raw.get("objective", "mean"), "sized": bool(raw.get("samples_per_technique"))}
+
+
+def asha(grace: int, rf: float = 3, min_samples: int = 2) -> dict:
+    return {"kind": "asha", "grace_period": grace, "reduction_factor": rf, "min_samples": min_samples, "max_t": None}
+
+
+def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, asha_trials: Optional[int] = None) -> dict:
+    """The named strategies; FIFO ones get ``fifo_fraction`` of the grid's trials, ASHA ones ``asha_trials``."""
+    d = shipped_default(table_epochs)
+    n_fifo = max(2, round(fifo_fraction * grid_size))
+    n_asha = asha_trials or max(2, round(0.55 * grid_size))
+    fifo = {"kind": "fifo"}
+    default = Strategy("default", d["searcher"], d["scheduler"], n_asha if d["scheduler"].get("kind") == "asha" else n_fifo,
+                       d["objective"], d["sized"], d["startup"], note="search_spaces/digits_vit.yaml")
+    g = max(1, round(table_epochs / 3))       # the shipped grace period before this benchmark: 8 of 24 epochs
+    out = [
+        Strategy("grid+fifo", "grid", fifo, 1, seeds=1, note="the reference; deterministic"),
+        Strategy("random+fifo", "random", fifo, n_fifo),
+        Strategy("random+asha", "random", asha(g), n_asha),
+        Strategy("tpe+asha", "tpe", asha(g), n_asha),
+        Strategy("multi+asha", "multi", asha(g), n_asha),
+        Strategy("tpe+asha sized", "tpe", asha(g), n_asha, sized=True, note="trials per technique ~ grid size"),
+        default,
+        # candidates for the defaults (run with --strategies)
+        Strategy("tpe+asha g2", "tpe", asha(max(1, g // 2)), n_asha),
+        Strategy("tpe+asha g6", "tpe", asha(min(table_epochs, g + g // 2)), n_asha),
+        Strategy("tpe+asha rf2", "tpe", asha(g, rf=2), n_asha),
+        Strategy("tpe+asha acc@0.2", "tpe", asha(g), n_asha, objective="acc@0.2"),
+        Strategy("tpe+asha min1", "tpe", asha(g, min_samples=1), n_asha),
+        Strategy("tpe+asha su2", "tpe", asha(g), n_asha, startup=2),
+        Strategy("tpe+asha min1 g2", "tpe", asha(max(1, g // 2), min_samples=1), n_asha),
+        Strategy("tpe+asha g7", "tpe", asha(min(table_epochs - 1, round(7 * table_epochs / 12))), n_asha),
+        Strategy("tpe+asha su2 g2", "tpe", asha(max(1, g // 2)), n_asha, startup=2),
+        Strategy("tpe+asha su2 rf2", "tpe", asha(g, rf=2), n_asha, startup=2),
+        Strategy("tpe+asha su2 sized", "tpe", asha(g), n_asha, sized=True, startup=2),
+        Strategy("tpe+asha g8", "tpe", asha(min(table_epochs - 1, 2 * g)), n_asha),
+    ]
+    return {s.name: s for s in out}
+
+
+DEFAULT_SET = ("grid+fifo", "random+fifo", "random+asha", "tpe+asha", "multi+asha", "tpe+asha sized", "default")
+
+
+def same_search(a: Strategy, b: Strategy) -> bool:
+    """Whether two strategies run the same search (then the replay runs it once)."""
+    return (a.searcher, a.scheduler, a.num_samples, a.objective, a.sized, a.startup or 5) == \
+        (b.searcher, b.scheduler, b.num_samples, b.objective, b.sized, b.startup or 5)
+
+
+def sized_allocation(counts: dict, num_samples: int) -> dict:
+    """Trials per technique in proportion to ``counts`` (its grid size), at least 1 each, summing to num_samples."""
+    total = sum(counts.values())
+    share = {t: max(1, int(num_samples * n / total)) for t, n in counts.items()}
+    order = sorted(counts, key=lambda t: -(num_samples * counts[t] / total - int(num_samples * counts[t] / total)))
+    i = 0
+    while sum(share.values()) < num_samples:
+        share[order[i % len(order)]] += 1
+        i += 1
+    return share

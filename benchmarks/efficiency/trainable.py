@@ -1,0 +1,49 @@
+"""The replay trainable: reports a table run's precomputed results at their simulated times.
+
+Kept free of torch, pydantic and the sweep modules (which take seconds to import on a busy machine): every
+replay starts its own Ray workers, and each imports this module. The driver (``replay.py``) computes what
+each run reports with the sweep's own ``tuning.trainable.trial_metrics``.
+"""
+from __future__ import annotations
+
+import time
+
+import ray
+from ray import tune
+
+
+def config_key(technique: str, params: dict) -> tuple:
+    """A hashable (technique, params) key; numbers as floats so 2 == 2.0 from a CSV or a searcher."""
+    def norm(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return technique, tuple(sorted((k, norm(v)) for k, v in params.items()))
+
+
+def key_of_config(config: dict) -> tuple:
+    """The key of a Ray config: a grid ``{"point": {...}}`` or a searcher's ``{"technique", "<t>.<param>"...}``."""
+    flat = dict(config)
+    if isinstance(flat.get("point"), dict):
+        flat.update(flat.pop("point"))
+    technique = flat["technique"]
+    prefix = f"{technique}."
+    return config_key(technique, {k[len(prefix):]: (v.item() if hasattr(v, "item") else v)
+                                  for k, v in flat.items() if isinstance(k, str) and k.startswith(prefix)})
+
+
+def replay_trial(config: dict, reports: dict, clock=None, scale: float = 0.0) -> None:
+    """Ray Tune function trainable. ``reports``: key -> [(recorded seconds, metrics)] of the run, in epoch order.
+    With ``clock`` (a ``SimClock`` actor's name) each report waits for its simulated time; ``scale`` > 0 also
+    sleeps that fraction of the recorded seconds."""
+    key = key_of_config(config)
+    if key not in reports:
+        raise KeyError(f"the table has no run of {key[0]} {dict(key[1])}: the strategy's space must be the grid's")
+    sim = ray.get_actor(clock) if clock else None
+    trial_id = tune.get_context().get_trial_id() if sim else None
+    now = ray.get(sim.start.remote(trial_id)) if sim else 0.0
+    for seconds, metrics in reports[key]:
+        now += seconds
+        if scale:
+            time.sleep(seconds * scale)
+        if sim:
+            ray.get(sim.wait.remote(trial_id, now))
+        tune.report(dict(metrics))

@@ -1,0 +1,64 @@
+"""Sweep efficiency: a tabular benchmark of Q3R sweeps on digits.
+
+    python benchmarks/sweep_efficiency.py build     # the grid, trained once -> benchmarks/data/digits_grid.csv.gz
+    python benchmarks/sweep_efficiency.py replay    # search strategies replayed against the table
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from benchmarks.efficiency import table  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="train the grid once and write the table")
+    b.add_argument("--out", type=Path, default=table.TABLE)
+    b.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "efficiency")
+    b.add_argument("--epochs", type=int, default=table.EPOCHS)
+    b.add_argument("--cpus", type=int, default=2)
+    b.add_argument("--only", nargs="+", default=None, help="techniques of the grid to build (default: all)")
+    b.add_argument("--collapsed", action="store_true", help="build only the configurations that collapsed in --out "
+                   "(with a shorter collapse patience) and merge them in")
+    b.add_argument("--merge", action="store_true", help="replace those configurations' runs in --out instead of "
+                   "overwriting it (no confirmation runs)")
+    r = sub.add_parser("replay", help="replay search strategies against the table")
+    r.add_argument("--table", type=Path, default=table.TABLE)
+    r.add_argument("--seeds", type=int, default=10)
+    r.add_argument("--strategies", nargs="+", default=None, help="names (default: the reference set); see strategies.py")
+    r.add_argument("--fifo-fraction", type=float, default=0.3, help="trials of the FIFO strategies / grid size")
+    r.add_argument("--asha-trials", type=int, default=None, help="trials of the ASHA strategies (default 0.55 x grid)")
+    r.add_argument("--epoch-ms", type=float, default=0.0,
+                   help="also sleep this many real ms per mean recorded epoch (the simulated clock alone orders reports)")
+    r.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.png")
+    r.add_argument("--report-only", type=Path, default=None, help="print and draw the scores of an earlier --json")
+    r.add_argument("--smoke-test", action="store_true", help="1 seed of random+fifo and the default, 6 ASHA trials, "
+                   "nothing written")
+    r.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        grid = {t: table.GRID[t] for t in (args.only or table.GRID)}
+        if args.collapsed:
+            grid, args.merge = table.collapsed_grid(args.out, grid), True
+            part = table.build(args.out.with_suffix(".part.gz"), args.workdir, args.epochs, grid, 0, args.cpus)
+            table.merge(args.out, part, args.out)
+            part.unlink()
+        else:
+            table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus)
+    else:
+        from benchmarks.efficiency.cli import replay_main
+        if args.smoke_test:
+            args.seeds, args.strategies, args.asha_trials, args.png, args.json = 1, ["random+fifo", "default"], 6, None, None
+        replay_main(args)
+
+
+if __name__ == "__main__":
+    main()
