@@ -79,6 +79,10 @@ class _Group:
             buffer = self.packed.buffer()
             if buffer is not None:
                 return buffer
+        return self.copies(detach)
+
+    def copies(self, detach: bool = True) -> Tensor:
+        """The members' weights stacked into a new (G, d1, d2) tensor (float32 for half precision)."""
         ws = [t.weight.detach() if detach else t.weight for t in self.targets]
         W = torch.stack(ws)         # (G, d1, d2)
         return W.float() if W.dtype in (torch.float16, torch.bfloat16) else W   # SVDs need fp32+
@@ -151,12 +155,10 @@ class OperatorBank:
                 self.groups.append(by_key[key])
             by_key[key].targets.append(t)
         for g in self.groups:
+            g.packed = PackedWeights(g.targets) if pack else None  # packed by the first stacked(): views from here on
             g.eps = g.stacked().new_full((len(g.targets),), math.inf)
             g.eps_first = g.eps.clone()
             g.fresh = list(range(len(g.targets)))
-            g.packed = PackedWeights(g.targets) if pack else None
-            if g.packed is not None:
-                g.packed.buffer()                                  # pack now: the parameters are views from here on
 
     @property
     def fitted(self) -> bool:
@@ -318,10 +320,11 @@ class OperatorBank:
         """W <- W - scale * R(W) for every target, in place: one fused batched matmul per group."""
         self._require_fit()
         for g in self.groups:
-            W = g.stacked()                                            # (G, d1, d2): the packed buffer, or a copy
+            buffer = g.packed.buffer() if g.packed is not None else None
+            W = buffer if buffer is not None else g.copies()           # (G, d1, d2): the packed buffer, or a copy
             X, Y = reweight_factors(W, *g.factors())                   # R(W) = W + X Y
             W.baddbmm_(X, Y, beta=1.0 - scale, alpha=-scale)
-            if g.packed is None or g.packed.buffer() is not W:
+            if buffer is None:
                 torch._foreach_copy_([t.weight.detach() for t in g.targets], W.unbind(0))
 
     def values(self, detach: bool = False) -> list[tuple[_Group, Tensor]]:

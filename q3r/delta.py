@@ -9,14 +9,13 @@ an int rank r (the same r for every matrix, as fine-tuning ranks are usually giv
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping, Optional, Union
+from typing import Iterable, Mapping, Optional, Union
 
-import torch
 from torch import Tensor, nn
 
+from .functional import tail_ratio
 from .targets import Target, as_targets
-from .truncation import _counts, numerical_rank, retained_rank
+from .truncation import SpectralCache, retained_rank
 
 Level = Union[float, int]
 
@@ -34,42 +33,38 @@ def level_rank(shape, level: Level) -> Optional[int]:
 
 def top_energy(sigma: Tensor, rank: int) -> float:
     """sum_{i <= r} sigma_i^2 / sum_i sigma_i^2: the share of ||Delta W||_F^2 a rank-r cut keeps (1 for zero)."""
-    total = float((sigma.double() ** 2).sum())
-    return 1.0 if total == 0.0 else float((sigma[:rank].double() ** 2).sum()) / total
+    sigma = sigma.double()
+    return 1.0 if float(sigma.square().sum()) == 0.0 else float(tail_ratio(sigma, rank))
 
 
-class DeltaSpectra:
-    """The SVD of every target's update Delta W = W - W0, computed once.
+class DeltaSpectra(SpectralCache):
+    """The SVD of every target's update Delta W = W - W0, computed once and batched by shape.
+
+    A ``SpectralCache`` of the updates: the same singular values, ranks, parameter counts and
+    ``applied`` block, but a level sets a target to W0 + [Delta W]_r, and the factors stored are
+    Delta W's (W0 is the pretrained checkpoint's, not counted).
 
     Args:
         targets: the matrices (``select_targets`` of the fine-tuned, merged model).
-        base: {target name: W0}, the pretrained matrices (same shapes).
+        base: {target name: W0}, the pretrained matrices (same shapes; held, not copied).
     """
 
     def __init__(self, targets: Iterable[Target], base: Mapping[str, Tensor]):
-        self.targets = as_targets(targets)
-        missing = [t.name for t in self.targets if t.name not in base]
+        targets = as_targets(targets)
+        missing = [t.name for t in targets if t.name not in base]
         if missing:
             raise KeyError(f"no pretrained weight W0 for targets {missing[:5]}")
-        self.base, self.original = {}, {}
-        self.U: dict[str, Tensor] = {}
-        self.S: dict[str, Tensor] = {}
-        self.Vh: dict[str, Tensor] = {}
-        self.rank: dict[str, int] = {}          # numerical rank of each Delta W
-        with torch.no_grad():
-            for t in self.targets:
-                W = t.weight.detach()
-                W0 = base[t.name].to(W.device, W.dtype)
-                if W0.shape != W.shape:
-                    raise ValueError(f"target {t.name!r}: W0 has shape {tuple(W0.shape)}, W {tuple(W.shape)}")
-                D = (W - W0).float() if W.dtype in (torch.float16, torch.bfloat16) else W - W0   # (d1, d2)
-                self.U[t.name], self.S[t.name], self.Vh[t.name] = torch.linalg.svd(D, full_matrices=False)
-                self.base[t.name], self.original[t.name] = W0.clone(), W.clone()
-                self.rank[t.name] = numerical_rank(self.S[t.name], t.shape)
+        self.base: dict[str, Tensor] = {}
+        for t in targets:
+            W = t.weight
+            W0 = base[t.name].to(W.device, W.dtype)
+            if W0.shape != W.shape:
+                raise ValueError(f"target {t.name!r}: W0 has shape {tuple(W0.shape)}, W {tuple(W.shape)}")
+            self.base[t.name] = W0
+        super().__init__(targets)
 
-    def singular_values(self, name: str) -> Tensor:
-        """The singular values of the target's Delta W (diagnostics read them as a spectrum)."""
-        return self.S[name]
+    def _matrix(self, t: Target) -> Tensor:
+        return t.weight.detach() - self.base[t.name]
 
     def energy(self, name: str, rank: int) -> float:
         """The share of ||Delta W||_F^2 in its top ``rank`` singular values."""
@@ -83,22 +78,9 @@ class DeltaSpectra:
             return W.clone()
         k = min(r, self.rank[name])
         D = (self.U[name][:, :k] * self.S[name][:k]) @ self.Vh[name][:k]
-        return (self.base[name] + D.to(W.dtype)).to(W.dtype)
+        return self.base[name] + D.to(W.dtype)
 
-    @contextmanager
-    def applied(self, level: Level) -> Iterator[None]:
-        """Every target set to W0 + [Delta W]_r for the duration of the block, then restored."""
-        try:
-            with torch.no_grad():
-                for t in self.targets:
-                    t.weight.copy_(self.low_rank(t.name, level))
-            yield
-        finally:
-            with torch.no_grad():
-                for t in self.targets:
-                    t.weight.copy_(self.original[t.name])
+    def truncated_model(self, model: nn.Module, retention: float) -> nn.Module:
+        raise NotImplementedError("DeltaSpectra truncates an update in place (applied); it builds no model")
 
-    def counts(self, model: nn.Module, retention: float) -> dict:
-        """``parameter_counts`` with each targeted matrix stored as its update's factors at retention p
-        (W0 is the pretrained checkpoint's, not counted): k'(d1 + d2) numbers, or d1 d2 when not fewer."""
-        return _counts(model, [(t, self.rank[t.name]) for t in self.targets], retention)
+    factorized_model = truncated_model

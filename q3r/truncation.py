@@ -71,13 +71,17 @@ class SpectralCache:
             groups.setdefault((t.shape, t.param.dtype, t.param.device), []).append(t)
         with torch.no_grad():
             for ts in groups.values():
-                W = torch.stack([t.weight.detach() for t in ts])
+                W = torch.stack([self._matrix(t) for t in ts])
                 U, S, Vh = torch.linalg.svd(W.float() if W.dtype in (torch.float16, torch.bfloat16) else W,
                                             full_matrices=False)
                 for i, t in enumerate(ts):
                     self.U[t.name], self.S[t.name], self.Vh[t.name] = U[i], S[i], Vh[i]
                     self.original[t.name] = t.weight.detach().clone()
                     self.rank[t.name] = numerical_rank(S[i], t.shape)
+
+    def _matrix(self, t: Target) -> Tensor:
+        """The matrix of target t that the cache decomposes: its weight (``DeltaSpectra``: its update)."""
+        return t.weight.detach()
 
     def singular_values(self, name: str) -> Tensor:
         return self.S[name]

@@ -73,9 +73,10 @@ def _sweep_errors():
     return (SpecError, TrackingError, SpoolBusy, DatasetError, FileNotFoundError, ValueError)
 
 
-def _running(command: str, name: str, call) -> int:
+def _running(command: str, name: str, call, report=None) -> int:
     """Run a sweep command; a tracking server that fails mid-way is one line and exit code 1 (the
-    trials are kept, the spool says what is not yet in MLflow), bad input one line and exit code 2."""
+    trials are kept, the spool says what is not yet in MLflow), bad input one line and exit code 2.
+    ``report`` prints the outcome (default: where the sweep is)."""
     from mlflow.exceptions import MlflowException
 
     from .sweep import TrackingDown
@@ -88,7 +89,7 @@ def _running(command: str, name: str, call) -> int:
     except MlflowException as e:
         return _fail(command, f"the MLflow tracking store failed: {' '.join(str(e).split())[:300]}; the trials "
                               f"are kept: `q3r-tune resume {name}` finishes the sweep once it answers", 1)
-    _where(outcome)
+    (report or _where)(outcome)
     return 0
 
 
@@ -114,18 +115,9 @@ def _continue(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from .sweep import TrackingDown, sync_sweep
-    try:
-        sync_sweep(args.name, tracking_uri=args.tracking_uri, wait=args.tracking_wait)
-    except TrackingDown as e:
-        return _fail("sync", e, 1)
-    except _sweep_errors() as e:
-        return _fail("sync", e)
-    except MlflowException as e:
-        return _fail("sync", f"the MLflow tracking store failed: {' '.join(str(e).split())[:300]}", 1)
-    return 0
+    from .sweep import sync_sweep
+    return _running("sync", args.name, lambda: sync_sweep(args.name, tracking_uri=args.tracking_uri,
+                                                          wait=args.tracking_wait), report=lambda _: None)
 
 
 def _where(outcome) -> None:

@@ -163,10 +163,10 @@ class Spool:
         with self._cond:
             self._queue.popleft()
             self.delivered = seq + 1
-            tmp = self.folder / (DELIVERED + ".tmp")
-            tmp.write_text(str(self.delivered))
-            tmp.replace(self.folder / DELIVERED)
             self._cond.notify_all()
+        tmp = self.folder / (DELIVERED + ".tmp")        # only this thread writes it: outside the lock, so
+        tmp.write_text(str(seq + 1))                     # appends on Ray's loop never wait for it (a mark
+        tmp.replace(self.folder / DELIVERED)             # one behind only resends an idempotent op)
 
     def _reject(self, seq: int, op: dict, error: Exception) -> None:
         self.rejected += 1

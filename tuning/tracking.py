@@ -99,8 +99,8 @@ def check_tracking(uri: str, timeout: float = 5.0, looking_for: Optional[str] = 
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
                                 f"start one with `mlflow server --host HOST --port PORT` or pass another "
                                 f"--tracking-uri") from None
-    elif sqlite_path(uri) is not None:
-        folder = sqlite_path(uri).parent
+    elif db is not None:
+        folder = db.parent
         if not folder.is_dir():
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
     client = MlflowClient(uri)
