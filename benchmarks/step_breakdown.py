@@ -16,11 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 
 import q3r
+from optimizer_overhead import adamq3r, make_model   # benchmarks/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -34,11 +34,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.smoke_test:
         args.batch, args.steps = 2, 26
-    torch.manual_seed(0)
-    base = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=10)
+    base = make_model(0)
     twin = copy.deepcopy(base)
-    opt_q = q3r.AdamQ3R(twin.parameters(), lr=1e-3, targets=q3r.select_targets(twin), target_rank=0.2, lmbda=0.1,
-                        period=5)
+    opt_q = adamq3r(q3r, twin, "warm")
     opt_w = torch.optim.AdamW(base.parameters(), lr=1e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g)

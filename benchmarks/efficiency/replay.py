@@ -30,6 +30,7 @@ from tuning.spec import SweepSpec, from_dict
 from tuning.trainable import trial_metrics
 from tuning.tracking import final_status
 
+from .scores import scored_metrics
 from .table import Run
 from .trainable import config_key, replay_trial
 
@@ -80,8 +81,7 @@ class Events(Callback):
         result = trial.last_result or {}
         technique, params = split_config(trial.config)
         status = "failed" if error else final_status(result, self.max_t)
-        metrics = {k: v for k, v in result.items() if isinstance(k, str)
-                   and (k.startswith(("acc", "params@", "targeted@")) or k == "objective")}
+        metrics = scored_metrics(result)
         record = TrialRecord(trial_id=trial.trial_id, technique=technique, params=params, status=status,
                              epoch=int(result.get("epoch", 0)), metrics=metrics)
         self.finished.append(Finished(record, self.epochs))

@@ -17,10 +17,16 @@ from tuning.recommend import recommend
 from .table import Run
 
 
+def scored_metrics(row: dict) -> dict:
+    """The scores of a reported row that a trial's record keeps (accuracies, parameter counts, objective)."""
+    return {k: v for k, v in row.items() if isinstance(k, str)
+            and (k.startswith(("acc", "params@", "targeted@")) or k == "objective")}
+
+
 def final_record(run: Run) -> TrialRecord:
     """The table run as the sweep would have recorded it at its end."""
     last = run.rows[-1]
-    metrics = {k: v for k, v in last.items() if k.startswith(("acc", "params@", "targeted@")) or k == "objective"}
+    metrics = scored_metrics(last)
     return TrialRecord(trial_id=run.trial_id, technique=run.technique, params=run.params, status=run.status,
                        epoch=int(last["epoch"]), metrics=metrics)
 

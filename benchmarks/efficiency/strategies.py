@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tuning.spec import SearcherSpec
+
 import yaml
 
 from .table import BASE_SPEC
@@ -83,8 +85,9 @@ DEFAULT_SET = ("grid+fifo", "random+fifo", "random+asha", "tpe+asha", "multi+ash
 
 def same_search(a: Strategy, b: Strategy) -> bool:
     """Whether two strategies run the same search (then the replay runs it once)."""
-    return (a.searcher, a.scheduler, a.num_samples, a.objective, a.sized, a.startup or 5) == \
-        (b.searcher, b.scheduler, b.num_samples, b.objective, b.sized, b.startup or 5)
+    default = SearcherSpec.model_fields["n_startup_trials"].default
+    return (a.searcher, a.scheduler, a.num_samples, a.objective, a.sized, a.startup or default) == \
+        (b.searcher, b.scheduler, b.num_samples, b.objective, b.sized, b.startup or default)
 
 
 def sized_allocation(counts: dict, num_samples: int) -> dict:

@@ -67,10 +67,6 @@ class Run:
     status: str
     rows: list = field(default_factory=list)      # per epoch: {"epoch", "seconds", "objective", "acc@p", ...}
 
-    @property
-    def key(self) -> tuple:
-        return self.technique, tuple(sorted(self.params.items()))
-
 
 def _runs_from_mlflow(uri: str, parent: str) -> list[dict]:
     from tuning.results import child_runs
@@ -174,6 +170,7 @@ def collapsed_grid(path: Path, grid: dict = GRID) -> dict:
 def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epochs: int = EPOCHS,
           grid: dict = GRID, confirm_top: int = 1, num_cpus: int = 2, log=print) -> Path:
     """Run the grid sweep through ``run_sweep`` and write the table; returns its path."""
+    from tuning.space import grid_points
     from tuning.spec import from_dict
     from tuning.sweep import run_sweep
 
@@ -181,7 +178,7 @@ def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epo
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{workdir / 'mlruns.db'}"
     spec = from_dict(copy.deepcopy(grid_dict(epochs, grid, confirm_top)), "benchmarks/efficiency grid")
-    n = len(__import__("tuning.space", fromlist=["grid_points"]).grid_points(spec.spaces))
+    n = len(grid_points(spec.spaces))
     log(f"build: {n} grid configurations x {epochs} epochs, eval every epoch, {num_cpus} CPUs, MLflow {uri}")
     started = time.perf_counter()
     outcome = run_sweep(spec, tracking_uri=uri, storage=str(workdir / "q3r-runs"), num_cpus=num_cpus, log=log)
