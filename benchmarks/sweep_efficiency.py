@@ -47,7 +47,8 @@ def main(argv=None) -> None:
     if args.command == "build":
         grid = {t: table.GRID[t] for t in (args.only or table.GRID)}
         if args.collapsed:
-            grid, args.merge = table.collapsed_grid(args.out, grid), True
+            grid = table.collapsed_grid(args.out, grid)
+        if args.collapsed or args.merge:                  # build a part, then replace its configurations in --out
             part = table.build(args.out.with_suffix(".part.gz"), args.workdir, args.epochs, grid, 0, args.cpus)
             table.merge(args.out, part, args.out)
             part.unlink()
