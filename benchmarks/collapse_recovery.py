@@ -19,7 +19,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tuning.spec import load_spec
+from tuning.spec.sweep import load_spec
 from tuning.trial.recipe import run_trial
 
 SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "digits_vit.yaml"

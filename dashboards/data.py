@@ -10,9 +10,9 @@ import math
 from collections import Counter
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-from tuning.pareto import ParetoResult, fronts
-from tuning.recommend import recommendation_table
-from tuning.records import COMPLETED, SEARCH, STATUSES, STOPPED, TrialRecord
+from tuning.analysis.pareto import ParetoResult, fronts
+from tuning.analysis.recommend import recommendation_table
+from tuning.analysis.records import COMPLETED, SEARCH, STATUSES, STOPPED, TrialRecord
 
 BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.4)              # fractions of the targeted parameters
 SENSITIVITY_PARAMS = ("lmbda", "target_rank", "period", "lr")
@@ -53,7 +53,7 @@ def full_accuracy(record: TrialRecord) -> Optional[float]:
 
 class Summary(NamedTuple):
     trials: int
-    by_status: dict          # status -> count, in the order of tuning.records.STATUSES (others last)
+    by_status: dict          # status -> count, in the order of tuning.analysis.records.STATUSES (others last)
     techniques: tuple        # sorted
     completed: int
 

@@ -10,7 +10,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tuning.pareto import ParetoResult
+from tuning.analysis.pareto import ParetoResult
 
 from .data import Progress, RetentionData, Sensitivity
 from .style import AXES, NO_FINISHED, TITLES, colour, params_text, symbol

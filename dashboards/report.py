@@ -1,7 +1,7 @@
 """One self-contained HTML report of a sweep (plotly.js embedded once), and its PNG versions.
 
 ``build_report(records)`` works on any list of ``TrialRecord``s: a finished sweep, one still
-running (``tuning.results.load_sweep``), or none at all; figures without data say why.
+running (``tuning.tracking.results.load_sweep``), or none at all; figures without data say why.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import html
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tuning.records import TrialRecord, outcome_lines
+from tuning.analysis.records import TrialRecord, outcome_lines
 
 from . import data, static
 from .style import NO_FINISHED, TITLES

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from tuning.tracking import TrackingError, artifact_root, check_uri, sqlite_path
+from tuning.tracking.store import TrackingError, artifact_root, check_uri, sqlite_path
 
 STARTUP_TIMEOUT = 180.0       # seconds: a busy 2-core machine takes a while to import MLflow's server
 

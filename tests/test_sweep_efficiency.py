@@ -12,7 +12,7 @@ from benchmarks.efficiency import scores, table  # noqa: E402
 from benchmarks.efficiency.replay import by_config, grid_epochs, replay_metrics, reports_of, strategy_spec  # noqa: E402
 from benchmarks.efficiency.trainable import config_key, key_of_config, replay_trial  # noqa: E402
 from benchmarks.efficiency.strategies import sized_allocation  # noqa: E402
-from tuning.records import TrialRecord  # noqa: E402
+from tuning.analysis.records import TrialRecord
 
 LEVELS = (0.1, 0.2, 1.0)
 DENSE, PARAMS = 1000, {0.1: 200, 0.2: 300, 1.0: 1000}
@@ -126,7 +126,7 @@ def test_replay_trainable_reports_the_table_rows(tmp_path, monkeypatch):
 
 
 def test_the_trainable_reads_a_config_as_the_sweep_does():
-    from tuning.space import split_config
+    from tuning.spec.space import split_config
     for config in ({"technique": "lorita", "lorita.lr": 1e-3, "lorita.depth": 2, "lorita.alpha": 0.3},
                    {"point": {"technique": "adamq3r", "adamq3r.lr": 2e-3, "adamq3r.lmbda": 3.0, "adamq3r.period": 5}}):
         assert key_of_config(config) == config_key(*split_config(config))

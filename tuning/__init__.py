@@ -1,4 +1,9 @@
-"""tuning: sweeps of one-trial runs (``tuning.trial``) with Ray Tune, ASHA, Optuna and MLflow, scored
-fronts and recommendations, and the ``q3r-tune`` CLI. Imports q3r and tuning.trial; never dashboards
-(except the CLI's report commands and the report published at a sweep's end, imported when called).
+"""tuning: sweeps of one-trial runs with Ray Tune, ASHA, Optuna and MLflow, and the ``q3r-tune`` CLI.
+
+Subpackages by concern, lowest layer first (``tests/test_layers.py`` checks that none imports upward):
+``trial`` (one trial: spec, data, models, techniques, recipe, evaluation), ``spec`` (the sweep spec and
+search spaces), ``analysis`` (records, Pareto fronts, recommendations, the confirmation plan: pure),
+``tracking`` (MLflow store, spool, Ray callback, results read back), then ``dashboards`` (outside this
+package), ``artifacts`` (what lands on the parent run, the exported model), ``sweep`` (the Ray side:
+driver, trainable, searcher, schedulers) and ``cli``.
 """

@@ -6,7 +6,7 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .trial.demo import main as demo
+    from tuning.trial.demo import main as demo
     demo(epochs=args.epochs, threads=args.threads)
     return 0
 
@@ -15,8 +15,8 @@ def _train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .trial import spec as config
-    from .trial.recipe import run_trial
+    from tuning.trial import spec as config
+    from tuning.trial.recipe import run_trial
 
     try:
         cfg = config.load(args.spec, args.set)
@@ -25,7 +25,8 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     for line in cfg.advice():
         print(f"q3r-tune train: warning: {args.spec}: {line}", file=sys.stderr)
-    from .tracking import TrackingError, TrainRun, check_tracking, default_uri
+    from tuning.tracking.store import TrackingError, check_tracking, default_uri
+    from tuning.tracking.mirror import TrainRun
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     uri = args.tracking_uri or default_uri()
     try:
@@ -38,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     experiment = args.experiment or f"train-{Path(args.spec).stem}"
     tracked = TrainRun(client, experiment, cfg, str((out / "checkpoint.pt").resolve()), resume=args.resume)
     print(f"MLflow: experiment {experiment!r}, run {tracked.run_id}, tracking URI {uri}")
-    from .trial.data import DatasetError
+    from tuning.trial.data import DatasetError
     try:
         result = run_trial(cfg, report=tracked.report, checkpoint_dir=str(out), resume=args.resume, log=print)
     except BaseException as e:
@@ -66,10 +67,10 @@ def _fail(command: str, error: Exception, code: int = 2) -> int:
 
 
 def _sweep_errors():
-    from .spec import SpecError
-    from .spool import SpoolBusy
-    from .tracking import TrackingError
-    from .trial.data import DatasetError
+    from tuning.spec.sweep import SpecError
+    from tuning.tracking.spool import SpoolBusy
+    from tuning.tracking.store import TrackingError
+    from tuning.trial.data import DatasetError
     return (SpecError, TrackingError, SpoolBusy, DatasetError, FileNotFoundError, ValueError)
 
 
@@ -79,7 +80,7 @@ def _running(command: str, name: str, call, report=None) -> int:
     ``report`` prints the outcome (default: where the sweep is)."""
     from mlflow.exceptions import MlflowException
 
-    from .sweep import TrackingDown
+    from tuning.sweep.driver import TrackingDown
     try:
         outcome = call()
     except TrackingDown as e:
@@ -94,8 +95,8 @@ def _running(command: str, name: str, call, report=None) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .sweep import run_sweep
+    from tuning.spec.sweep import load_spec
+    from tuning.sweep.driver import run_sweep
     try:
         spec = load_spec(args.spec, args.set, variant=args.variant)
     except _sweep_errors() as e:
@@ -107,7 +108,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _continue(args: argparse.Namespace) -> int:
     """``resume`` (search, then confirmation) or ``confirm`` (the confirmation alone) of a sweep."""
-    from .sweep import confirm_sweep, resume_sweep
+    from tuning.sweep.driver import confirm_sweep, resume_sweep
     run = resume_sweep if args.command == "resume" else confirm_sweep
     return _running(args.command, args.name, lambda: run(
         args.name, address=args.address, tracking_uri=args.tracking_uri, num_cpus=args.num_cpus,
@@ -115,7 +116,7 @@ def _continue(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from .sweep import sync_sweep
+    from tuning.sweep.driver import sync_sweep
     return _running("sync", args.name, lambda: sync_sweep(args.name, tracking_uri=args.tracking_uri,
                                                           wait=args.tracking_wait), report=lambda _: None)
 
@@ -127,17 +128,17 @@ def _where(outcome) -> None:
 
 
 def _outcomes(parent, records) -> None:
-    from .records import outcome_lines
-    from .results import sweep_techniques
+    from tuning.analysis.records import outcome_lines
+    from tuning.tracking.results import sweep_techniques
     print("Trials by technique:")
     for line in outcome_lines(records, sweep_techniques(parent)):
         print(f"  {line}")
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from .pareto import format_table, front_table, fronts
-    from .results import load_sweep
-    from .tracking import default_uri
+    from tuning.analysis.pareto import format_table, front_table, fronts
+    from tuning.tracking.results import load_sweep
+    from tuning.tracking.store import default_uri
     try:
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
     except _sweep_errors() as e:
@@ -157,9 +158,9 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from .recommend import parse_budget, recommend, write_spec
-    from .results import load_sweep
-    from .tracking import default_uri
+    from tuning.analysis.recommend import parse_budget, recommend, write_spec
+    from tuning.tracking.results import load_sweep
+    from tuning.tracking.store import default_uri
     try:
         budget = parse_budget(args.budget)
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
@@ -201,8 +202,8 @@ def _report(args: argparse.Namespace) -> int:
 
     from dashboards.report import write_pngs, write_report
 
-    from .results import load_sweep
-    from .tracking import default_uri
+    from tuning.tracking.results import load_sweep
+    from tuning.tracking.store import default_uri
     uri = args.tracking_uri or default_uri()
     try:
         parent, records = load_sweep(uri, args.name)
@@ -221,9 +222,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import describe, export_run, export_sweep, log_model, model_name
-    from .recommend import parse_budget
-    from .tracking import check_tracking, default_uri
+    from tuning.artifacts.export import describe, export_run, export_sweep, log_model, model_name
+    from tuning.analysis.recommend import parse_budget
+    from tuning.tracking.store import check_tracking, default_uri
     uri = args.tracking_uri or default_uri()
     try:
         if (args.name is None) == (args.run is None):
@@ -258,7 +259,7 @@ def _export(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from dashboards.ui import UIError, serve
 
-    from .tracking import default_uri
+    from tuning.tracking.store import default_uri
     try:
         return serve(args.tracking_uri or default_uri(), args.host, args.port, log=lambda m: print(m, flush=True))
     except UIError as e:
@@ -266,7 +267,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from .spec import json_schema
+    from tuning.spec.sweep import json_schema
     print(json_schema(args.kind))
     return 0
 

@@ -7,9 +7,9 @@ import statistics
 import time
 from pathlib import Path
 
-from tuning.pareto import format_table
-from tuning.records import SEARCH
-from tuning.space import grid_points
+from tuning.analysis.pareto import format_table
+from tuning.analysis.records import SEARCH
+from tuning.spec.space import grid_points
 
 from . import scores
 from .replay import config_key, grid_epochs, mean_epoch_seconds, replay, strategy_spec

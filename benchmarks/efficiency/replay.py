@@ -1,7 +1,7 @@
 """Replay search strategies against the table through the sweep's own Tune configuration.
 
 A strategy is a sweep spec (the build's, with another searcher, scheduler, objective, trial count or
-allocation). ``replay`` gives it to ``tuning.sweep.search_config``, the function ``q3r-tune sweep`` builds its
+allocation). ``replay`` gives it to ``tuning.sweep.driver.search_config``, the function ``q3r-tune sweep`` builds its
 TuneConfig with (``TechniqueSearch`` of ``PruningOptunaSearch``es or the grid, ``TechniqueASHA`` or FIFO,
 ``max_concurrent`` trials at once), and runs a Ray Tuner whose trainable, instead of training, reports the
 table's rows of the suggested configuration. Each report waits for its simulated time (``clock.SimClock``:
@@ -24,11 +24,11 @@ import ray
 from ray import tune
 from ray.tune import Callback
 
-from tuning.records import SEARCH, TrialRecord
-from tuning.space import split_config
-from tuning.spec import SweepSpec, from_dict
-from tuning.trainable import trial_metrics
-from tuning.tracking import final_status
+from tuning.analysis.records import SEARCH, TrialRecord
+from tuning.spec.space import split_config
+from tuning.spec.sweep import SweepSpec, from_dict
+from tuning.sweep.trainable import trial_metrics
+from tuning.tracking.mirror import final_status
 
 from .scores import scored_metrics
 from .table import Run
@@ -93,8 +93,8 @@ def replay(spec: SweepSpec, runs: list[Run], scale: float = 0.0, workdir: Option
            clock: bool = True) -> list[Finished]:
     """Run ``spec``'s search against the table; the trials in the order they ended. Ray must be initialised.
     ``clock``: order the reports by simulated time (``SimClock``); ``scale``: also sleep scale x recorded time."""
-    from tuning.space import grid_points
-    from tuning.sweep import search_config
+    from tuning.spec.space import grid_points
+    from tuning.sweep.driver import search_config
 
     from .clock import SimClock
 

@@ -1,7 +1,7 @@
 """What a replay found, scored against the full grid: hypervolume ratio, regret, rung fidelity, noise floor.
 
-Pure functions of ``TrialRecord``s and table ``Run``s (no Ray), built on ``tuning.pareto`` and
-``tuning.recommend``, so that the benchmark scores a strategy with the product's own front and
+Pure functions of ``TrialRecord``s and table ``Run``s (no Ray), built on ``tuning.analysis.pareto`` and
+``tuning.analysis.recommend``, so that the benchmark scores a strategy with the product's own front and
 recommendation.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ import math
 import statistics
 from typing import Iterable, Sequence
 
-from tuning.pareto import hypervolume, points
-from tuning.records import COMPLETED, SEARCH, TrialRecord
-from tuning.recommend import recommend
+from tuning.analysis.pareto import hypervolume, points
+from tuning.analysis.records import COMPLETED, SEARCH, TrialRecord
+from tuning.analysis.recommend import recommend
 
 from .table import Run
 

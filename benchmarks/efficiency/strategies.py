@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from tuning.spec import SearcherSpec
+from tuning.spec.sweep import SearcherSpec
 
 import yaml
 

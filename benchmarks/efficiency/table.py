@@ -1,6 +1,6 @@
 """The table: a real grid sweep on digits, every trial to the end, evaluated at every epoch.
 
-``build`` runs ``tuning.sweep.run_sweep`` (grid searcher, FIFO, the sweep's confirmation of the best
+``build`` runs ``tuning.sweep.driver.run_sweep`` (grid searcher, FIFO, the sweep's confirmation of the best
 configurations with a second seed) and writes every evaluation of every run, read back from MLflow, as one
 tidy gzip CSV: one row per (run, epoch) with the technique, its hyperparameters, acc@p / params@p /
 targeted@p for every retention p, the objective, the run's final status and the epoch's seconds.
@@ -69,9 +69,9 @@ class Run:
 
 
 def _runs_from_mlflow(uri: str, parent: str) -> list[dict]:
-    from tuning.results import child_runs
-    from tuning.tracking import CONFIRMS, PARAMS as PARAMS_TAG, ROLE, STATUS, TECHNIQUE, TRIAL_ID, check_tracking
-    from tuning.tracking import CONFIG, metric_key
+    from tuning.tracking.results import child_runs
+    from tuning.tracking.store import (CONFIRMS, PARAMS as PARAMS_TAG, ROLE, STATUS, TECHNIQUE, TRIAL_ID, check_tracking)
+    from tuning.tracking.store import CONFIG, metric_key
 
     client = check_tracking(uri)
     rows = []
@@ -170,9 +170,9 @@ def collapsed_grid(path: Path, grid: dict = GRID) -> dict:
 def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epochs: int = EPOCHS,
           grid: dict = GRID, confirm_top: int = 1, num_cpus: int = 2, log=print) -> Path:
     """Run the grid sweep through ``run_sweep`` and write the table; returns its path."""
-    from tuning.space import grid_points
-    from tuning.spec import from_dict
-    from tuning.sweep import run_sweep
+    from tuning.spec.space import grid_points
+    from tuning.spec.sweep import from_dict
+    from tuning.sweep.driver import run_sweep
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Kept free of torch, pydantic and the sweep modules (which take seconds to import on a busy machine): every
 replay starts its own Ray workers, and each imports this module. The driver (``replay.py``) computes what
-each run reports with the sweep's own ``tuning.trainable.trial_metrics``.
+each run reports with the sweep's own ``tuning.sweep.trainable.trial_metrics``.
 """
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from PIL import Image
 
 from dashboards import data, figures, report, static
 from tuning import cli, publish
-from tuning.pareto import fronts
-from tuning.recommend import recommendation_table
-from tuning.records import TrialRecord
-from tuning.tracking import PARAMS, PARENT, ROLE, STATUS, SWEEP, TECHNIQUE, TRIAL_ID, experiment_id, mlflow_key
+from tuning.analysis.pareto import fronts
+from tuning.analysis.recommend import recommendation_table
+from tuning.analysis.records import TrialRecord
+from tuning.tracking.store import (PARAMS, PARENT, ROLE, STATUS, SWEEP, TECHNIQUE, TRIAL_ID, experiment_id, mlflow_key)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

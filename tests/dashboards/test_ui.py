@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from dashboards import ui
 from tuning import cli
-from tuning.tracking import experiment_id
+from tuning.tracking.store import experiment_id
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"MLflow UI for \S+: (http://\S+) \(server pid (\d+)\)")

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning.space import grid_points
-from tuning.spec import load_spec
+from tuning.spec.space import grid_points
+from tuning.spec.sweep import load_spec
 from tuning.trial.recipe import run_trial
 
 from tests.trial.test_data import cifar10_root  # noqa: F401 - the tiny CIFAR-10 folder fixture

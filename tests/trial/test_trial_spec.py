@@ -87,7 +87,7 @@ def test_technique_names_match_the_registry_and_datasets_the_loaders():
 
 
 def test_json_schema_describes_the_sections():
-    from tuning.spec import json_schema
+    from tuning.spec.sweep import json_schema
 
     schema = json.loads(json_schema("trial"))
     assert set(schema["properties"]) == {"data", "model", "technique", "train"}

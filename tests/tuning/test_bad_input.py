@@ -6,8 +6,8 @@ import os
 import pytest
 
 from tuning import cli
-from tuning.spec import from_dict
-from tuning.tracking import start_sweep, check_tracking
+from tuning.spec.sweep import from_dict
+from tuning.tracking.store import start_sweep, check_tracking
 from tuning.trial import spec as trial_spec
 
 from tests.tuning.sweep_helpers import tiny_spec, write_spec
@@ -55,7 +55,7 @@ def test_a_path_given_as_the_tracking_uri_says_what_to_write(here, capsys, argv)
 
 
 def test_an_absolute_path_and_an_unknown_scheme(here):
-    from tuning.tracking import TrackingError
+    from tuning.tracking.store import TrackingError
     with pytest.raises(TrackingError, match=r"'/data/runs.db' is a path, .* write sqlite:////data/runs.db for"):
         check_tracking("/data/runs.db")
     with pytest.raises(TrackingError, match=r"tracking URI 'mlflow://x': unknown scheme 'mlflow'; accepted: sqlite"):

@@ -6,9 +6,9 @@ import statistics
 
 import pytest
 
-from tuning.confirm import candidates, plan
-from tuning.recommend import recommend, recommendation_table, seed_points
-from tuning.records import COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, outcome_lines
+from tuning.analysis.confirm import candidates, plan
+from tuning.analysis.recommend import recommend, recommendation_table, seed_points
+from tuning.analysis.records import COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, outcome_lines
 
 from tests.tuning.test_recommend import make_record
 
@@ -86,7 +86,7 @@ def test_outcome_lines_count_search_trials_per_technique_and_the_confirmations_a
 
 def test_the_front_figure_shows_confirmed_points_with_their_spread():
     from dashboards.figures import plot_pareto_front
-    from tuning.pareto import fronts
+    from tuning.analysis.pareto import fronts
 
     records = [A, B, seed_run("a", "a-s1", 0.70), seed_run("a", "a-s2", 0.72)]
     result = fronts(records)

@@ -17,11 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from tuning import cli
 from tuning import export as sweep_export
-from tuning.export import find_checkpoint, log_recommended_models, model_name
-from tuning.recommend import BUDGETS, recommend, recommendation_table
-from tuning.results import load_records, load_sweep
-from tuning.spec import from_dict
-from tuning.sweep import run_sweep
+from tuning.artifacts.export import find_checkpoint, log_recommended_models, model_name
+from tuning.analysis.recommend import BUDGETS, recommend, recommendation_table
+from tuning.tracking.results import load_records, load_sweep
+from tuning.spec.sweep import from_dict
+from tuning.sweep.driver import run_sweep
 from tuning.trial import spec as config
 from tuning.trial.export import load_exported, read_export
 

@@ -1,12 +1,11 @@
-"""tuning.pareto on hand-made trial records whose fronts and hypervolumes are worked out by hand."""
+"""tuning.analysis.pareto on hand-made trial records whose fronts and hypervolumes are worked out by hand."""
 import math
 
 import pytest
 
 from tuning.trial.evaluation import level_key
-from tuning.pareto import (ParetoResult, Point, dominates, format_params, format_table, front_table, fronts,
-                           hypervolume, pareto_front, points)
-from tuning.records import COMPLETED, FAILED, STOPPED, TrialRecord
+from tuning.analysis.pareto import (ParetoResult, Point, dominates, format_params, format_table, front_table, fronts, hypervolume, pareto_front, points)
+from tuning.analysis.records import COMPLETED, FAILED, STOPPED, TrialRecord
 
 
 def make_record(trial_id, technique, levels, status=COMPLETED, params=None, run_id=None):

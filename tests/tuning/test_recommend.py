@@ -1,4 +1,4 @@
-"""tuning.recommend on hand-made trial records with known best points per budget."""
+"""tuning.analysis.recommend on hand-made trial records with known best points per budget."""
 import copy
 
 import pytest
@@ -6,10 +6,9 @@ import yaml
 
 from tuning.trial import spec as q3r_config
 from tuning.trial.evaluation import level_key
-from tuning.pareto import Point
-from tuning.recommend import (Recommendation, parse_budget, recommend, recommendation_table, recommended_config,
-                              write_spec)
-from tuning.records import COMPLETED, DIVERGED, STOPPED, TrialRecord
+from tuning.analysis.pareto import Point
+from tuning.analysis.recommend import (Recommendation, parse_budget, recommend, recommendation_table, recommended_config, write_spec)
+from tuning.analysis.records import COMPLETED, DIVERGED, STOPPED, TrialRecord
 
 
 def make_config(technique, retentions=(0.1, 0.4), **fields):

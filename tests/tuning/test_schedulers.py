@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
-from tuning.schedulers import TechniqueASHA
+from tuning.sweep.schedulers import TechniqueASHA
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -4,9 +4,9 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from tuning.searcher import make_searcher
-from tuning.space import split_config
-from tuning.spec import SpecError, from_dict
+from tuning.sweep.searcher import make_searcher
+from tuning.spec.space import split_config
+from tuning.spec.sweep import SpecError, from_dict
 
 from tests.tuning.sweep_helpers import tiny_spec
 

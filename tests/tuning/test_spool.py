@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tuning import cli
-from tuning.spool import Spool, SpoolBusy
-from tuning.sweep import TrackingDown, settle
-from tuning.tracking import (PARENT, ROLE, SWEEP, RunMirror, TrialRuns, experiment_id, open_spool, spool_folder,
-                             transient)
+from tuning.tracking.spool import Spool, SpoolBusy
+from tuning.sweep.driver import TrackingDown, settle
+from tuning.tracking.store import PARENT, ROLE, SWEEP, experiment_id
+from tuning.tracking.mirror import RunMirror, open_spool, spool_folder, transient
+from tuning.tracking.callback import TrialRuns
 from tuning.trial import spec as trial_spec
 
 EPOCHS, TRIALS = 3, ("a1b2c3d4", "e5f6a7b8")

@@ -12,11 +12,11 @@ from optuna.trial import TrialState
 
 from tuning.trial import spec as config
 from tuning import cli
-from tuning.records import outcome_lines
-from tuning.results import load_records
-from tuning.spec import from_dict
-from tuning.sweep import run_sweep
-from tuning.tracking import find_sweep
+from tuning.analysis.records import outcome_lines
+from tuning.tracking.results import load_records
+from tuning.spec.sweep import from_dict
+from tuning.sweep.driver import run_sweep
+from tuning.tracking.store import find_sweep
 
 from tests.tuning.sweep_helpers import short_tmp, tiny_spec
 

@@ -15,10 +15,10 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from tuning import cli
-from tuning.results import load_records
-from tuning.spec import from_dict
-from tuning.sweep import run_sweep
-from tuning.tracking import TrackingError, check_tracking, find_sweep
+from tuning.tracking.results import load_records
+from tuning.spec.sweep import from_dict
+from tuning.sweep.driver import run_sweep
+from tuning.tracking.store import TrackingError, check_tracking, find_sweep
 
 from tests.tuning.sweep_helpers import short_tmp, tiny_spec, write_spec
 

@@ -8,8 +8,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning.results import load_records
-from tuning.tracking import find_sweep
+from tuning.tracking.results import load_records
+from tuning.tracking.store import find_sweep
 
 from tests.tuning.sweep_helpers import cli, kill_group, kill_ray_under, short_tmp, tiny_spec, write_spec
 

@@ -1,4 +1,4 @@
-"""Sweep specs (tuning.spec) and their search spaces (tuning.space)."""
+"""Sweep specs (tuning.spec.sweep) and their search spaces (tuning.spec.space)."""
 import json
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import optuna
 import pytest
 import yaml
 
-from tuning.space import Fixed, LogUniform, OptunaSpace, describe, grid_points, split_config
-from tuning.spec import SpecError, dump_spec, from_dict, json_schema, load_spec, objective_value
+from tuning.spec.space import Fixed, LogUniform, OptunaSpace, describe, grid_points, split_config
+from tuning.spec.sweep import SpecError, dump_spec, from_dict, json_schema, load_spec, objective_value
 from tuning.trial.spec import TrialSpec
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -301,7 +301,7 @@ def test_json_schema_lists_each_technique_and_the_distribution_kinds():
 
 
 def test_transfer_spec_needs_its_checkpoint_and_makes_init_absolute(tmp_path):
-    from tuning.sweep import preflight, resolve_paths
+    from tuning.sweep.driver import preflight, resolve_paths
 
     spec = load_spec(SPACES / "transfer_digits.yaml", ["model.init=nowhere/pre.safetensors"])
     assert spec.data.classes == [5, 6, 7, 8, 9] and spec.techniques.adamq3r.finetune is True

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning.results import child_runs
-from tuning.tracking import find_sweep
+from tuning.tracking.results import child_runs
+from tuning.tracking.store import find_sweep
 
 from tests.tuning.sweep_helpers import cli, kill_group, kill_ray_under, short_tmp, tiny_spec, write_spec
 

@@ -6,7 +6,7 @@
     train:     {epochs: 40, batch_size: 64, eval_every: 5, retentions: [...], seed: 0, ...}
 
 Unknown keys and bad values raise ``SpecError`` naming the file (or the ``--set`` override), the
-field, what is allowed and the value. The sweep spec (``tuning.spec``) reuses these sections.
+field, what is allowed and the value. The sweep spec (``tuning.spec.sweep``) reuses these sections.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Reading specs: the one YAML loader, ``--set`` overrides, and one-line validation errors.
 
-Trial specs (``tuning.trial.spec``) and sweep specs (``tuning.spec``) are pydantic models built on
+Trial specs (``tuning.trial.spec``) and sweep specs (``tuning.spec.sweep``) are pydantic models built on
 ``Strict`` and read through ``read_yaml`` + ``apply_overrides`` + ``validate``, so both read
 ``lr: 1e-3`` as a float (YAML 1.2), reject duplicate keys and ``!!python`` tags, and report every
 problem as ``SpecError`` in one line: where (the file, or the ``--set`` override), the field path,

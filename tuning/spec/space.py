@@ -16,9 +16,8 @@ from typing import Annotated, Any, ClassVar, Optional, Union
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from .trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode,
-                         TargetRank)
-from .trial.specio import SpecError, Strict
+from tuning.trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode, TargetRank)
+from tuning.trial.specio import SpecError, Strict
 
 Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
 

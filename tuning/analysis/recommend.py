@@ -3,7 +3,7 @@
 A budget is a fraction of the targeted matrices' parameters (0.2: keep 20%, compared with
 ``targeted@p``) or an absolute whole-model parameter count (50000, compared with ``params@p``).
 The recommendation is the most accurate (configuration, retention level) within the budget, by
-the mean accuracy over its seeds: once a sweep has confirmation runs (``tuning.confirm``), only
+the mean accuracy over its seeds: once a sweep has confirmation runs (``tuning.analysis.confirm``), only
 configurations confirmed over several seeds are recommended, and a single lucky run is not.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
 
-from .pareto import Point, format_params, points, seed_points
-from .records import COMPLETED, TrialRecord
+from tuning.analysis.pareto import Point, format_params, seed_points
+from tuning.analysis.records import COMPLETED, TrialRecord
 
 Budget = Union[float, int]
 BUDGETS = (0.05, 0.1, 0.2, 0.4)   # the recommendation table's budgets: fractions of the targeted parameters
@@ -123,7 +123,7 @@ def _plain(value):
 
 def recommended_config(rec: Recommendation) -> dict:
     """The source trial's spec with ``train.retentions`` including the recommended level and 1.0."""
-    from .trial.spec import from_dict   # imports torch: only when a spec is wanted
+    from tuning.trial.spec import from_dict
 
     if not rec.record.config:
         raise ValueError(f"trial {rec.record.trial_id!r} carries no config to recommend")

@@ -19,9 +19,9 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .space import OptunaSpace, grid_points
-from .spec import SweepSpec
-from .trainable import DIVERGED_OBJECTIVE
+from tuning.spec.space import OptunaSpace, grid_points
+from tuning.spec.sweep import SweepSpec
+from tuning.sweep.trainable import DIVERGED_OBJECTIVE
 
 
 class PruningOptunaSearch(OptunaSearch):

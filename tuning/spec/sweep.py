@@ -23,11 +23,11 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
 
-from .space import Dist, TechniqueSpaces, is_dist, plain
-from .trial import spec as trial_spec
-from .trial.evaluation import level_key
-from .trial.spec import DEFAULT_RETENTIONS, DataSpec, Fraction, ModelSpec, Positive, TrainSpec, TrialSpec
-from .trial.specio import SpecError, Strict, apply_overrides, read_yaml, validate
+from tuning.spec.space import Dist, TechniqueSpaces, is_dist, plain
+from tuning.trial import spec as trial_spec
+from tuning.trial.evaluation import level_key
+from tuning.trial.spec import (DEFAULT_RETENTIONS, DataSpec, Fraction, ModelSpec, Positive, TrainSpec, TrialSpec)
+from tuning.trial.specio import SpecError, Strict, apply_overrides, read_yaml, validate
 
 __all__ = ["SpecError", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "ConfirmSpec", "TrackingSpec", "SweepSpec",
            "load_spec", "from_dict", "dump_spec", "objective_value", "json_schema"]

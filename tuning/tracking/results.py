@@ -10,9 +10,9 @@ from typing import Optional
 
 from mlflow.tracking import MlflowClient
 
-from .records import TrialRecord
-from .records import SEARCH
-from .tracking import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID, find_sweep, metric_key
+from tuning.analysis.records import TrialRecord
+from tuning.analysis.records import SEARCH
+from tuning.tracking.store import (CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID, find_sweep, metric_key)
 
 HISTORY_KEYS = ("epoch", "objective", "acc", "train_loss")   # per-evaluation series kept in ``history``
 
@@ -56,7 +56,7 @@ def load_records(client: MlflowClient, parent_run_id: str, with_history: bool = 
 
 def load_sweep(tracking_uri: str, name: str, with_history: bool = True) -> tuple[object, list[TrialRecord]]:
     """(parent run, trial records) of the latest sweep in the experiment ``name``."""
-    from .tracking import check_tracking
+    from tuning.tracking.store import check_tracking
 
     client = check_tracking(tracking_uri, looking_for=f"sweep named {name!r}")
     parent = find_sweep(client, name)

@@ -5,17 +5,17 @@ with the seed. After the search, for every budget of the recommendation table, t
 distinct configurations within that budget are trained again, to the full epochs, with ``seeds``
 new seeds (``seed + 1``, ``seed + 2``, ...), as Ray trials of the same sweep whose MLflow child runs
 carry ``q3r.role = confirmation`` and ``q3r.confirms = <trial id>``. A configuration picked by
-several budgets is run once. ``tuning.recommend`` then ranks by the mean over all seeds.
+several budgets is run once. ``tuning.analysis.recommend`` then ranks by the mean over all seeds.
 
-``plan`` is pure (records in, grid points out); ``tuning.sweep.run_confirmation`` runs it.
+``plan`` is pure (records in, grid points out); ``tuning.sweep.driver.run_confirmation`` runs it.
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from .pareto import points
-from .recommend import _budget, _rank, within
-from .records import COMPLETED, CONFIRMATION, TrialRecord
+from tuning.analysis.pareto import points
+from tuning.analysis.recommend import _budget, _rank, within
+from tuning.analysis.records import COMPLETED, CONFIRMATION, TrialRecord
 
 
 def _key(record: TrialRecord) -> tuple:

@@ -1,6 +1,6 @@
 """What a sweep knows about one trial, as read back from MLflow (or built in tests by hand).
 
-``tuning.results`` fills these from the sweep's child runs; ``tuning.pareto``, ``tuning.recommend``
+``tuning.tracking.results`` fills these from the sweep's child runs; ``tuning.analysis.pareto``, ``tuning.analysis.recommend``
 and ``dashboards`` compute from them and never touch MLflow or Ray themselves.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Optional
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket   # ASHA's rung bookkeeping (one bracket here)
 
-from .space import split_config
+from tuning.spec.space import split_config
 
 
 class _MinSamplesBracket(_Bracket):

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .recommend import BUDGETS, Recommendation, _budget, is_fraction, recommend
-from .records import SEARCH, TrialRecord
-from .tracking import CHECKPOINT, PARENT, ROLE, STORAGE, TRAIN, TrackingError, check_tracking
+from tuning.analysis.recommend import BUDGETS, Recommendation, _budget, is_fraction, recommend
+from tuning.analysis.records import SEARCH, TrialRecord
+from tuning.tracking.store import CHECKPOINT, PARENT, ROLE, STORAGE, TRAIN, TrackingError, check_tracking
 
 CHECKPOINT_FILE = "checkpoint.pt"      # tuning.trial.recipe.CHECKPOINT
 
@@ -56,7 +56,7 @@ def model_name(budget=None, retention: Optional[float] = None) -> str:
 
 
 def confirmation_folder(storage: str) -> Path:
-    """As ``tuning.sweep.confirmation_folder``: ``<storage>-confirm``."""
+    """As ``tuning.sweep.driver.confirmation_folder``: ``<storage>-confirm``."""
     return Path(f"{str(storage).rstrip('/')}-confirm")
 
 
@@ -82,8 +82,8 @@ def export_record(record: TrialRecord, checkpoint: Path, retention: float, out_d
                   extra: Optional[dict] = None, verify: bool = False):
     """``tuning.trial.export.export_model`` for a tracked run, with where it came from and the scores
     the run recorded at that retention in ``export.json``."""
-    from .trial.export import export_model
-    from .trial.spec import from_dict
+    from tuning.trial.export import export_model
+    from tuning.trial.spec import from_dict
 
     if not record.config:
         raise ValueError(f"run {record.run_id} carries no trial spec (tag q3r.config) to rebuild its model from")
@@ -110,7 +110,7 @@ def export_recommendation(rec: Recommendation, storage: str, out_dir, extra: Opt
 
 def export_sweep(uri: str, name: str, budget, out_dir, storage: Optional[str] = None, verify: bool = False) -> Export:
     """Export the recommendation of sweep ``name`` for ``budget`` into ``out_dir``."""
-    from .results import load_sweep
+    from tuning.tracking.results import load_sweep
 
     parent, records = load_sweep(uri, name, with_history=False)
     rec = recommend(records, budget)
@@ -124,7 +124,7 @@ def export_run(uri: str, run_id: str, out_dir, *, retention: Optional[float] = N
     """Export the model of one run (a sweep trial, or a ``q3r-tune train`` run) at ``retention``, or at
     its best scored retention within ``budget``. ``storage``: where its checkpoint is now (a sweep's
     Ray storage folder, or a train run's output folder), if it moved."""
-    from .results import record_of
+    from tuning.tracking.results import record_of
 
     client = check_tracking(uri, looking_for=f"run {run_id!r}")
     try:

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .export import log_recommended_models
-from .pareto import format_table, front_table, fronts
-from .recommend import BUDGETS, recommend, recommendation_table, write_spec
-from .records import outcome_lines
-from .results import results_table
+from tuning.artifacts.export import log_recommended_models
+from tuning.analysis.pareto import format_table, front_table, fronts
+from tuning.analysis.recommend import BUDGETS, recommend, recommendation_table, write_spec
+from tuning.analysis.records import outcome_lines
+from tuning.tracking.results import results_table
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -12,7 +12,7 @@ to ``rejected.jsonl`` and skipped, so that one bad operation cannot hold up the 
 What is on disk survives the process: a spool opened again (by a resumed sweep or by
 ``q3r-tune sync``) sends what was not yet delivered, in order. An operation delivered just before
 a crash, but not yet counted, is sent again; ``deliver`` must therefore be idempotent (the MLflow
-delivery in ``tuning.tracking`` is). One process at a time sends a spool: it holds an exclusive
+delivery in ``tuning.tracking.mirror`` is). One process at a time sends a spool: it holds an exclusive
 lock on ``lock`` (``SpoolBusy`` otherwise).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
-from .records import COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, SEARCH, STATUSES, TrialRecord
+from tuning.analysis.records import (COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, SEARCH, STATUSES, TrialRecord)
 
 SEED_STATUSES = (COMPLETED, COLLAPSED, DIVERGED)   # confirmation runs that count, at their last scores
 

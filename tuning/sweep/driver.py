@@ -24,19 +24,20 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from .trial.data import DatasetError, load_dataset
+from tuning.trial.data import DatasetError, load_dataset
 
-from .confirm import plan
-from .publish import publish
-from .recommend import BUDGETS
-from .records import FAILED, TrialRecord
-from .results import load_records
-from .schedulers import TechniqueASHA
-from .searcher import make_searcher
-from .spec import SweepSpec, from_dict
-from .tracking import (STATUS, TrackingError, TrialRuns, check_tracking, default_uri, find_sweep, open_spool,
-                       spool_folder, start_sweep)
-from .trainable import train_trial, trial_of
+from tuning.analysis.confirm import plan
+from tuning.artifacts.publish import publish
+from tuning.analysis.recommend import BUDGETS
+from tuning.analysis.records import FAILED, TrialRecord
+from tuning.tracking.results import load_records
+from tuning.sweep.schedulers import TechniqueASHA
+from tuning.sweep.searcher import make_searcher
+from tuning.spec.sweep import SweepSpec, from_dict
+from tuning.tracking.store import STATUS, TrackingError, check_tracking, default_uri, find_sweep, start_sweep
+from tuning.tracking.callback import TrialRuns
+from tuning.tracking.mirror import open_spool, spool_folder
+from tuning.sweep.trainable import train_trial, trial_of
 
 PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"), ("model", "init"))
 TRACKING_WAIT = 60.0       # seconds a sweep waits at its end for a tracking server that does not answer
@@ -162,7 +163,7 @@ def confirmation_folder(search_folder: str) -> Path:
 
 def run_confirmation(client, uri: str, spec: SweepSpec, spec_dict: dict, parent: str, search_folder: str,
                      log: Callable[[str], None] = print) -> list:
-    """Train the best configurations of each budget again with new seeds (``tuning.confirm``), or
+    """Train the best configurations of each budget again with new seeds (``tuning.analysis.confirm``), or
     complete an interrupted confirmation from Ray's state: no seed runs twice. Returns Ray's results."""
     folder = confirmation_folder(search_folder)
     trainable = trainable_of(spec, spec_dict)

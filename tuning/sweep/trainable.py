@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ray import tune
 
-from .trial.recipe import CHECKPOINT, run_trial
+from tuning.trial.recipe import CHECKPOINT, run_trial
 
-from .spec import from_dict, objective_value
-from .space import split_config
+from tuning.spec.sweep import from_dict, objective_value
+from tuning.spec.space import split_config
 
 DIVERGED_OBJECTIVE = 0.0   # a diverged trial has no accuracy; it scores the worst possible objective
 
