@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from dashboards import data, figures, report, static
-from tuning import cli, publish
+from tuning import cli
+from tuning.artifacts import publish
 from tuning.analysis.pareto import fronts
 from tuning.analysis.recommend import recommendation_table
 from tuning.analysis.records import TrialRecord

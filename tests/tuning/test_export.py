@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tuning import cli
-from tuning import export as sweep_export
+from tuning.artifacts import export as sweep_export
 from tuning.artifacts.export import find_checkpoint, log_recommended_models, model_name
 from tuning.analysis.recommend import BUDGETS, recommend, recommendation_table
 from tuning.tracking.results import load_records, load_sweep
