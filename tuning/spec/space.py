@@ -16,7 +16,8 @@ from typing import Annotated, Any, ClassVar, Optional, Union
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from tuning.trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode, TargetRank)
+from tuning.trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode, TargetRank,
+                               TechniqueSpec)
 from tuning.trial.specio import SpecError, Strict
 
 Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
@@ -66,7 +67,7 @@ class _Range(_Dist):
 class LogUniform(_Range):
     kind: ClassVar[str] = "loguniform"
     needs: ClassVar[str] = "0 < low < high"
-    loguniform: Bounds
+    loguniform: Annotated[Bounds, Field(description="[low, high], 0 < low < high: log-uniform between them")]
 
     def ok(self) -> bool:
         return 0 < self.low < self.high
@@ -74,18 +75,20 @@ class LogUniform(_Range):
 
 class Uniform(_Range):
     kind: ClassVar[str] = "uniform"
-    uniform: Bounds
+    uniform: Annotated[Bounds, Field(description="[low, high], low < high: uniform between them")]
 
 
 class IntRange(_Range):
     kind: ClassVar[str] = "int"
-    int: Annotated[list[int], Field(min_length=2, max_length=2)]
+    int: Annotated[list[int], Field(min_length=2, max_length=2,
+                                    description="[low, high], low < high: an integer between them, both included")]
 
 
 class LogInt(_Range):
     kind: ClassVar[str] = "logint"
     needs: ClassVar[str] = "1 <= low < high"
-    logint: Annotated[list[int], Field(min_length=2, max_length=2)]
+    logint: Annotated[list[int], Field(min_length=2, max_length=2, description="[low, high], 1 <= low < high: an "
+                                       "integer between them on a log scale, both included")]
 
     def ok(self) -> bool:
         return 1 <= self.low < self.high
@@ -93,7 +96,7 @@ class LogInt(_Range):
 
 class Choice(_Dist):
     kind: ClassVar[str] = "choice"
-    choice: Annotated[list[Any], Field(min_length=1)]
+    choice: Annotated[list[Any], Field(min_length=1, description="the values to choose from (grid: each one in turn)")]
 
     @property
     def values(self) -> list:
@@ -172,14 +175,19 @@ def searchable(value_type: Any, integer: bool = False):
 
 
 # ---- the parameters each technique takes ---------------------------------------------------------
+def _param(name: str):
+    """A search-space field: unset by default, described as the trial spec's field it searches."""
+    return Field(None, description=f"{TechniqueSpec.model_fields[name].description}; a value or a distribution")
+
+
 class Space(Strict):
     """A technique's search space: the parameters given; the rest keep the trial spec's defaults."""
 
     model_config = Strict.model_config | {"validate_default": False}
 
-    lr: searchable(Lr) = None
-    weight_decay: searchable(NonNegative) = None
-    finetune: searchable(bool) = None
+    lr: searchable(Lr) = _param("lr")
+    weight_decay: searchable(NonNegative) = _param("weight_decay")
+    finetune: searchable(bool) = _param("finetune")
 
     def dists(self) -> dict[str, Dist]:
         """{param: distribution} of the parameters given, fixed values as ``Fixed``."""
@@ -190,24 +198,24 @@ class Space(Strict):
 class Q3RSpace(Space):
     """adamq3r and adam_q3r_loss."""
 
-    lmbda: searchable(NonNegative) = None
-    target_rank: searchable(TargetRank) = None
-    period: searchable(Positive, integer=True) = None
-    eps_schedule: searchable(EpsScheduleName) = None
-    eps_steps: searchable(Optional[Positive], integer=True) = None
-    eps_warmup: searchable(Optional[Positive], integer=True) = None
-    svd: searchable(SvdMode) = None
+    lmbda: searchable(NonNegative) = _param("lmbda")
+    target_rank: searchable(TargetRank) = _param("target_rank")
+    period: searchable(Positive, integer=True) = _param("period")
+    eps_schedule: searchable(EpsScheduleName) = _param("eps_schedule")
+    eps_steps: searchable(Optional[Positive], integer=True) = _param("eps_steps")
+    eps_warmup: searchable(Optional[Positive], integer=True) = _param("eps_warmup")
+    svd: searchable(SvdMode) = _param("svd")
 
 
 class LoRASpace(Space):
-    target_rank: searchable(TargetRank) = None
-    lora_rank: searchable(Optional[Positive], integer=True) = None
+    target_rank: searchable(TargetRank) = _param("target_rank")
+    lora_rank: searchable(Optional[Positive], integer=True) = _param("lora_rank")
 
 
 class LoRITaSpace(Space):
-    depth: searchable(Positive, integer=True) = None
-    alpha: searchable(NonNegative) = None
-    lorita_form: searchable(LoritaForm) = None
+    depth: searchable(Positive, integer=True) = _param("depth")
+    alpha: searchable(NonNegative) = _param("alpha")
+    lorita_form: searchable(LoritaForm) = _param("lorita_form")
 
 
 class TechniqueSpaces(Strict):
@@ -215,11 +223,13 @@ class TechniqueSpaces(Strict):
 
     model_config = Strict.model_config | {"validate_default": False}
 
-    adamq3r: Optional[Q3RSpace] = None
-    adam_q3r_loss: Optional[Q3RSpace] = None
-    adamw: Optional[Space] = None
-    lora: Optional[LoRASpace] = None
-    lorita: Optional[LoRITaSpace] = None
+    adamq3r: Optional[Q3RSpace] = Field(None, description="AdamQ3R: Adam with the Q3R step outside the moments")
+    adam_q3r_loss: Optional[Q3RSpace] = Field(None, description="Adam on loss + lmbda * Q3R")
+    adamw: Optional[Space] = Field(None, description="the unregularized baseline")
+    lora: Optional[LoRASpace] = Field(None, description="every targeted matrix a rank-r(p) factor pair (from "
+                                                        "scratch; peft adapters when fine-tuning)")
+    lorita: Optional[LoRITaSpace] = Field(None, description="every targeted matrix a product of depth factors, "
+                                                            "decayed by alpha")
 
     @model_validator(mode="after")
     def _at_least_one(self):

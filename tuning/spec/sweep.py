@@ -36,21 +36,35 @@ MANAGED = ("epochs", "retentions", "seed", "threads", "device")  # train fields 
 
 
 class SchedulerSpec(Strict):
-    kind: Literal["asha", "fifo"] = "asha"    # asha stops weak trials early; fifo runs every trial to the end
-    grace_period: Positive = 5                # epochs before ASHA may stop a trial
-    reduction_factor: Annotated[float, Field(gt=1)] = 3.0   # ASHA keeps 1 / reduction_factor at each rung
-    max_t: Optional[Positive] = None          # epochs of the longest trial; null = epochs
-    min_samples: Positive = 1                 # trials of a technique recorded at a rung before it stops any
+    """When trials are stopped early."""
+
+    kind: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early, comparing a trial "
+                                                              "only with trials of its own technique; fifo "
+                                                              "runs every trial to the end")
+    grace_period: Positive = Field(5, description="asha: epochs before a trial may be stopped (the first rung)")
+    reduction_factor: Annotated[float, Field(gt=1)] = Field(3.0, description="asha: keeps 1 in "
+                                                                             "reduction_factor trials at each rung")
+    max_t: Optional[Positive] = Field(None, description="asha: epochs of the longest trial; null: epochs")
+    min_samples: Positive = Field(1, description="asha: trials of a technique recorded at a rung before it "
+                                                 "stops any")
 
 
 class SearcherSpec(Strict):
-    kind: Literal["tpe", "multi", "random", "grid"] = "tpe"   # multi: multi-objective over acc@p
-    n_startup_trials: Positive = 5            # tpe / multi: random trials per technique before TPE models them
+    """How configurations are proposed (one Optuna study per technique)."""
+
+    kind: Literal["tpe", "multi", "random", "grid"] = Field(
+        "tpe", description="tpe (Optuna TPE on the objective), multi (Optuna multi-objective over acc@p for "
+                           "every p < 1), random, or grid (every combination of the choices)")
+    n_startup_trials: Positive = Field(5, description="tpe / multi: random trials of each technique before "
+                                                      "TPE models it")
 
 
 class ResourcesSpec(Strict):
-    cpu: Annotated[float, Field(gt=0)] = 1.0  # per trial
-    gpu: Annotated[float, Field(ge=0)] = 0.0  # per trial; a fraction shares one GPU
+    """What each trial gets."""
+
+    cpu: Annotated[float, Field(gt=0)] = Field(1.0, description="CPUs per trial; its torch threads: the "
+                                                                                 "whole part, at least 1")
+    gpu: Annotated[float, Field(ge=0)] = Field(0.0, description="GPUs per trial; a fraction (0.25) shares one GPU")
 
     @model_validator(mode="after")
     def _whole_or_fraction(self):
@@ -61,35 +75,55 @@ class ResourcesSpec(Strict):
 
 
 class ConfirmSpec(Strict):
-    top: Annotated[int, Field(ge=0)] = 1      # best distinct configurations per budget trained again (0: off)
-    seeds: Annotated[int, Field(ge=0)] = 2    # new seeds for each of them (0: off)
+    """Training the best configurations again with new seeds after the search."""
+
+    top: Annotated[int, Field(ge=0)] = Field(1, description="best distinct configurations within each budget "
+                                                            "of the recommendation table trained again (0: off)")
+    seeds: Annotated[int, Field(ge=0)] = Field(2, description="new seeds for each of them (0: off)")
 
 
 class TrackingSpec(Strict):
-    uri: Optional[str] = None                 # MLflow tracking URI; null = sqlite:///<cwd>/mlruns.db
-    experiment: Optional[str] = None          # MLflow experiment; null = the sweep's name
+    """Where the sweep is tracked (MLflow)."""
+
+    uri: Optional[str] = Field(None, description="MLflow tracking URI; null: sqlite:///<cwd>/mlruns.db")
+    experiment: Optional[str] = Field(None, description="MLflow experiment; null: the sweep's name")
 
 
 class SweepSpec(Strict):
     """A sweep; ``techniques`` holds each technique's search space."""
 
-    name: Annotated[str, Field(min_length=1)]
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    techniques: TechniqueSpaces
-    epochs: Positive = 30
-    retentions: Annotated[list[Fraction], Field(min_length=1)] = Field(default_factory=lambda: list(DEFAULT_RETENTIONS))
-    objective: str = "mean"                   # "mean" or "acc@p"
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    searcher: SearcherSpec = Field(default_factory=SearcherSpec)
-    num_samples: Positive = 16                # trials in all, split evenly over the techniques (grid: repeats)
-    samples_per_technique: dict[str, Positive] = Field(default_factory=dict)   # overrides of the even split
-    max_concurrent: Positive = 2
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    seed: Annotated[int, Field(ge=0)] = 0
-    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    name: Annotated[str, Field(min_length=1)] = Field(
+        description="the sweep; also its MLflow experiment unless tracking.experiment says otherwise")
+    data: DataSpec = Field(default_factory=DataSpec, description="the base trial's dataset (a trial spec's data)")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the base trial's model (a trial spec's "
+                                                                    "model)")
+    train: TrainSpec = Field(default_factory=TrainSpec,
+                             description="the base trial's training (a trial spec's train); its epochs, "
+                                         "retentions and seed serve where the top level has none; threads "
+                                         "and device come from resources")
+    techniques: TechniqueSpaces = Field(description="technique -> its search space")
+    epochs: Positive = Field(30, description="training epochs of a trial that is not stopped early")
+    retentions: Annotated[list[Fraction], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEFAULT_RETENTIONS),
+        description="fractions p of each matrix's parameters kept after truncation (1.0: no truncation)")
+    objective: str = Field("mean", description="what a trial is ranked by: mean (the mean accuracy over the "
+                                               "levels p < 1) or acc@p (the accuracy at one level of "
+                                               "retentions, e.g. acc@0.2)")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="when trials are stopped early")
+    searcher: SearcherSpec = Field(default_factory=SearcherSpec, description="how configurations are proposed")
+    num_samples: Positive = Field(16, description="trials in all, split evenly over the techniques (grid: "
+                                                  "repeats of the whole grid)")
+    samples_per_technique: dict[str, Positive] = Field(default_factory=dict,
+                                                       description="overrides of the even split, e.g. "
+                                                                   "{adamq3r: 6}")
+    max_concurrent: Positive = Field(2, description="trials running at once")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="what each trial gets")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the searchers and of every trial "
+                                                             "(confirmation runs use seed + 1, seed + 2, ...)")
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec,
+                                 description="after the search, train the best configurations again with new "
+                                             "seeds; recommendations then rank by the mean over all seeds")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where the sweep is tracked")
     _source: str = PrivateAttr(default="<dict>")
 
     @model_validator(mode="before")
