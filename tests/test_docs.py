@@ -4,6 +4,7 @@ reference is what the schema prints, and every relative link points at a file (a
 
 A fenced block preceded by a line `<!-- not run: REASON -->` is shown, not executed.
 """
+import importlib
 import json
 import os
 import re
@@ -213,3 +214,41 @@ def test_the_math_is_explained_in_the_repository(page):
     assert "../shared" not in text and "Q3R-MATH" not in text, f"{page.name} points outside the repository"
     external = [t for t in links(page) if re.match(r"^[a-z]+:", t) and "math" in t.lower()]
     assert not external, f"{page.name} links the math outside the repository: {external}"
+
+
+PATH_REF = re.compile(r"`((?:q3r|tuning|dashboards|benchmarks|tests|search_spaces)/[\w./*\-]*)`")
+MODULE_REF = re.compile(r"`((?:tuning|dashboards)(?:\.\w+)+)`")      # q3r.* in backticks are also MLflow tags
+
+
+def resolves(name: str) -> bool:
+    """Whether a dotted name is a module of the repository, or an attribute of one."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def missing_paths(text: str, root: Path = ROOT) -> list[str]:
+    """Repository paths (`tuning/spec/sweep.py`, `search_spaces/*.yaml`) and dotted names
+    (`tuning.trial.recipe.run_trial`) in ``text`` that name nothing."""
+    return [p for p in PATH_REF.findall(text) if not list(root.glob(p.rstrip("/")))] + \
+        [name for name in MODULE_REF.findall(text) if not resolves(name)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_module_path_in_the_docs_exists(page):
+    assert not missing_paths(page.read_text()), f"{page.name} names what is not there: {missing_paths(page.read_text())}"
+
+
+def test_a_moved_module_path_is_found():
+    assert missing_paths("`tuning/spec/sweep.py` `tuning.trial.recipe.run_trial` `search_spaces/*.yaml`") == []
+    assert missing_paths("`tuning/tracking.py` `tuning.pareto` `tuning/sweep.py` `tuning.sweep.search_config`") \
+        == ["tuning/tracking.py", "tuning/sweep.py", "tuning.pareto", "tuning.sweep.search_config"]

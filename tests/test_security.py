@@ -1,4 +1,4 @@
-"""What the README's security section promises, checked on the code: checkpoints are loaded with
+"""What docs/operations.md's security section promises, checked on the code: checkpoints are loaded with
 ``weights_only=True``, YAML only through the safe loader, and the UI listens on loopback by default."""
 from __future__ import annotations
 
