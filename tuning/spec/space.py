@@ -4,7 +4,9 @@ A parameter is a plain value (fixed) or one distribution, written as a one-key m
 ``{loguniform: [low, high]}``, ``{uniform: [low, high]}``, ``{int: [low, high]}`` (bounds
 inclusive), ``{logint: [low, high]}`` or ``{choice: [v1, v2, ...]}``. The schema is pydantic: a
 discriminated union over those keys, and one model per technique listing the parameters it
-takes, each checked (bounds and choices included) against the trial spec's type for it.
+takes, each checked (bounds and choices included) against the trial spec's type for it. The models
+of the techniques are built from the registry (``tuning.trial.registry.TECHNIQUES``): a technique's
+space takes ``lr``, ``weight_decay``, ``finetune`` and the parameters its entry lists.
 
 Searchers see flat configs named ``"<technique>.<param>"`` plus ``"technique"``;
 ``split_config`` turns one back into ``(technique, {param: value})``.
@@ -12,11 +14,14 @@ Searchers see flat configs named ``"<technique>.<param>"`` plus ``"technique"``;
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, Any, ClassVar, Optional, Union
+from typing import Annotated, Any, ClassVar, Optional, Union, get_args, get_origin
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model,
+                      model_validator)
 
-from tuning.trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode, TargetRank)
+from tuning.trial import registry
+from tuning.trial.registry import TechniqueInfo
+from tuning.trial.spec import TECHNIQUE_NAMES, Lr, NonNegative, TechniqueSpec
 from tuning.trial.specio import SpecError, Strict
 
 Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
@@ -187,39 +192,37 @@ class Space(Strict):
                 for p in type(self).model_fields if p in self.model_fields_set for v in [getattr(self, p)]}
 
 
-class Q3RSpace(Space):
-    """adamq3r and adam_q3r_loss."""
-
-    lmbda: searchable(NonNegative) = None
-    target_rank: searchable(TargetRank) = None
-    period: searchable(Positive, integer=True) = None
-    eps_schedule: searchable(EpsScheduleName) = None
-    eps_steps: searchable(Optional[Positive], integer=True) = None
-    eps_warmup: searchable(Optional[Positive], integer=True) = None
-    svd: searchable(SvdMode) = None
+def _param_type(name: str) -> tuple[Any, bool]:
+    """(type, integer) of a technique parameter: the trial spec's type for it, constraints included."""
+    info = TechniqueSpec.model_fields[name]
+    value_type = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return value_type, _is_integer(info.annotation)
 
 
-class LoRASpace(Space):
-    target_rank: searchable(TargetRank) = None
-    lora_rank: searchable(Optional[Positive], integer=True) = None
+def _is_integer(annotation: Any) -> bool:
+    """int, Optional[int], or an Annotated int inside Optional (not bool, not Union[int, float])."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) is Union else [annotation]
+    args = [get_args(a)[0] if get_origin(a) is Annotated else a for a in args]
+    return args == [int]
 
 
-class LoRITaSpace(Space):
-    depth: searchable(Positive, integer=True) = None
-    alpha: searchable(NonNegative) = None
-    lorita_form: searchable(LoritaForm) = None
+def _technique_space(info: TechniqueInfo) -> type[Space]:
+    """The search-space model of one registered technique: the common parameters plus its own."""
+    fields = {}
+    for name in info.params:
+        value_type, integer = _param_type(name)
+        fields[name] = (searchable(value_type, integer=integer),
+                        Field(default=None, description=TechniqueSpec.model_fields[name].description))
+    return create_model(f"{info.name.title().replace('_', '')}Space", __base__=Space, __doc__=info.summary, **fields)
 
 
-class TechniqueSpaces(Strict):
+SPACES: dict[str, type[Space]] = {info.name: _technique_space(info) for info in registry.TECHNIQUES}
+
+
+class _TechniqueSpacesBase(Strict):
     """``techniques:`` of a sweep spec; a technique set to null (e.g. in a variant) is left out."""
 
     model_config = Strict.model_config | {"validate_default": False}
-
-    adamq3r: Optional[Q3RSpace] = None
-    adam_q3r_loss: Optional[Q3RSpace] = None
-    adamw: Optional[Space] = None
-    lora: Optional[LoRASpace] = None
-    lorita: Optional[LoRITaSpace] = None
 
     @model_validator(mode="after")
     def _at_least_one(self):
@@ -231,6 +234,12 @@ class TechniqueSpaces(Strict):
     def dists(self) -> dict[str, dict[str, Dist]]:
         """{technique: {param: distribution}} in the registry's order."""
         return {t: space.dists() for t in TECHNIQUE_NAMES if (space := getattr(self, t, None)) is not None}
+
+
+TechniqueSpaces = create_model(
+    "TechniqueSpaces", __base__=_TechniqueSpacesBase, __doc__=_TechniqueSpacesBase.__doc__,
+    **{name: (Optional[space], Field(default=None, description=registry.TECHNIQUES.get(name).summary))
+       for name, space in SPACES.items()})
 
 
 # ---- conversion for the searchers ------------------------------------------------------------
