@@ -84,19 +84,20 @@ def with_facts(fn: Callable, kwargs: dict, facts: dict) -> dict:
     return {**{k: v for k, v in facts.items() if k not in kwargs and takes(fn, k)}, **kwargs}
 
 
-def factory_refs(spec) -> list[tuple[str, Optional[str]]]:
-    """``(factory, code folder)`` of every factory a trial or sweep spec names."""
+def factory_refs(spec) -> list[tuple[str, Optional[str], str]]:
+    """``(factory, code folder, field)`` of every factory a trial or sweep spec names."""
     refs = []
-    for section in (getattr(spec, "model", None), getattr(spec, "data", None)):
+    for name in ("model", "data"):
+        section = getattr(spec, name, None)
         if section is not None and getattr(section, "factory", None):
-            refs.append((section.factory, getattr(section, "code", None)))
+            refs.append((section.factory, getattr(section, "code", None), f"{name}.factory"))
     return refs
 
 
 def check_imports(spec) -> None:
     """Import every factory of ``spec`` (a ``UserCodeError`` for the first that does not import)."""
-    for text, code in factory_refs(spec):
-        import_factory(text, code)
+    for text, code, what in factory_refs(spec):
+        import_factory(text, code, what)
 
 
 def _installed(path: Path) -> bool:
@@ -127,7 +128,7 @@ def user_code_paths(spec, extra: Iterable[tuple[str, Optional[str]]] = ()) -> li
     """The files and folders of the user's modules that ``spec``'s factories (and ``extra``
     ``(factory, code folder)`` pairs) import from: what a sweep ships to its Ray workers."""
     paths: list[str] = []
-    for text, code in [*factory_refs(spec), *extra]:
+    for text, code in [*((t, c) for t, c, _ in factory_refs(spec)), *extra]:
         module_name, _ = parse_factory(text)
         path = module_source(module_name, code)
         if path is not None and str(path) not in paths:
