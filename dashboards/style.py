@@ -1,10 +1,12 @@
 """Colours, markers and labels shared by the interactive (plotly) and static (matplotlib) figures."""
 from __future__ import annotations
 
-# The five techniques keep their colour in every sweep; others take the remaining ones in turn.
+from tuning.trial.registry import list_techniques
+
+# The registered techniques keep their colour in every sweep; others take the remaining ones in turn.
 PALETTE = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22")
-KNOWN = ("adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita")
+KNOWN = tuple(list_techniques())
 
 # status -> (plotly symbol, matplotlib marker)
 STATUS_MARKERS = {"completed": ("circle", "o"), "stopped": ("x", "x"), "running": ("diamond-open", "D"),

@@ -100,9 +100,26 @@ def linear_targets(module_name: str, linear: nn.Linear, split_fused: bool = True
     return [Target(linear.weight, module_name, pname)]
 
 
+def classifier_head(model: nn.Module) -> Optional[str]:
+    """The name of ``model``'s classifier head: the nn.Linear that timm's ``get_classifier()`` returns,
+    else the last nn.Linear the model registers (torchvision's ``fc`` / ``heads.head``, Hugging Face's
+    ``classifier``); None when the model has no nn.Linear."""
+    names = {id(m): n for n, m in model.named_modules()}
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        try:
+            head = get()
+        except Exception:  # noqa: BLE001 - a get_classifier of another convention: use the rule below
+            head = None
+        if isinstance(head, nn.Linear) and id(head) in names:
+            return names[id(head)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def select_targets(
     model: nn.Module,
-    modules: Sequence[str] = ("qkv", "proj", "fc1", "fc2"),
+    modules: Optional[Sequence[str]] = ("qkv", "proj", "fc1", "fc2"),
     split_fused: bool = True,
 ) -> list[Target]:
     """The regularized matrices of ``model``: every nn.Linear whose name matches a pattern.
@@ -111,21 +128,30 @@ def select_targets(
     full dotted name as a glob ("blocks.*.attn.qkv"). Hugging Face encoders use
     ``modules=("query", "key", "value", "dense")``. A fused qkv Linear of shape 3d x d
     yields three d x d targets Q, K, V (views into the same weight). ``modules`` may also name
-    a preset: "vit" or "hf-encoder" (see ``PRESETS``).
+    a preset: "vit" or "hf-encoder" (see ``PRESETS``). ``modules=None`` (or empty) selects every
+    nn.Linear except the classifier head (``classifier_head``): for a timm ViT, the same matrices
+    as "vit".
     """
     if isinstance(modules, str):
         modules = (modules,)
-    modules = tuple(p for m in modules for p in PRESETS.get(m, (m,)))
-    targets = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and _matches(name, modules):
-            targets.extend(linear_targets(name, module, split_fused))
-    if not targets:
-        raise ValueError(
-            f"no nn.Linear in {type(model).__name__} matches modules={tuple(modules)}; "
-            f"Linear layers present: {[n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:12]}"
-        )
-    return targets
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not modules:
+        head = classifier_head(model)
+        chosen = [(n, m) for n, m in linears if n != head]
+        if not chosen:
+            raise ValueError(f"{type(model).__name__} has nothing to regularize: Q3R acts on nn.Linear weights and its "
+                             f"only nn.Linear is the classifier head {head!r}" if head is not None else
+                             f"{type(model).__name__} has nothing to regularize: Q3R acts on nn.Linear weights and "
+                             f"it has none")
+    else:
+        modules = tuple(p for m in modules for p in PRESETS.get(m, (m,)))
+        chosen = [(n, m) for n, m in linears if _matches(n, modules)]
+        if not chosen:
+            raise ValueError(
+                f"no nn.Linear in {type(model).__name__} matches modules={tuple(modules)}; "
+                f"Linear layers present: {[n for n, _ in linears][:12]}"
+            )
+    return [t for name, module in chosen for t in linear_targets(name, module, split_fused)]
 
 
 def as_targets(items: Iterable[Union[Target, nn.Linear, Tensor]]) -> list[Target]:

@@ -18,9 +18,11 @@ def _train(args: argparse.Namespace) -> int:
     from tuning.trial import spec as config
     from tuning.trial.recipe import run_trial
 
+    from tuning.trial.usercode import UserCodeError, check_imports
     try:
         cfg = config.load(args.spec, args.set)
-    except config.SpecError as e:
+        check_imports(cfg)
+    except (config.SpecError, UserCodeError) as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
     for line in cfg.advice():
@@ -44,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
         result = run_trial(cfg, report=tracked.report, checkpoint_dir=str(out), resume=args.resume, log=print)
     except BaseException as e:
         tracked.finish("failed")
-        if isinstance(e, (DatasetError, FileNotFoundError)):
+        if isinstance(e, (DatasetError, FileNotFoundError, UserCodeError)):
             print(f"q3r-tune train: {e}", file=sys.stderr)
             return 2
         raise
@@ -71,7 +73,8 @@ def _sweep_errors():
     from tuning.tracking.spool import SpoolBusy
     from tuning.tracking.store import TrackingError
     from tuning.trial.data import DatasetError
-    return (SpecError, TrackingError, SpoolBusy, DatasetError, FileNotFoundError, ValueError)
+    from tuning.trial.usercode import UserCodeError
+    return (SpecError, TrackingError, SpoolBusy, DatasetError, UserCodeError, FileNotFoundError, ValueError)
 
 
 def _running(command: str, name: str, call, report=None) -> int:
@@ -266,6 +269,33 @@ def _ui(args: argparse.Namespace) -> int:
         return _fail("ui", e)
 
 
+def _targets(args: argparse.Namespace) -> int:
+    """What a trial or sweep spec regularizes (a sweep spec: its base trial's model)."""
+    from tuning.trial import spec as config
+    from tuning.trial.data import DatasetError
+    from tuning.trial.targets import format_targets, spec_targets
+    from tuning.trial.usercode import UserCodeError
+    try:
+        cfg = _trial_of_any_spec(args.spec, args.set)
+        report = spec_targets(cfg)
+    except (config.SpecError, UserCodeError, DatasetError, FileNotFoundError, ValueError) as e:
+        return _fail("targets", e)
+    print(format_targets(report))
+    return 0
+
+
+def _trial_of_any_spec(path: str, overrides):
+    """The trial spec at ``path``, or the base trial of the sweep spec there (it has ``techniques:``)."""
+    from tuning.trial import spec as config
+    from tuning.trial.specio import read_yaml
+    if "techniques" not in read_yaml(path, "spec"):
+        return config.load(path, overrides)
+    from tuning.spec.sweep import load_spec
+    sweep = load_spec(path, overrides)
+    technique, space = next(iter(sweep.spaces.items()))
+    return sweep.trial_config(technique, {p: d.first() for p, d in space.items()})
+
+
 def _schema(args: argparse.Namespace) -> int:
     from tuning.spec.sweep import json_schema
     print(json_schema(args.kind))
@@ -358,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-mlflow", action="store_true", help="write the folder only, log nothing")
     _tracking_option(export)
     export.set_defaults(func=_export)
+
+    targets = sub.add_parser("targets", help="print what a spec regularizes: each matrix, its shape, r(p) at every "
+                                             "retention, the parameter shares")
+    targets.add_argument("spec", help="a trial spec or a sweep spec (YAML)")
+    targets.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one field, e.g. --set model.modules=[qkv] (repeatable)")
+    targets.set_defaults(func=_targets)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of sweep specs (or trial specs), for editors")
     schema.add_argument("kind", nargs="?", choices=("sweep", "trial"), default="sweep")

@@ -212,7 +212,7 @@ def test_unknown_technique_lists_names():
     (dict(lr=0.0), "lr=0.0"), (dict(lmbda=-1.0), "lmbda=-1.0"), (dict(target_rank=1.5), "target_rank=1.5"),
     (dict(target_rank=0), "target_rank=0"), (dict(period=0), "period=0"), (dict(depth=0), "depth=0"),
     (dict(alpha=-0.1), "alpha=-0.1"), (dict(lora_rank=0), "lora_rank=0"), (dict(weight_decay=-1), "weight_decay=-1"),
-    (dict(modules=()), "modules=()"), (dict(bogus=1), "bogus"),
+    (dict(modules=("nope",)), "modules=('nope',)"), (dict(bogus=1), "bogus"),
 ])
 def test_bad_hyperparameters_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):

@@ -43,9 +43,9 @@ def test_round_trip_through_dump(tmp_path):
     ("train:\n  retentions: [0.1, 2]\n", "train.retentions must be less than or equal to 1, but got 2"),
     ("train:\n  epochs: true\n", "train.epochs must be a valid integer, but got True"),
     ("train:\n  epochs: '3'\n", "train.epochs must be a valid integer, but got '3'"),
-    ("model:\n  kind: cnn\n", "model.kind must be 'vit' or 'hf', but got 'cnn'"),
-    ("data:\n  name: mnist\n", "data.name must be one of ['digits', 'cifar10', 'cifar100', 'imagefolder', 'glue'] "
-                               "or glue/<task>, but got 'mnist'"),
+    ("model:\n  kind: cnn\n", "model.kind must be 'vit', 'hf', 'timm' or 'python', but got 'cnn'"),
+    ("data:\n  name: mnist\n", "data.name must be one of ['digits', 'cifar10', 'cifar100', 'imagefolder', 'glue', "
+                               "'python'] or glue/<task>, but got 'mnist'"),
     ("- a\n- b\n", "a trial spec must be a mapping, but got list"),
     ("technique: [1, 2\n", "not valid YAML"),
     ("technique:\n  lmbda: {loguniform: [0.1, 1]}\n  lmbda: 0.5\n", "duplicate key 'lmbda' (first on line 2)"),

@@ -48,5 +48,6 @@ def test_a_search_space_parameter_is_described_as_the_trial_field_it_searches(ca
     trial_defs = json.loads(capsys.readouterr().out)["$defs"]
     period = trial_defs["TechniqueSpec"]["properties"]["period"]["description"]
     assert "reweightings" in period
-    assert defs["Q3RSpace"]["properties"]["period"]["description"] == f"{period}; a value or a distribution"
+    from tuning.spec.space import SPACES
+    assert defs[SPACES["adamq3r"].__name__]["properties"]["period"]["description"] == f"{period}; a value or a distribution"
     assert "log-uniform" in defs["LogUniform"]["properties"]["loguniform"]["description"]

@@ -183,7 +183,7 @@ BAD = [
     ({"retentions": [0.1, 1.5]}, r"retentions must be less than or equal to 1, but got 1.5"),
     ({"retentions": [0.1, 0.10, 1.0]}, r"retentions must be distinct, but got \[0.1, 0.1, 1.0\]"),
     ({"data": {"name": "mnist"}}, r"data.name must be one of .* but got 'mnist'"),
-    ({"model": {"kind": "cnn"}}, r"model.kind must be 'vit' or 'hf', but got 'cnn'"),
+    ({"model": {"kind": "cnn"}}, r"model.kind must be 'vit', 'hf', 'timm' or 'python', but got 'cnn'"),
     ({"train": {"batchsize": 3}}, r"train: unknown key\(s\) \['batchsize'\]"),
 ]
 
@@ -295,7 +295,7 @@ def test_json_schema_lists_each_technique_and_the_distribution_kinds():
     assert schema["required"] == ["name", "techniques"]
     spaces = schema["$defs"]["TechniqueSpaces"]["properties"]
     assert list(spaces) == ["adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita"]
-    assert set(schema["$defs"]["LoRITaSpace"]["properties"]) == {"lr", "weight_decay", "finetune", "depth", "alpha",
+    assert set(schema["$defs"]["LoritaSpace"]["properties"]) == {"lr", "weight_decay", "finetune", "depth", "alpha",
                                                                     "lorita_form"}
     assert {"LogUniform", "Uniform", "IntRange", "LogInt", "Choice"} <= set(schema["$defs"])
 

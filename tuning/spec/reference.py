@@ -27,15 +27,13 @@ each technique under `techniques` a search space: each parameter a plain value (
 
 TRIAL_SECTIONS = ("TrialSpec", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec")
 SWEEP_SECTIONS = ("SweepSpec", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "ConfirmSpec", "TrackingSpec",
-                  "TechniqueSpaces", "Space", "Q3RSpace", "LoRASpace", "LoRITaSpace")
+                  "TechniqueSpaces")   # then one search-space section per registered technique
 DISTRIBUTIONS = ("LogUniform", "Uniform", "IntRange", "LogInt", "Choice")
 TITLES = {"TrialSpec": "Trial spec (top level)", "SweepSpec": "Sweep spec (top level)",
           "DataSpec": "data", "ModelSpec": "model", "TechniqueSpec": "technique", "TrainSpec": "train",
           "SchedulerSpec": "scheduler", "SearcherSpec": "searcher", "ResourcesSpec": "resources",
           "ConfirmSpec": "confirm", "TrackingSpec": "tracking", "TechniqueSpaces": "techniques",
-          "Space": "techniques.adamw (every technique takes these)",
-          "Q3RSpace": "techniques.adamq3r, techniques.adam_q3r_loss", "LoRASpace": "techniques.lora",
-          "LoRITaSpace": "techniques.lorita"}
+          **{cls.__name__: f"techniques.{name}" for name, cls in space.SPACES.items()}}
 _BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
 
 
@@ -68,6 +66,9 @@ def _type(prop: dict) -> str:
 
 
 def _model(name: str) -> type[BaseModel]:
+    generated = {cls.__name__: cls for cls in space.SPACES.values()}     # one per registered technique
+    if name in generated:
+        return generated[name]
     return next(getattr(m, name) for m in (trial_spec, sweep, space) if hasattr(m, name))
 
 
@@ -109,6 +110,8 @@ def markdown() -> str:
     out += [line for name in TRIAL_SECTIONS[1:] for line in _section(name, trial["$defs"][name], "###")]
     out += _section("SweepSpec", sweep)
     out += [line for name in SWEEP_SECTIONS[1:] for line in _section(name, sweep["$defs"][name], "###")]
+    for cls in space.SPACES.values():
+        out += _section(cls.__name__, sweep["$defs"][cls.__name__], "###")
     out += ["## Distributions", "",
             "A searched parameter is a one-key mapping; bounds and choices are checked against the "
             "parameter's type (an integer parameter takes `int`, `logint` or `choice`).", ""]

@@ -4,7 +4,9 @@ A parameter is a plain value (fixed) or one distribution, written as a one-key m
 ``{loguniform: [low, high]}``, ``{uniform: [low, high]}``, ``{int: [low, high]}`` (bounds
 inclusive), ``{logint: [low, high]}`` or ``{choice: [v1, v2, ...]}``. The schema is pydantic: a
 discriminated union over those keys, and one model per technique listing the parameters it
-takes, each checked (bounds and choices included) against the trial spec's type for it.
+takes, each checked (bounds and choices included) against the trial spec's type for it. The models
+of the techniques are built from the registry (``tuning.trial.registry.TECHNIQUES``): a technique's
+space takes ``lr``, ``weight_decay``, ``finetune`` and the parameters its entry lists.
 
 Searchers see flat configs named ``"<technique>.<param>"`` plus ``"technique"``;
 ``split_config`` turns one back into ``(technique, {param: value})``.
@@ -12,12 +14,14 @@ Searchers see flat configs named ``"<technique>.<param>"`` plus ``"technique"``;
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, Any, ClassVar, Optional, Union
+from typing import Annotated, Any, ClassVar, Optional, Union, get_args, get_origin
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model,
+                      model_validator)
 
-from tuning.trial.spec import (TECHNIQUE_NAMES, EpsScheduleName, LoritaForm, Lr, NonNegative, Positive, SvdMode, TargetRank,
-                               TechniqueSpec)
+from tuning.trial import registry
+from tuning.trial.registry import TechniqueInfo
+from tuning.trial.spec import TECHNIQUE_NAMES, Lr, NonNegative, TechniqueSpec
 from tuning.trial.specio import SpecError, Strict
 
 Bounds = Annotated[list[float], Field(min_length=2, max_length=2)]
@@ -175,9 +179,9 @@ def searchable(value_type: Any, integer: bool = False):
 
 
 # ---- the parameters each technique takes ---------------------------------------------------------
-def _param(name: str):
-    """A search-space field: unset by default, described as the trial spec's field it searches."""
-    return Field(None, description=f"{TechniqueSpec.model_fields[name].description}; a value or a distribution")
+def _description(name: str) -> str:
+    """A search-space field is described as the trial spec's field it searches."""
+    return f"{TechniqueSpec.model_fields[name].description}; a value or a distribution"
 
 
 class Space(Strict):
@@ -185,9 +189,9 @@ class Space(Strict):
 
     model_config = Strict.model_config | {"validate_default": False}
 
-    lr: searchable(Lr) = _param("lr")
-    weight_decay: searchable(NonNegative) = _param("weight_decay")
-    finetune: searchable(bool) = _param("finetune")
+    lr: searchable(Lr) = Field(None, description=_description("lr"))
+    weight_decay: searchable(NonNegative) = Field(None, description=_description("weight_decay"))
+    finetune: searchable(bool) = Field(None, description=_description("finetune"))
 
     def dists(self) -> dict[str, Dist]:
         """{param: distribution} of the parameters given, fixed values as ``Fixed``."""
@@ -195,41 +199,38 @@ class Space(Strict):
                 for p in type(self).model_fields if p in self.model_fields_set for v in [getattr(self, p)]}
 
 
-class Q3RSpace(Space):
-    """adamq3r and adam_q3r_loss."""
-
-    lmbda: searchable(NonNegative) = _param("lmbda")
-    target_rank: searchable(TargetRank) = _param("target_rank")
-    period: searchable(Positive, integer=True) = _param("period")
-    eps_schedule: searchable(EpsScheduleName) = _param("eps_schedule")
-    eps_steps: searchable(Optional[Positive], integer=True) = _param("eps_steps")
-    eps_warmup: searchable(Optional[Positive], integer=True) = _param("eps_warmup")
-    svd: searchable(SvdMode) = _param("svd")
+def _param_type(name: str) -> tuple[Any, bool]:
+    """(type, integer) of a technique parameter: the trial spec's type for it, constraints included."""
+    info = TechniqueSpec.model_fields[name]
+    value_type = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return value_type, _is_integer(info.annotation)
 
 
-class LoRASpace(Space):
-    target_rank: searchable(TargetRank) = _param("target_rank")
-    lora_rank: searchable(Optional[Positive], integer=True) = _param("lora_rank")
+def _is_integer(annotation: Any) -> bool:
+    """int, Optional[int], or an Annotated int inside Optional (not bool, not Union[int, float])."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) is Union else [annotation]
+    args = [get_args(a)[0] if get_origin(a) is Annotated else a for a in args]
+    return args == [int]
 
 
-class LoRITaSpace(Space):
-    depth: searchable(Positive, integer=True) = _param("depth")
-    alpha: searchable(NonNegative) = _param("alpha")
-    lorita_form: searchable(LoritaForm) = _param("lorita_form")
+def _technique_space(info: TechniqueInfo) -> type[Space]:
+    """The search-space model of one registered technique: the common parameters plus its own."""
+    fields = {}
+    for name in info.params:
+        value_type, integer = _param_type(name)
+        fields[name] = (searchable(value_type, integer=integer),
+                        Field(default=None, description=_description(name)))
+    class_name = "".join(w[:1].upper() + w[1:] for w in info.name.split("_")) + "Space"     # AdamQ3rLossSpace
+    return create_model(class_name, __base__=Space, __doc__=info.summary, **fields)
 
 
-class TechniqueSpaces(Strict):
+SPACES: dict[str, type[Space]] = {info.name: _technique_space(info) for info in registry.TECHNIQUES}
+
+
+class _TechniqueSpacesBase(Strict):
     """``techniques:`` of a sweep spec; a technique set to null (e.g. in a variant) is left out."""
 
     model_config = Strict.model_config | {"validate_default": False}
-
-    adamq3r: Optional[Q3RSpace] = Field(None, description="AdamQ3R: Adam with the Q3R step outside the moments")
-    adam_q3r_loss: Optional[Q3RSpace] = Field(None, description="Adam on loss + lmbda * Q3R")
-    adamw: Optional[Space] = Field(None, description="the unregularized baseline")
-    lora: Optional[LoRASpace] = Field(None, description="every targeted matrix a rank-r(p) factor pair (from "
-                                                        "scratch; peft adapters when fine-tuning)")
-    lorita: Optional[LoRITaSpace] = Field(None, description="every targeted matrix a product of depth factors, "
-                                                            "decayed by alpha")
 
     @model_validator(mode="after")
     def _at_least_one(self):
@@ -241,6 +242,12 @@ class TechniqueSpaces(Strict):
     def dists(self) -> dict[str, dict[str, Dist]]:
         """{technique: {param: distribution}} in the registry's order."""
         return {t: space.dists() for t in TECHNIQUE_NAMES if (space := getattr(self, t, None)) is not None}
+
+
+TechniqueSpaces = create_model(
+    "TechniqueSpaces", __base__=_TechniqueSpacesBase, __doc__=_TechniqueSpacesBase.__doc__,
+    **{name: (Optional[space], Field(default=None, description=registry.TECHNIQUES.get(name).summary))
+       for name, space in SPACES.items()})
 
 
 # ---- conversion for the searchers ------------------------------------------------------------

@@ -300,7 +300,7 @@ def load_spec(path: Union[str, Path], overrides=(), variant: Optional[str] = Non
     """Read a sweep spec from YAML, merge ``variant``, apply ``--set`` overrides, validate."""
     raw = _with_variant(read_yaml(path, "sweep spec"), str(path), variant)
     raw, origins = apply_overrides(raw, overrides)
-    return from_dict(raw, str(path), origins=origins)
+    return from_dict(trial_spec.with_code_folder(raw, Path(path).parent), str(path), origins=origins)
 
 
 def dump_spec(spec: SweepSpec, path: Union[str, Path]) -> None:

@@ -25,6 +25,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from tuning.trial.data import DatasetError, load_dataset
+from tuning.trial.usercode import check_imports, user_code_paths
 
 from tuning.analysis.confirm import plan
 from tuning.artifacts.publish import publish
@@ -39,7 +40,8 @@ from tuning.tracking.callback import TrialRuns
 from tuning.tracking.mirror import open_spool, spool_folder
 from tuning.sweep.trainable import train_trial, trial_of
 
-PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("model", "path"), ("model", "init"))
+PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("data", "code"), ("model", "path"), ("model", "init"),
+               ("model", "code"))
 TRACKING_WAIT = 60.0       # seconds a sweep waits at its end for a tracking server that does not answer
 
 
@@ -75,9 +77,11 @@ def trial_config(spec_dict: dict, config: dict):
 def preflight(spec: SweepSpec) -> None:
     """Fail before Ray starts when the base trial's data or model is not where the spec says.
 
-    Reads the dataset once with a one-item training split (ImageNet-style folders: only their
-    layout, not the million files) and checks a Hugging Face model path exists.
+    Imports the spec's factories (``model.factory``, ``data.factory``), reads the dataset once with a
+    one-item training split (ImageNet-style folders: only their layout, not the million files) and
+    checks a Hugging Face model path exists.
     """
+    check_imports(spec)
     d = spec.data
     if d.name == "imagefolder":
         root = Path(d.data_root or ".")
@@ -88,7 +92,7 @@ def preflight(spec: SweepSpec) -> None:
     else:
         load_dataset(d.name, data_root=d.data_root, augment=d.augment, download=d.download,
                      image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length, limit=1,
-                     classes=d.classes)
+                     classes=d.classes, factory=d.factory, kwargs=d.kwargs, code=d.code)
     if spec.model.init and not Path(spec.model.init).is_file():
         raise FileNotFoundError(f"{spec.source}: model.init {spec.model.init!r} does not exist; point it at a "
                                 f"pretrained state dict (benchmarks/transfer_digits.py --pretrain-only writes one)")
@@ -97,14 +101,16 @@ def preflight(spec: SweepSpec) -> None:
                                 f"local Hugging Face model directory (nothing is downloaded at run time)")
 
 
-def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int]) -> None:
+def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int], code_paths=()) -> None:
+    """Start or join Ray; ``code_paths`` (the user's modules, ``user_code_paths``) are shipped to its workers."""
     if ray.is_initialized():
         return
+    env = {"runtime_env": {"py_modules": list(code_paths)}} if code_paths else {}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, **env)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, **env)
 
 
 def check_resources(spec: SweepSpec) -> None:
@@ -196,7 +202,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
         log(f"warning: {line}")
     storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
     run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    connect(address, num_cpus, num_gpus)
+    connect(address, num_cpus, num_gpus, user_code_paths(spec))
     check_resources(spec)
     parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
     share = "" if spec.searcher.kind == "grid" else " (" + ", ".join(f"{t} {n}" for t, n in spec.allocation().items()) + ")"
@@ -263,7 +269,7 @@ def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opti
     if not tune.Tuner.can_restore(path):
         raise TrackingError(f"sweep {name!r}: its Ray experiment folder {path!r} is missing or holds no state")
     settle(name, uri, path, tracking_wait, log)
-    connect(address, num_cpus, num_gpus)
+    connect(address, num_cpus, num_gpus, user_code_paths(spec))
     client.update_run(parent, status="RUNNING")
     log(f"resuming sweep {name} from {path}")
     tuner = tune.Tuner.restore(path, trainable_of(spec, spec_dict), resume_unfinished=True, resume_errored=True)
@@ -284,7 +290,7 @@ def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opt
         raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {spec.confirm.model_dump()}); "
                             f"run it again with confirm.top and confirm.seeds >= 1")
     settle(name, uri, path, tracking_wait, log)
-    connect(address, num_cpus, num_gpus)
+    connect(address, num_cpus, num_gpus, user_code_paths(spec))
     client.update_run(parent, status="RUNNING")
     results = run_confirmation(client, uri, spec, spec_dict, parent, path, log)
     settle(name, uri, path, tracking_wait, log)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -10,6 +11,18 @@ from tuning.analysis.records import CONFIRMATION, FAILED, SEARCH
 from tuning.tracking.mirror import confirmed_trial, evaluation_metrics, final_status, open_spool
 from tuning.tracking.spool import Spool
 from tuning.tracking.store import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID
+
+ERROR_LINES, ERROR_CHARS = 12, 4000     # what of a failed trial's error its MLflow run keeps (q3r.error)
+
+
+def error_tail(trial) -> str:
+    """The last lines of the error Ray recorded for ``trial`` (its ``error.txt``): the user's exception."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-ERROR_LINES:])[-ERROR_CHARS:]
 
 
 class TrialRuns(Callback):
@@ -60,4 +73,4 @@ class TrialRuns(Callback):
                  run_status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._op("finish", trial, time.perf_counter(), status=FAILED, run_status="FAILED")
+        self._op("finish", trial, time.perf_counter(), status=FAILED, run_status="FAILED", error=error_tail(trial))

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tuning.analysis.records import COMPLETED, FAILED, STOPPED
 from tuning.tracking.spool import Spool
-from tuning.tracking.store import (CHECKPOINT, CONFIG, PARENT, ROLE, STATUS, TECHNIQUE, TRAIN, TRIAL_ID,
+from tuning.tracking.store import (CHECKPOINT, CONFIG, ERROR, PARENT, ROLE, STATUS, TECHNIQUE, TRAIN, TRIAL_ID,
                                    experiment_id, git_commit, mlflow_key)
 
 LOGGED = ("acc", "objective", "train_loss", "epoch", "time_s")      # plus every acc@/params@/targeted@/diag/ key
@@ -98,6 +98,8 @@ class RunMirror:
             self._last_step[run_id] = step
         elif op["op"] == "finish":
             self.client.set_tag(run_id, STATUS, op["status"])
+            if op.get("error"):
+                self.client.set_tag(run_id, ERROR, op["error"])
             self.client.set_terminated(run_id, op["run_status"])
         else:
             raise Undeliverable(f"unknown spooled operation {op['op']!r}")

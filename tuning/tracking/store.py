@@ -24,6 +24,7 @@ TRIAL_ID, STATUS, TECHNIQUE, PARAMS, CONFIG = "q3r.trial_id", "q3r.status", "q3r
 CONFIRMS = "q3r.confirms"          # a confirmation run: the trial_id of the search trial it trains again
 STORAGE = "q3r.storage"            # a sweep's parent run: the folder of Ray's trial state and checkpoints
 CHECKPOINT = "q3r.checkpoint"      # a q3r-tune train run: its checkpoint file
+ERROR = "q3r.error"                # a failed trial: the last lines of its error (the user's exception)
 TRAIN = "train"                    # the q3r.role of a q3r-tune train run
 PARENT = "mlflow.parentRunId"
 PACKAGES = ("q3r-tune", "torch", "timm", "transformers", "ray", "optuna", "mlflow", "peft")

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 
+from . import registry
 from . import spec as config
 from .recipe import run_trial
 
-TECHNIQUES = {  # technique -> its hyperparameters (lmbda 5: see docs/benchmarks.md, the five techniques on digits)
-    "adamw": {"weight_decay": 0.05},
-    "adamq3r": {"lmbda": 5.0, "target_rank": 0.1, "period": 5},
-    "adam_q3r_loss": {"lmbda": 5.0, "target_rank": 0.1, "period": 5},
-    "lora": {"target_rank": 0.2},
-    "lorita": {"depth": 2, "alpha": 0.1},
-}
+# technique -> its hyperparameters, from the registry, the baseline first (lmbda 5: see docs/benchmarks.md,
+# the five techniques on digits)
+TECHNIQUES = {name: dict(registry.TECHNIQUES.get(name).demo)
+              for name in sorted(registry.list_techniques(), key=lambda name: name != "adamw")}
 RETENTIONS = [0.05, 0.1, 0.2, 0.4, 1.0]
 
 

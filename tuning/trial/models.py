@@ -1,9 +1,38 @@
-"""Models: timm Vision Transformers built from scratch, sized from the dataset."""
+"""Models, by ``model.kind`` (``tuning.trial.registry.MODEL_KINDS``): a timm Vision Transformer built
+from scratch and sized from the dataset (``vit``), a local Hugging Face classifier (``hf``), any timm
+architecture by name (``timm``) and any Python callable that returns an nn.Module (``python``).
+"""
 from __future__ import annotations
 
+from typing import Callable
+
+from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
+from . import registry
 from .data import DatasetInfo
+from .usercode import UserCodeError, import_factory, with_facts
+
+BUILDERS: dict[str, Callable] = {}          # model.kind -> build(cfg, info); the kinds: registry.MODEL_KINDS
+FACTS = ("num_classes", "in_chans", "img_size")
+
+
+def register(kind: str):
+    """Add a builder ``fn(cfg: ModelSpec, info: DatasetInfo) -> nn.Module`` for ``kind`` (declared in the registry)."""
+    registry.MODEL_KINDS.get(kind)
+
+    def wrap(fn):
+        BUILDERS[kind] = fn
+        return fn
+    return wrap
+
+
+def dataset_facts(info: DatasetInfo) -> dict:
+    """What a model may be sized from: ``num_classes``, and for images ``in_chans`` and ``img_size``."""
+    facts = {"num_classes": info.num_classes}
+    if info.kind == "image":
+        facts.update(in_chans=info.channels, img_size=info.image_size)
+    return facts
 
 VIT_SIZES = {  # (embed_dim, depth, num_heads), as timm's vit_{tiny,small,base}
     "tiny": (192, 12, 3),
@@ -73,14 +102,58 @@ def load_init(model, path: str):
     return model
 
 
+@register("vit")
+def _vit(cfg, info: DatasetInfo):
+    if info.kind != "image":
+        raise ValueError(f"model.kind='vit' needs an image dataset, but {info.name!r} is {info.kind}")
+    return build_vit(info, cfg.size, cfg.patch_size, cfg.depth, cfg.width, cfg.heads)
+
+
+@register("hf")
+def _hf(cfg, info: DatasetInfo):
+    return build_hf_classifier(cfg.path, info.num_classes)
+
+
+@register("timm")
+def build_timm(cfg, info: DatasetInfo) -> nn.Module:
+    """``timm.create_model(cfg.name, pretrained=False, **kwargs)``, with ``num_classes``, ``in_chans`` and
+    ``img_size`` from the dataset where ``kwargs`` does not set them and the architecture takes them
+    (an architecture that rejects one of them is built again without it). Nothing is downloaded."""
+    import timm
+
+    if "pretrained" in cfg.kwargs:
+        raise ValueError("model.kwargs may not set pretrained: kind timm builds from scratch (model.init loads "
+                         "local weights)")
+    if not timm.is_model(cfg.name):
+        raise ValueError(f"model.name {cfg.name!r} is no timm architecture; list them with "
+                         f"python -c \"import timm; print(timm.list_models('*vit*'))\"")
+    facts = {k: v for k, v in dataset_facts(info).items() if k not in cfg.kwargs}
+    while True:
+        try:
+            return timm.create_model(cfg.name, pretrained=False, **facts, **cfg.kwargs)
+        except TypeError as e:
+            rejected = [k for k in facts if f"'{k}'" in str(e)]
+            if not rejected:
+                raise
+            facts.pop(rejected[0])
+
+
+@register("python")
+def build_python(cfg, info: DatasetInfo) -> nn.Module:
+    """``callable(**kwargs)`` of ``model.factory``; ``num_classes``, ``in_chans`` and ``img_size`` are
+    passed too where the callable's signature names them and ``kwargs`` does not set them."""
+    fn = import_factory(cfg.factory, cfg.code, "model.factory")
+    model = fn(**with_facts(fn, cfg.kwargs, dataset_facts(info)))
+    if not isinstance(model, nn.Module):
+        raise UserCodeError(f"model.factory {cfg.factory!r} returned a {type(model).__name__}, not a "
+                            f"torch.nn.Module")
+    return model
+
+
 def build_model(cfg, info: DatasetInfo):
-    """The model of a trial from its ``ModelSpec`` and the dataset's ``DatasetInfo``."""
-    if cfg.kind == "vit":
-        if info.kind != "image":
-            raise ValueError(f"model.kind='vit' needs an image dataset, but {info.name!r} is {info.kind}")
-        model = build_vit(info, cfg.size, cfg.patch_size, cfg.depth, cfg.width, cfg.heads)
-        return model if cfg.init is None else load_init(model, cfg.init)
-    if cfg.kind == "hf":
-        model = build_hf_classifier(cfg.path, info.num_classes)
-        return model if cfg.init is None else load_init(model, cfg.init)
-    raise ValueError(f"unknown model.kind {cfg.kind!r}; known: ['hf', 'vit']")
+    """The model of a trial from its ``ModelSpec`` and the dataset's ``DatasetInfo``; ``model.init``
+    loads local weights into it."""
+    if cfg.kind not in BUILDERS:
+        raise ValueError(f"unknown model.kind {cfg.kind!r}; known: {sorted(BUILDERS)}")
+    model = BUILDERS[cfg.kind](cfg, info)
+    return model if cfg.init is None else load_init(model, cfg.init)

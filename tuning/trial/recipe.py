@@ -101,7 +101,7 @@ def load_data(cfg: TrialSpec):
     d = cfg.data
     return load_dataset(d.name, data_root=d.data_root, seed=cfg.train.seed, augment=d.augment, download=d.download,
                         image_size=d.image_size, task=d.task, tokenizer=d.tokenizer, max_length=d.max_length,
-                        limit=d.limit, classes=d.classes)
+                        limit=d.limit, classes=d.classes, factory=d.factory, kwargs=d.kwargs, code=d.code)
 
 
 def eval_batch_size(cfg: TrialSpec) -> int:

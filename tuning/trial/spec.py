@@ -11,19 +11,21 @@ field, what is allowed and the value. The sweep spec (``tuning.spec.sweep``) reu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
+from . import registry
 from .specio import SpecError, Strict, apply_overrides, read_yaml, validate
 
 __all__ = ["SpecError", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec", "TrialSpec", "TECHNIQUE_NAMES",
-           "DEFAULT_RETENTIONS", "from_dict", "load", "dump"]
+           "DATASET_NAMES", "MODEL_KINDS", "DEFAULT_RETENTIONS", "from_dict", "load", "dump"]
 
 DEFAULT_RETENTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
-TECHNIQUE_NAMES = ("adamq3r", "adam_q3r_loss", "adamw", "lora", "lorita")   # the registry in techniques.py
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "glue")    # the registry in data/__init__.py
+TECHNIQUE_NAMES = tuple(registry.list_techniques())     # the registries (tuning.trial.registry)
+DATASET_NAMES = tuple(registry.list_datasets())
+MODEL_KINDS = tuple(registry.list_model_kinds())
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -35,9 +37,22 @@ LoritaForm = Literal["input", "output"]
 
 
 def _dataset(name: str) -> str:
-    if name.lower() not in DATASET_NAMES and not name.lower().startswith("glue/"):
-        raise ValueError(f"must be one of {list(DATASET_NAMES)} or glue/<task>, but got {name!r}")
+    prefixes = [e.name for e in registry.DATASETS if e.prefix]
+    if name.lower() not in DATASET_NAMES and not any(name.lower().startswith(f"{p}/") for p in prefixes):
+        tasks = "".join(f" or {p}/<task>" for p in prefixes)
+        raise ValueError(f"must be one of {list(DATASET_NAMES)}{tasks}, but got {name!r}")
     return name
+
+
+def _factory(text: str) -> str:
+    from .usercode import parse_factory
+
+    parse_factory(text)
+    return text
+
+
+Factory = Annotated[str, AfterValidator(_factory)]
+Kwargs = dict[str, Any]
 
 
 def _rank(value: Union[int, float]) -> Union[int, float]:
@@ -54,7 +69,7 @@ class DataSpec(Strict):
 
     name: Annotated[str, AfterValidator(_dataset)] = Field(
         "digits", description="dataset: digits (scikit-learn's embedded 8x8 digits), cifar10, cifar100, "
-                              "imagefolder, glue or glue/<task>")
+                              "imagefolder, glue, glue/<task>, or python (data.factory)")
     data_root: Optional[str] = Field(None, description="folder of the data (every dataset but digits)")
     augment: Optional[Literal["none", "basic", "strong"]] = Field(
         None, description="training augmentation: basic (crop and flip), strong (timm's RandAugment); "
@@ -70,13 +85,32 @@ class DataSpec(Strict):
     classes: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
         default=None, min_length=1, description="digits only: a subset of the classes, relabelled 0, 1, ... "
                                                 "in the order given; null: all ten")
+    factory: Optional[Factory] = Field(default=None, description=(
+        "name python: 'package.module:callable' returning (train_set, val_set, num_classes); the module is found "
+        "next to the spec file or on PYTHONPATH"))
+    kwargs: Kwargs = Field(default_factory=dict, description="name python: keyword arguments of the data factory")
+    code: Optional[str] = Field(default=None, description=(
+        "the folder the factory's module is imported from first (then PYTHONPATH); null: the spec file's folder, "
+        "which loading the spec writes here"))
+
+    @model_validator(mode="after")
+    def _factory_with_python(self):
+        if self.name == "python" and self.factory is None:
+            raise ValueError("factory must be set for name python ('package.module:callable' returning "
+                             "(train_set, val_set, num_classes)), but it is not")
+        if self.name != "python" and (self.factory is not None or self.kwargs or self.code):
+            raise ValueError(f"factory, kwargs and code are read for name python only, but name is "
+                             f"{self.name!r}")
+        return self
 
 
 class ModelSpec(Strict):
-    """A timm ViT from scratch (``vit``) or a local Hugging Face classifier (``hf``)."""
+    """The network: a timm ViT from scratch (``vit``), a local Hugging Face classifier (``hf``), any timm
+    architecture by name (``timm``) or any Python callable returning an nn.Module (``python``)."""
 
-    kind: Literal["vit", "hf"] = Field("vit", description="vit: a timm Vision Transformer built from scratch; "
-                                                          "hf: a local Hugging Face classifier (model.path)")
+    kind: Literal[MODEL_KINDS] = Field("vit", description="vit: a timm Vision Transformer built from scratch; "
+                                      "hf: a local Hugging Face classifier (model.path); timm: any timm "
+                                      "architecture by name; python: any callable returning an nn.Module")
     size: Literal["tiny", "small", "base"] = Field("tiny", description="vit: timm's named size "
                                                                        "(width, depth, heads)")
     patch_size: Optional[Positive] = Field(None, description="vit: patch side in pixels; null: 2 for 8x8 "
@@ -88,10 +122,33 @@ class ModelSpec(Strict):
     path: Optional[str] = Field(None, description="hf: a local model directory (weights) or a config.json")
     init: Optional[str] = Field(None, description="vit: start from these weights (a .safetensors file or a "
                                                   "torch state dict); null: random initialisation")
-    modules: list[str] = Field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"], min_length=1,
-                               description="the Linear layers to regularize and truncate: last name ("
-                                           "qkv is split into q, k and v), dotted glob, or a preset "
-                                           "(vit, hf-encoder)")
+    name: Optional[str] = Field(default=None, description=(
+        "kind timm: the architecture, as timm.create_model takes it (built with pretrained=False)"))
+    factory: Optional[Factory] = Field(default=None, description=(
+        "kind python: 'package.module:callable' returning an nn.Module (a class is a callable); the module is "
+        "found next to the spec file or on PYTHONPATH"))
+    kwargs: Kwargs = Field(default_factory=dict, description=(
+        "kind timm / python: keyword arguments of the architecture or factory; num_classes, in_chans and img_size "
+        "are filled from the dataset where it takes them and kwargs does not set them"))
+    code: Optional[str] = Field(default=None, description=(
+        "the folder the factory's module is imported from first (then PYTHONPATH); null: the spec file's folder, "
+        "which loading the spec writes here"))
+    modules: list[str] = Field(default_factory=list,
+                               description="the Linear layers to regularize and truncate: last name (qkv is split "
+                                           "into q, k and v), dotted glob, or a preset (vit, hf-encoder); [] (the "
+                                           "default): every nn.Linear but the classifier head")
+
+    @model_validator(mode="after")
+    def _fields_of_the_kind(self):
+        info = registry.MODEL_KINDS.get(self.kind)
+        missing = [f for f in info.required if getattr(self, f) in (None, "")]
+        if missing:
+            raise ValueError(f"{missing[0]} must be set for kind {self.kind} ({info.summary}), but it is not")
+        for f in ("name", "factory", "kwargs", "code"):
+            if getattr(self, f) and f not in info.fields:
+                kinds = [k.name for k in registry.MODEL_KINDS if f in k.fields]
+                raise ValueError(f"{f} is read for kind {' or '.join(kinds)} only, but kind is {self.kind!r}")
+        return self
 
 
 class TechniqueSpec(Strict):
@@ -192,10 +249,22 @@ def from_dict(raw, source: str = "<dict>", origins: Optional[dict] = None) -> Tr
     return validate(TrialSpec, raw or {}, source, origins)
 
 
+def with_code_folder(raw: dict, folder: Union[str, Path]) -> dict:
+    """``raw`` with ``code`` set, in each section that names a factory, to ``folder`` (the spec file's),
+    or resolved against it where it is relative: the factory imports the same from anywhere later."""
+    for section in ("model", "data"):
+        sec = raw.get(section)
+        if isinstance(sec, dict) and sec.get("factory"):
+            code = sec.get("code")
+            if code is None or (isinstance(code, str) and not Path(code).is_absolute()):
+                raw[section] = {**sec, "code": str((Path(folder) / (code or ".")).resolve())}
+    return raw
+
+
 def load(path: Union[str, Path], overrides=()) -> TrialSpec:
     """Read a trial spec from YAML, apply ``--set section.key=value`` overrides, validate."""
     raw, origins = apply_overrides(read_yaml(path, "trial spec"), overrides)
-    return from_dict(raw, str(path), origins)
+    return from_dict(with_code_folder(raw, Path(path).parent), str(path), origins)
 
 
 def dump(spec: TrialSpec, path: Union[str, Path]) -> None:

@@ -28,11 +28,10 @@ from q3r.ranks import resolve_rank
 from q3r.targets import Target, linear_targets, select_targets
 from q3r.truncation import LowRankLinear
 
+from . import registry
 from .layers import DeltaLinear, ProductLinear, merge_layers, replace_modules
 
 HEADS = ("head", "classifier")     # trained in fine-tuning: timm's and Hugging Face's classifier
-Q3R_OPTIONS = ("eps_schedule", "svd", "power_iters", "oversample")   # extras passed to the operator bank
-LORA_OPTIONS = ("lora_alpha", "lora_dropout")                        # extras passed to peft's LoraConfig
 
 
 @dataclass
@@ -73,14 +72,16 @@ class Technique:
             self.penalty.load_state_dict(state["penalty"])
 
 
-TECHNIQUES: dict[str, Callable[..., Technique]] = {}
-_EXTRAS: dict[str, tuple[str, ...]] = {}
+TECHNIQUES: dict[str, Callable[..., Technique]] = {}     # name -> builder; the names: registry.TECHNIQUES
 
 
-def register(name: str, extras: tuple[str, ...] = ()):
-    """Add a builder ``fn(model, **hyperparameters) -> Technique`` to the registry under ``name``."""
+def register(name: str):
+    """Add a builder ``fn(model, **hyperparameters) -> Technique`` for the technique ``name`` declared in
+    ``registry.TECHNIQUES`` (its extra options are read from there)."""
+    registry.TECHNIQUES.get(name)
+
     def wrap(fn):
-        TECHNIQUES[name], _EXTRAS[name] = fn, extras
+        TECHNIQUES[name] = fn
         return fn
     return wrap
 
@@ -130,12 +131,12 @@ def _delta_targets(model, modules) -> dict[str, DeltaLinear]:
 
 
 # ---- the techniques --------------------------------------------------------------------------
-@register("adamq3r", Q3R_OPTIONS)
+@register("adamq3r")
 def build_adamq3r(model, *, modules, lr, weight_decay, lmbda, target_rank, period, finetune, extra, **_):
     return _build_q3r("adamq3r", model, modules, lr, weight_decay, lmbda, target_rank, period, finetune, extra)
 
 
-@register("adam_q3r_loss", Q3R_OPTIONS)
+@register("adam_q3r_loss")
 def build_adam_q3r_loss(model, *, modules, lr, weight_decay, lmbda, target_rank, period, finetune, extra, **_):
     return _build_q3r("adam_q3r_loss", model, modules, lr, weight_decay, lmbda, target_rank, period, finetune, extra)
 
@@ -159,7 +160,7 @@ def build_adamw(model, *, lr, weight_decay, **_):
     return Technique("adamw", model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay))
 
 
-@register("lora", LORA_OPTIONS)
+@register("lora")
 def build_lora(model, *, modules, lr, weight_decay, target_rank, lora_rank, finetune, extra, **_):
     if finetune:
         return _peft_lora(model, modules, lr, weight_decay, lora_rank or 8, extra)
@@ -191,7 +192,7 @@ def _peft_lora(model, modules, lr, weight_decay, rank, extra):
     return Technique("lora", peft_model, opt, merge=lambda m: copy.deepcopy(m).merge_and_unload())
 
 
-@register("lorita", ("lorita_form",))
+@register("lorita")
 def build_lorita(model, *, modules, lr, weight_decay, depth, alpha, extra, **_):
     form = extra.get("lorita_form", "input")
 
@@ -213,7 +214,8 @@ def build_technique(name: str, model: nn.Module, *, modules=("qkv", "proj", "fc1
     parameters frozen when fine-tuning).
 
     Args:
-        modules: Linear names or patterns to treat (see ``select_targets``), or a preset name.
+        modules: Linear names or patterns to treat (see ``select_targets``), or a preset name; empty or
+            None: every nn.Linear but the classifier head.
         lr, weight_decay: learning rate and (decoupled) weight decay of the untreated parameters.
         lmbda, target_rank, period: Q3R strength, target rank (fraction p or int rank), reweighting period.
         depth, alpha: LoRITa's number of factors and their weight decay.
@@ -225,14 +227,13 @@ def build_technique(name: str, model: nn.Module, *, modules=("qkv", "proj", "fc1
     """
     if name not in TECHNIQUES:
         raise ValueError(f"unknown technique {name!r}; known: {list_techniques()}")
-    unknown = sorted(set(extra) - set(_EXTRAS[name]))
+    allowed = registry.TECHNIQUES.get(name).extras
+    unknown = sorted(set(extra) - set(allowed))
     if unknown:
-        raise ValueError(f"technique {name!r} takes no options {unknown}; its extra options: {list(_EXTRAS[name])}")
+        raise ValueError(f"technique {name!r} takes no options {unknown}; its extra options: {list(allowed)}")
     _validate(lr=lr, weight_decay=weight_decay, lmbda=lmbda, target_rank=target_rank, period=period, depth=depth,
               alpha=alpha, lora_rank=lora_rank)
-    modules = (modules,) if isinstance(modules, str) else tuple(modules)
-    if not modules:
-        raise ValueError(f"modules must name at least one Linear pattern, but got {modules=}")
+    modules = (modules,) if isinstance(modules, str) else tuple(modules or ())   # (): all Linears but the head
     return TECHNIQUES[name](model, modules=modules, lr=lr, weight_decay=weight_decay, lmbda=lmbda,
                             target_rank=target_rank, period=period, depth=depth, alpha=alpha,
                             lora_rank=lora_rank, finetune=bool(finetune), extra=extra)

@@ -1,0 +1,136 @@
+"""The user's own code in a spec: ``"package.module:callable"`` factories (``model.factory``,
+``data.factory``), imported from the section's ``code`` folder (by default the spec file's folder)
+or from PYTHONPATH.
+
+Every failure to import is a ``UserCodeError`` in one line naming the factory, the module and what
+failed. ``user_code_paths(spec)`` lists the files and folders of the user's modules that a sweep ships
+to its Ray workers (``runtime_env={"py_modules": ...}``); installed packages (timm, torchvision, ...)
+and q3r-tune's own are already there.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+FACTORY = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
+OWN = ("q3r", "tuning", "dashboards")           # q3r-tune's packages: on every worker already
+
+
+class UserCodeError(ValueError):
+    """A factory that cannot be imported, or that returned the wrong thing: one line."""
+
+
+def parse_factory(text: str) -> tuple[str, str]:
+    """``("package.module", "callable")`` of ``"package.module:callable"``."""
+    m = FACTORY.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"must be 'package.module:callable' (a dotted module, a colon, a callable in it), "
+                         f"but got {text!r}")
+    return m["module"], m["attr"]
+
+
+def on_path(folder: Optional[str]) -> None:
+    """Put ``folder`` first on ``sys.path`` (once), so that modules in it import."""
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def import_factory(text: str, code: Optional[str] = None, what: str = "factory") -> Callable:
+    """The callable ``text`` names; ``code`` (a folder) is searched before PYTHONPATH."""
+    module_name, attr = parse_factory(text)
+    on_path(code)
+    where = f"{code} or PYTHONPATH" if code else "PYTHONPATH"
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise UserCodeError(f"{what} {text!r}: no module {e.name!r} (looked in {where})") from None
+        raise UserCodeError(f"{what} {text!r}: importing module {module_name!r} failed: {_one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
+        raise UserCodeError(f"{what} {text!r}: importing module {module_name!r} failed: {_one_line(e)}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserCodeError(f"{what} {text!r}: module {module_name!r} ({getattr(sys.modules[module_name], '__file__', '?')}) "
+                                f"has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserCodeError(f"{what} {text!r}: {attr!r} in module {module_name!r} is a {type(obj).__name__}, "
+                            f"not a callable")
+    return obj
+
+
+def takes(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` (a function or a class) names the parameter ``name`` in its signature."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get(name)
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def with_facts(fn: Callable, kwargs: dict, facts: dict) -> dict:
+    """``kwargs`` plus each fact (``num_classes``, ...) that ``fn`` names and ``kwargs`` does not set."""
+    return {**{k: v for k, v in facts.items() if k not in kwargs and takes(fn, k)}, **kwargs}
+
+
+def factory_refs(spec) -> list[tuple[str, Optional[str], str]]:
+    """``(factory, code folder, field)`` of every factory a trial or sweep spec names."""
+    refs = []
+    for name in ("model", "data"):
+        section = getattr(spec, name, None)
+        if section is not None and getattr(section, "factory", None):
+            refs.append((section.factory, getattr(section, "code", None), f"{name}.factory"))
+    return refs
+
+
+def check_imports(spec) -> None:
+    """Import every factory of ``spec`` (a ``UserCodeError`` for the first that does not import)."""
+    for text, code, what in factory_refs(spec):
+        import_factory(text, code, what)
+
+
+def _installed(path: Path) -> bool:
+    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    return any(path.is_relative_to(Path(r).resolve()) for r in roots if r)
+
+
+def module_source(module_name: str, code: Optional[str] = None) -> Optional[Path]:
+    """The file (a module) or folder (a package) of ``module_name``'s top-level module, when it is the
+    user's own: neither installed nor one of q3r-tune's packages; else None."""
+    top = module_name.split(".")[0]
+    if top in OWN:
+        return None
+    on_path(code)
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]).resolve()
+    elif spec.origin and spec.origin not in ("built-in", "frozen"):
+        path = Path(spec.origin).resolve()
+    else:
+        return None
+    return None if _installed(path) else path
+
+
+def user_code_paths(spec, extra: Iterable[tuple[str, Optional[str]]] = ()) -> list[str]:
+    """The files and folders of the user's modules that ``spec``'s factories (and ``extra``
+    ``(factory, code folder)`` pairs) import from: what a sweep ships to its Ray workers."""
+    paths: list[str] = []
+    for text, code in [*((t, c) for t, c, _ in factory_refs(spec)), *extra]:
+        module_name, _ = parse_factory(text)
+        path = module_source(module_name, code)
+        if path is not None and str(path) not in paths:
+            paths.append(str(path))
+    return paths
