@@ -15,14 +15,15 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 
 from tuning.trial.demo import RETENTIONS, TECHNIQUES, trial_config
+from tuning.trial.metrics import acc_key, level_key, params_key
 from tuning.trial.recipe import run_trial
 
 
 def one(args) -> tuple:
     technique, seed, epochs = args
     metrics = run_trial(trial_config(technique, epochs, threads=1, seed=seed)).metrics
-    return technique, seed, {f"{p:g}": metrics[f"acc@{p:g}"] for p in RETENTIONS}, \
-        {f"{p:g}": metrics[f"params@{p:g}"] for p in RETENTIONS}
+    return technique, seed, {level_key(p): metrics[acc_key(p)] for p in RETENTIONS}, \
+        {level_key(p): metrics[params_key(p)] for p in RETENTIONS}
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     work = [(t, s, args.epochs) for t in args.techniques for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one, work))
-    keys = [f"{p:g}" for p in RETENTIONS]
+    keys = [level_key(p) for p in RETENTIONS]
     print(f"digits, {args.epochs} epochs, seeds {args.seeds}: accuracy after truncation at retention p")
     print(f"{'technique':<14}{'seed':<6}" + "".join(f"p={k:<7}" for k in keys))
     means = {}

@@ -11,10 +11,10 @@ from collections import Counter
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 from tuning.analysis.pareto import ParetoResult, fronts
-from tuning.analysis.recommend import recommendation_table
+from tuning.analysis.recommend import BUDGETS, recommendation_table
 from tuning.analysis.records import COMPLETED, SEARCH, STATUSES, STOPPED, TrialRecord
+from tuning.trial.metrics import ACC, acc_key, levels
 
-BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.4)              # fractions of the targeted parameters
 SENSITIVITY_PARAMS = ("lmbda", "target_rank", "period", "lr")
 LOG_PARAMS = frozenset({"lmbda", "lr"})           # drawn on a log axis
 BASELINE = "adamw"                                 # the unregularized model of the reference line
@@ -43,7 +43,7 @@ def objective(record: TrialRecord) -> Optional[float]:
 
 def full_accuracy(record: TrialRecord) -> Optional[float]:
     """Accuracy of the untruncated model: ``acc``, else ``acc@1``; None if neither is a number."""
-    for key in ("acc", "acc@1"):
+    for key in (ACC, acc_key(1)):
         if finite(record.metrics.get(key)):
             return float(record.metrics[key])
     return None
@@ -96,15 +96,9 @@ class RetentionData(NamedTuple):
 
 
 def _levels(record: TrialRecord) -> list[tuple[float, float]]:
-    out = []
-    for key, value in record.metrics.items():
-        if not key.startswith("acc@") or not finite(value):
-            continue
-        try:
-            out.append((float(key[4:]), float(value)))
-        except ValueError:
-            continue
-    return sorted(out)
+    """(p, acc@p) of every level with a finite accuracy, ascending."""
+    accs = ((p, record.metrics.get(acc_key(p))) for p in levels(record.metrics))
+    return sorted((p, float(a)) for p, a in accs if finite(a))
 
 
 def best_trials(records: Iterable[TrialRecord]) -> dict[str, TrialRecord]:
@@ -200,5 +194,6 @@ def progress(records: Iterable[TrialRecord]) -> list[Progress]:
 # --- 5. recommendations -----------------------------------------------------------------------------
 
 def recommendations(records: Iterable[TrialRecord], budgets: Iterable = BUDGETS) -> list[dict]:
-    """The most accurate completed (trial, retention) within each budget; budgets nobody reaches are left out."""
+    """The most accurate completed (trial, retention) within each budget (by default the sweep's, which it
+    confirmed); budgets nobody reaches are left out."""
     return recommendation_table(records, budgets)

@@ -16,6 +16,8 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tuning.trial import spec as config
+    from tuning.trial.files import CHECKPOINT, SCORES, TRAIN_CONFIG
+    from tuning.trial.metrics import acc_key, level_key, levels, params_key
     from tuning.trial.recipe import run_trial
 
     from tuning.trial.usercode import UserCodeError, check_imports
@@ -36,10 +38,10 @@ def _train(args: argparse.Namespace) -> int:
     except TrackingError as e:
         return _fail("train", e)
     out.mkdir(parents=True, exist_ok=True)
-    config.dump(cfg, out / "config.yaml")
+    config.dump(cfg, out / TRAIN_CONFIG)
     print(f"training {cfg.technique.name} on {cfg.data.name}; checkpoints and scores in {out}")
     experiment = args.experiment or f"train-{Path(args.spec).stem}"
-    tracked = TrainRun(client, experiment, cfg, str((out / "checkpoint.pt").resolve()), resume=args.resume)
+    tracked = TrainRun(client, experiment, cfg, str((out / CHECKPOINT).resolve()), resume=args.resume)
     print(f"MLflow: experiment {experiment!r}, run {tracked.run_id}, tracking URI {uri}")
     from tuning.trial.data import DatasetError
     try:
@@ -51,14 +53,13 @@ def _train(args: argparse.Namespace) -> int:
             return 2
         raise
     tracked.finish(result.status)
-    (out / "scores.json").write_text(json.dumps({"status": result.status, "epoch": result.epoch,
-                                                 "metrics": result.metrics, "history": result.history}, indent=2))
+    (out / SCORES).write_text(json.dumps({"status": result.status, "epoch": result.epoch,
+                                          "metrics": result.metrics, "history": result.history}, indent=2))
     m = result.metrics
     print(f"status: {result.status} after {result.epoch} epochs")
-    for key in sorted((k for k in m if k.startswith("acc@")), key=lambda k: float(k[4:])):
-        p = key[4:]
-        print(f"  retention {p:>5}: accuracy {m[key]:.4f}  parameters {m[f'params@{p}']}")
-    print(f"scores written to {out / 'scores.json'}")
+    for p in sorted(levels(m)):
+        print(f"  retention {level_key(p):>5}: accuracy {m[acc_key(p)]:.4f}  parameters {m[params_key(p)]}")
+    print(f"scores written to {out / SCORES}")
     print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
     return 0 if result.status == "completed" else 1
 
@@ -83,7 +84,7 @@ def _running(command: str, name: str, call, report=None) -> int:
     ``report`` prints the outcome (default: where the sweep is)."""
     from mlflow.exceptions import MlflowException
 
-    from tuning.sweep.driver import TrackingDown
+    from tuning.tracking.sync import TrackingDown
     try:
         outcome = call()
     except TrackingDown as e:
@@ -119,7 +120,7 @@ def _continue(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from tuning.sweep.driver import sync_sweep
+    from tuning.tracking.sync import sync_sweep
     return _running("sync", args.name, lambda: sync_sweep(args.name, tracking_uri=args.tracking_uri,
                                                           wait=args.tracking_wait), report=lambda _: None)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from tuning.analysis.pareto import format_table
 from tuning.analysis.records import SEARCH
 from tuning.spec.space import grid_points
+from tuning.trial.metrics import levels
 
 from . import scores
 from .replay import config_key, grid_epochs, mean_epoch_seconds, replay, strategy_spec
@@ -176,7 +177,7 @@ def report(results: dict, runs, epochs: int, args, log=print) -> None:
     fid = scores.rung_fidelity(runs, rungs, epochs)
     log(f"\nrung fidelity: Spearman of the objective at epoch e vs at epoch {epochs}, per technique (grid runs):")
     log(format_table([{"technique": t, **{f"e={e}": round(v, 2) for e, v in row.items()}} for t, row in fid.items()]))
-    retentions = sorted({float(k[4:]) for r in runs for k in r.rows[-1] if k.startswith("acc@")})
+    retentions = sorted({p for r in runs for p in levels(r.rows[-1])})
     noise = scores.noise_floor(runs, retentions)
     if noise:
         log("\nnoise floor: configurations trained with a second seed, |acc@p difference| over p < 1:")

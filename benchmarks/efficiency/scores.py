@@ -13,14 +13,14 @@ from typing import Iterable, Sequence
 from tuning.analysis.pareto import hypervolume, points
 from tuning.analysis.records import COMPLETED, SEARCH, TrialRecord
 from tuning.analysis.recommend import recommend
+from tuning.trial.metrics import ACC, acc_key, is_level_key
 
 from .table import Run
 
 
 def scored_metrics(row: dict) -> dict:
     """The scores of a reported row that a trial's record keeps (accuracies, parameter counts, objective)."""
-    return {k: v for k, v in row.items() if isinstance(k, str)
-            and (k.startswith(("acc", "params@", "targeted@")) or k == "objective")}
+    return {k: v for k, v in row.items() if isinstance(k, str) and (k in (ACC, "objective") or is_level_key(k))}
 
 
 def final_record(run: Run) -> TrialRecord:
@@ -126,7 +126,7 @@ def noise_floor(runs: Iterable[Run], levels: Sequence[float]) -> list[dict]:
     for second in (r for r in runs if r.role != SEARCH and r.confirms in by_id):
         first = by_id[second.confirms]
         a, b = first.rows[-1], second.rows[-1]
-        diffs = [abs(float(a.get(f"acc@{p:g}", 0.0)) - float(b.get(f"acc@{p:g}", 0.0))) for p in levels if p < 1]
+        diffs = [abs(float(a.get(acc_key(p), 0.0)) - float(b.get(acc_key(p), 0.0))) for p in levels if p < 1]
         rows.append({"technique": first.technique, "trial_id": first.trial_id, "seeds": f"{first.seed},{second.seed}",
                      "mean |diff|": statistics.fmean(diffs), "max |diff|": max(diffs)})
     return rows

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tuning.spec.sweep import SearcherSpec
+from tuning.trial.metrics import acc_key
 
 import yaml
 
@@ -67,7 +68,7 @@ def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, as
         Strategy("tpe+asha g2", "tpe", asha(max(1, g // 2)), n_asha),
         Strategy("tpe+asha g6", "tpe", asha(min(table_epochs, g + g // 2)), n_asha),
         Strategy("tpe+asha rf2", "tpe", asha(g, rf=2), n_asha),
-        Strategy("tpe+asha acc@0.2", "tpe", asha(g), n_asha, objective="acc@0.2"),
+        Strategy("tpe+asha acc@0.2", "tpe", asha(g), n_asha, objective=acc_key(0.2)),
         Strategy("tpe+asha min1", "tpe", asha(g, min_samples=1), n_asha),
         Strategy("tpe+asha su2", "tpe", asha(g), n_asha, startup=2),
         Strategy("tpe+asha min1 g2", "tpe", asha(max(1, g // 2), min_samples=1), n_asha),

@@ -71,14 +71,15 @@ class Run:
 def _runs_from_mlflow(uri: str, parent: str) -> list[dict]:
     from tuning.tracking.results import child_runs
     from tuning.tracking.store import (CONFIRMS, PARAMS as PARAMS_TAG, ROLE, STATUS, TECHNIQUE, TRIAL_ID, check_tracking)
-    from tuning.tracking.store import CONFIG, metric_key
+    from tuning.tracking.store import CONFIG
+    from tuning.trial.metrics import is_level_key, metric_key
 
     client = check_tracking(uri)
     rows = []
     for run in child_runs(client, parent):
         tags = run.data.tags
         keys = [k for k in run.data.metrics if k in ("objective", "acc", "time_s", "train_loss")
-                or k.startswith(("acc_at_", "params_at_", "targeted_at_"))]
+                or is_level_key(metric_key(k))]
         steps: dict = {}
         for k in keys:
             for m in client.get_metric_history(run.info.run_id, k):

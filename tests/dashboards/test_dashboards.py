@@ -2,6 +2,7 @@
 figures, the PNGs, the HTML report, and the report logged by ``publish`` / written by ``q3r-tune report``."""
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +15,10 @@ from dashboards import data, figures, report, static
 from tuning import cli
 from tuning.artifacts import publish
 from tuning.analysis.pareto import fronts
-from tuning.analysis.recommend import recommendation_table
+from tuning.analysis.recommend import BUDGETS, recommendation_table
 from tuning.analysis.records import TrialRecord
-from tuning.tracking.store import (PARAMS, PARENT, ROLE, STATUS, SWEEP, TECHNIQUE, TRIAL_ID, experiment_id, mlflow_key)
+from tuning.tracking.store import PARAMS, PARENT, ROLE, STATUS, SWEEP, TECHNIQUE, TRIAL_ID, experiment_id
+from tuning.trial.metrics import mlflow_key
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -114,9 +116,9 @@ def test_progress():
 
 def test_recommendations():
     rows = data.recommendations(RECORDS)
-    assert rows == recommendation_table(RECORDS, (0.05, 0.1, 0.2, 0.3, 0.4))
+    assert rows == recommendation_table(RECORDS, (0.05, 0.1, 0.2, 0.4))
     assert [(r["budget"], r["trial_id"], r["retention"], r["accuracy"]) for r in rows] == [
-        (0.1, "a", 0.1, 0.70), (0.2, "a", 0.1, 0.70), (0.3, "a", 0.1, 0.70), (0.4, "a", 0.1, 0.70)]   # 0.05: none
+        (0.1, "a", 0.1, 0.70), (0.2, "a", 0.1, 0.70), (0.4, "a", 0.1, 0.70)]   # 0.05: none
     assert data.recommendations(RECORDS, [0.5, 1.0])[1]["trial_id"] == "d"
     assert data.recommendations([E, F]) == []
 
@@ -192,6 +194,22 @@ def test_build_report_embeds_plotly_once():
     assert 'id="recommendation-table"' in page and "lmbda=0.5 lr=0.001 period=5 target_rank=0.1" in page
     assert "8 trials: 4 completed, 1 stopped, 1 diverged, 1 failed, 1 running" in page
     assert 'id="no-finished-trial"' not in page
+
+
+def report_rows(page: str) -> list[dict]:
+    """The rows of a report's recommendation table, as {column: cell text}."""
+    table = re.search(r'<table id="recommendation-table">(.*?)</table>', page).group(1)
+    return [dict(zip(static.COLUMNS, re.findall(r"<td[^>]*>(.*?)</td>", row)))
+            for row in re.findall(r"<tr>(.*?)</tr>", table.split("</thead>")[1])]
+
+
+def test_the_report_shows_the_budgets_the_sweep_confirms():
+    """A trial small enough for any budget: the report's table has one row for each budget the sweep
+    confirms and publishes (tuning.analysis.recommend.BUDGETS), and no other."""
+    small = make("s", "adamq3r", "completed", 0.5, {0.01: (10, 0.01, 0.5), 1.0: (1000, 1.0, 0.9)}, Q3R)
+    shown = [row["budget"] for row in report_rows(report.build_report([small]))]
+    assert shown == [f"{b:g} of targeted" for b in BUDGETS] and len(BUDGETS) >= 3
+    assert [row["budget"] for row in data.recommendations([small])] == list(BUDGETS)
 
 
 def test_report_of_an_unfinished_sweep(tmp_path):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from tuning.trial.evaluation import level_key
+from tuning.trial.metrics import level_key
 from tuning.analysis.pareto import (ParetoResult, Point, dominates, format_params, format_table, front_table, fronts, hypervolume, pareto_front, points)
 from tuning.analysis.records import COMPLETED, FAILED, STOPPED, TrialRecord
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from tuning.trial import spec as q3r_config
-from tuning.trial.evaluation import level_key
+from tuning.trial.metrics import level_key
 from tuning.analysis.pareto import Point
 from tuning.analysis.recommend import (Recommendation, parse_budget, recommend, recommendation_table, recommended_config, write_spec)
 from tuning.analysis.records import COMPLETED, DIVERGED, STOPPED, TrialRecord

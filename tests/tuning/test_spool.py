@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from tuning import cli
 from tuning.tracking.spool import Spool, SpoolBusy
-from tuning.sweep.driver import TrackingDown, settle
+from tuning.tracking.sync import TrackingDown, settle
 from tuning.tracking.store import PARENT, ROLE, SWEEP, experiment_id
-from tuning.tracking.mirror import RunMirror, open_spool, spool_folder, transient
+from tuning.tracking.mirror import RunMirror, open_spool, transient
+from tuning.trial.files import spool_folder
 from tuning.tracking.callback import TrialRuns
 from tuning.trial import spec as trial_spec
 

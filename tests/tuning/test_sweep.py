@@ -18,6 +18,7 @@ from tuning.spec.sweep import from_dict
 from tuning.sweep.driver import run_sweep
 from tuning.tracking.store import find_sweep
 
+from tests.dashboards.test_dashboards import report_rows
 from tests.tuning.sweep_helpers import short_tmp, tiny_spec
 
 pytestmark = pytest.mark.slow
@@ -126,6 +127,11 @@ def test_the_best_configurations_are_confirmed_with_new_seeds(sweep):
     local = client.download_artifacts(outcome.parent_run_id, "recommendations.json", str(folder))
     rows = json.loads(open(local).read())["budgets"]
     assert rows and all(row["seeds"] == 3 and row["trial_id"] in {r.confirms for r in confirmations} for row in rows)
+    # the report on the parent run shows the same budgets, each confirmed (3 seeds), and no other
+    page = open(client.download_artifacts(outcome.parent_run_id, "report.html", str(folder))).read()
+    shown = report_rows(page)
+    assert [row["budget"] for row in shown] == [f"{row['budget']:g} of targeted" for row in rows]
+    assert {row["seeds"] for row in shown} == {"3"}
     assert any(line.startswith("confirmation: ") for line in outcome_lines(outcome.records))
 
 

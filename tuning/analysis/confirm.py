@@ -7,7 +7,7 @@ new seeds (``seed + 1``, ``seed + 2``, ...), as Ray trials of the same sweep who
 carry ``q3r.role = confirmation`` and ``q3r.confirms = <trial id>``. A configuration picked by
 several budgets is run once. ``tuning.analysis.recommend`` then ranks by the mean over all seeds.
 
-``plan`` is pure (records in, grid points out); ``tuning.sweep.driver.run_confirmation`` runs it.
+``plan`` is pure (records in, grid points out); ``tuning.sweep.driver.Sweep.confirm`` runs it.
 """
 from __future__ import annotations
 

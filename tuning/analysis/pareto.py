@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
 from tuning.analysis.records import (COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, SEARCH, STATUSES, TrialRecord)
+from tuning.trial.metrics import acc_key, levels, params_key, targeted_key
 
 SEED_STATUSES = (COMPLETED, COLLAPSED, DIVERGED)   # confirmation runs that count, at their last scores
 
@@ -59,22 +60,15 @@ def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,
     for rec in records:
         if rec.status not in statuses or rec.role != SEARCH:      # confirmation runs: see recommend.seed_points
             continue
-        levels = []
-        for key in rec.metrics:
-            if not key.startswith("acc@"):
-                continue
-            level = key[4:]
-            try:
-                retention = float(level)
-            except ValueError:
-                continue
-            acc, params = rec.metrics[key], rec.metrics.get(f"params@{level}")
+        scored = []
+        for retention in levels(rec.metrics):
+            acc, params = rec.metrics.get(acc_key(retention)), rec.metrics.get(params_key(retention))
             if _finite(acc) and _finite(params):
-                targeted = rec.metrics.get(f"targeted@{level}")
+                targeted = rec.metrics.get(targeted_key(retention))
                 targeted = float(targeted) if _finite(targeted) else math.nan
-                levels.append(Point(rec.trial_id, rec.technique, rec.params, retention,
+                scored.append(Point(rec.trial_id, rec.technique, rec.params, retention,
                                     int(round(float(params))), targeted, float(acc), rec.run_id))
-        out.extend(sorted(levels, key=lambda p: p.retention))
+        out.extend(sorted(scored, key=lambda p: p.retention))
     return out
 
 
@@ -88,7 +82,7 @@ def seed_points(records: Iterable[TrialRecord], statuses=(COMPLETED,)) -> list[P
             seeds.setdefault(r.confirms, []).append(r)
     out = []
     for p in points(records, statuses):
-        level = f"acc@{p.retention:g}"
+        level = acc_key(p.retention)
         accs = [p.accuracy] + [0.0 if r.status == DIVERGED else float(r.metrics.get(level, 0.0))
                                for r in seeds.get(p.trial_id, [])]
         std = statistics.stdev(accs) if len(accs) > 1 else math.nan

@@ -17,7 +17,9 @@ from tuning.analysis.pareto import Point, format_params, seed_points
 from tuning.analysis.records import COMPLETED, TrialRecord
 
 Budget = Union[float, int]
-BUDGETS = (0.05, 0.1, 0.2, 0.4)   # the recommendation table's budgets: fractions of the targeted parameters
+# The budgets of a sweep, fractions of the targeted parameters: the sweep confirms the best configurations
+# of each (tuning.analysis.confirm), publishes their recommendations and models, and its report shows them.
+BUDGETS = (0.05, 0.1, 0.2, 0.4)
 TOLERANCE = 1e-9          # fraction budgets: targeted <= budget + TOLERANCE
 
 

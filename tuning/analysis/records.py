@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Final statuses of a trial (the MLflow tag ``q3r.status``):
-COMPLETED = "completed"      # ran its full budget of epochs
+from tuning.trial.metrics import COLLAPSED, COMPLETED, DIVERGED, RUNNING, levels
+
+# Final statuses of a trial (the MLflow tag ``q3r.status``): a trial reports COMPLETED (ran its full
+# budget of epochs), DIVERGED (non-finite loss) or COLLAPSED (accuracy at chance after rank collapse)
+# itself, RUNNING until then (or when the sweep was interrupted); the sweep adds:
 STOPPED = "stopped"          # stopped early by the scheduler (ASHA)
-DIVERGED = "diverged"        # non-finite loss: stopped itself
-COLLAPSED = "collapsed"      # accuracy at chance after rank collapse: stopped itself
 FAILED = "failed"            # raised an error
-RUNNING = "running"          # not finished (the sweep is still going, or was interrupted)
 STATUSES = (COMPLETED, STOPPED, DIVERGED, COLLAPSED, FAILED, RUNNING)
 
 # What a child run of a sweep is (the MLflow tag ``q3r.role``):
@@ -50,7 +50,7 @@ class TrialRecord:
 
     def retentions(self) -> list[float]:
         """The retention levels this trial was scored at, ascending."""
-        return sorted(float(k[4:]) for k in self.metrics if k.startswith("acc@"))
+        return sorted(levels(self.metrics))
 
 
 def outcomes(records, techniques=()) -> dict[str, dict[str, int]]:

@@ -1,9 +1,9 @@
 """The compressed model of a sweep's recommendation (or of any tracked run): on disk and in MLflow.
 
 ``export_sweep(uri, name, budget, out)`` takes the recommended search trial of a sweep, finds its
-last checkpoint in the sweep's Ray storage (the parent run's ``q3r.storage`` folder, or
-``<storage>-confirm`` for a confirmation run), and writes the model truncated and factorized at the
-recommended retention (``tuning.trial.export``). ``export_run(uri, run_id, out, retention=...)``
+last checkpoint in the sweep's Ray storage (the parent run's ``q3r.storage`` folder, or its
+confirmation folder for a confirmation run: ``tuning.trial.files``), and writes the model truncated
+and factorized at the recommended retention (``tuning.trial.export``). ``export_run(uri, run_id, out, retention=...)``
 does the same for one run: a sweep trial or a ``q3r-tune train`` run (``q3r.checkpoint``).
 
 ``log_model`` logs such a model with MLflow's PyTorch flavour (an MLflow 3 *logged model* whose
@@ -26,8 +26,8 @@ from typing import Callable, Optional
 from tuning.analysis.recommend import BUDGETS, Recommendation, _budget, is_fraction, recommend
 from tuning.analysis.records import SEARCH, TrialRecord
 from tuning.tracking.store import CHECKPOINT, PARENT, ROLE, STORAGE, TRAIN, TrackingError, check_tracking
-
-CHECKPOINT_FILE = "checkpoint.pt"      # tuning.trial.recipe.CHECKPOINT
+from tuning.trial.files import CHECKPOINT as CHECKPOINT_FILE, INFO, SPEC, WEIGHTS, confirmation_folder
+from tuning.trial.metrics import acc_key, level_key, params_key
 
 
 @dataclass
@@ -41,11 +41,11 @@ class Export:
 
     @property
     def recorded_accuracy(self) -> Optional[float]:
-        return self.record.metrics.get(f"acc@{self.retention:g}")
+        return self.record.metrics.get(acc_key(self.retention))
 
     @property
     def recorded_parameters(self) -> Optional[int]:
-        return self.record.metrics.get(f"params@{self.retention:g}")
+        return self.record.metrics.get(params_key(self.retention))
 
 
 def model_name(budget=None, retention: Optional[float] = None) -> str:
@@ -53,11 +53,6 @@ def model_name(budget=None, retention: Optional[float] = None) -> str:
     (MLflow model names may not contain '.', '/', ':' or '%')."""
     text = f"budget-{budget:g}" if budget is not None else f"retention-{float(retention):g}"
     return "model-" + text.replace(".", "_")
-
-
-def confirmation_folder(storage: str) -> Path:
-    """As ``tuning.sweep.driver.confirmation_folder``: ``<storage>-confirm``."""
-    return Path(f"{str(storage).rstrip('/')}-confirm")
 
 
 def find_checkpoint(trial_id: str, storage: str) -> Path:
@@ -88,10 +83,9 @@ def export_record(record: TrialRecord, checkpoint: Path, retention: float, out_d
     if not record.config:
         raise ValueError(f"run {record.run_id} carries no trial spec (tag q3r.config) to rebuild its model from")
     cfg = from_dict(record.config, f"the trial spec of run {record.run_id}")
-    level = f"{float(retention):g}"
+    acc, params = acc_key(retention), params_key(retention)
     info = {"trial_id": record.trial_id, "run_id": record.run_id, "role": record.role, "status": record.status,
-            "budget": budget, "recorded": {f"acc@{level}": record.metrics.get(f"acc@{level}"),
-                                          f"params@{level}": record.metrics.get(f"params@{level}"),
+            "budget": budget, "recorded": {acc: record.metrics.get(acc), params: record.metrics.get(params),
                                           "epoch": record.epoch},
             **(extra or {})}
     return export_model(cfg, checkpoint, retention, out_dir, extra=info, expect_epoch=record.epoch or None,
@@ -255,23 +249,23 @@ def log_recommended_models(client, parent: str, records: list, log: Callable[[st
 
 def describe(export: Export) -> list[str]:
     """What ``q3r-tune export`` prints: where the model is, its figures, how to load it."""
-    r, level = export.result, f"{export.retention:g}"
+    r, level = export.result, level_key(export.retention)
     budget = "" if export.budget is None else (
         f" for a budget of {export.budget:g} of the targeted parameters" if is_fraction(export.budget)
         else f" for a budget of {export.budget:,} parameters")
     acc = export.recorded_accuracy
     lines = [f"exported {export.record.technique} trial {export.record.trial_id} (MLflow run {export.record.run_id}) "
              f"at retention {level}{budget} to {r.folder}",
-             f"  parameters: {r.parameters:,} in the file (params@{level} recorded: "
+             f"  parameters: {r.parameters:,} in the file ({params_key(export.retention)} recorded: "
              f"{export.recorded_parameters if export.recorded_parameters is None else format(export.recorded_parameters, ',')}"
              f"; dense model {r.dense_parameters:,}, {r.parameters / r.dense_parameters:.1%})",
-             f"  accuracy: acc@{level} = {'not scored' if acc is None else format(acc, '.4f')} recorded at epoch "
-             f"{export.record.epoch} by this run on its validation split"]
+             f"  accuracy: {acc_key(export.retention)} = {'not scored' if acc is None else format(acc, '.4f')} "
+             f"recorded at epoch {export.record.epoch} by this run on its validation split"]
     if export.recommendation is not None and export.recommendation.point.seeds > 1:
         p = export.recommendation.point
         lines.append(f"  (the recommendation's mean over {p.seeds} seeds: {p.accuracy:.4f} +- {p.std:.4f})")
     if "accuracy" in r.info:
         lines.append(f"  accuracy of the exported model, measured now: {r.info['accuracy']:.4f}")
-    lines.append(f"  files: {r.folder / 'model.safetensors'}, {r.folder / 'spec.yaml'}, {r.folder / 'export.json'}")
+    lines.append(f"  files: {r.folder / WEIGHTS}, {r.folder / SPEC}, {r.folder / INFO}")
     lines.append(f"  load: from tuning.trial.export import load_exported; model = load_exported({str(r.folder)!r})")
     return lines

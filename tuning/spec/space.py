@@ -283,6 +283,9 @@ class OptunaSpace:
         return constants
 
 
+POINT = "point"        # a Ray config {"point": {...}} holds one whole point: a grid point, a confirmation run
+
+
 def grid_points(spaces: dict[str, dict[str, Dist]]) -> list[dict]:
     """Every point of the grid (choices crossed per technique, fixed values included), in order."""
     points = []
@@ -298,11 +301,18 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes, list, dict)) else value
 
 
+def flat_config(config: dict) -> dict:
+    """A Ray config as one flat dict: the point of ``{"point": {...}}`` (a grid point, or a confirmation
+    run's ``{..., "seed", "confirms"}``: ``tuning.analysis.confirm.plan``) unwrapped, else a copy."""
+    flat = dict(config)
+    if isinstance(flat.get(POINT), dict):
+        flat.update(flat.pop(POINT))
+    return flat
+
+
 def split_config(config: dict) -> tuple[str, dict]:
     """A flat Ray config (or ``{"point": {...}}``) back to ``(technique, {param: value})``."""
-    flat = dict(config)
-    if isinstance(flat.get("point"), dict):
-        flat.update(flat.pop("point"))
+    flat = flat_config(config)
     technique = flat.get("technique")
     if technique is None:
         prefixes = {k.split(".", 1)[0] for k in flat if isinstance(k, str) and "." in k}

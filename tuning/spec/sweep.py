@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -25,7 +24,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from tuning.spec.space import Dist, TechniqueSpaces, is_dist, plain
 from tuning.trial import spec as trial_spec
-from tuning.trial.evaluation import level_key
+from tuning.trial.metrics import acc_key, level_key, objective_key, objective_value
 from tuning.trial.spec import (DEFAULT_RETENTIONS, DataSpec, Fraction, ModelSpec, Positive, TrainSpec, TrialSpec)
 from tuning.trial.specio import SpecError, Strict, apply_overrides, read_yaml, validate
 
@@ -139,7 +138,7 @@ class SweepSpec(Strict):
         self.retentions = [float(p) for p in self.retentions]
         if len({level_key(p) for p in self.retentions}) != len(self.retentions):
             raise ValueError(f"retentions must be distinct, but got {self.retentions}")
-        self.objective = _objective(self.objective, self.retentions)
+        self.objective = objective_key(self.objective, self.retentions)
         sch = self.scheduler
         if sch.max_t is not None and sch.max_t > self.epochs:
             raise ValueError(f"scheduler.max_t must be null or in [1, epochs={self.epochs}], but got {sch.max_t}")
@@ -216,7 +215,7 @@ class SweepSpec(Strict):
     def objective_metrics(self) -> list[str]:
         """The metrics the searcher optimises (all maximised)."""
         if self.searcher.kind == "multi":
-            return [f"acc@{level_key(p)}" for p in self.retentions if p < 1]
+            return [acc_key(p) for p in self.retentions if p < 1]
         return ["objective"]
 
     def trial_config(self, technique: str, params: dict) -> TrialSpec:
@@ -242,22 +241,6 @@ class SweepSpec(Strict):
         d["train"] = {k: v for k, v in d["train"].items() if k not in MANAGED}
         d["techniques"] = {t: {p: dist.to_yaml() for p, dist in space.items()} for t, space in self.spaces.items()}
         return copy.deepcopy(d)
-
-
-def _objective(objective: str, retentions: list) -> str:
-    if objective == "mean":
-        if not any(p < 1 for p in retentions):
-            raise ValueError(f"objective: mean needs a retention level < 1, but retentions are {retentions}")
-        return objective
-    m = re.fullmatch(r"acc@([0-9.eE+-]+)", objective)
-    try:
-        key = level_key(float(m.group(1))) if m else None
-    except ValueError:
-        key = None
-    if key not in {level_key(p) for p in retentions}:
-        raise ValueError(f"objective: must be 'mean' or 'acc@p' with p one of the retentions {retentions}, "
-                         f"but got {objective!r}")
-    return f"acc@{key}"
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -315,17 +298,3 @@ def json_schema(kind: str = "sweep") -> str:
     schema["properties"]["variants"] = {"type": "object", "additionalProperties": {"type": "object"},
                                         "description": "named partial specs merged over the file (--variant)"}
     return json.dumps(schema, indent=2)
-
-
-def objective_value(metrics: dict, objective: str, retentions) -> float:
-    """The scalar a trial is ranked by: mean of acc@p over the levels p < 1 present, or one acc@p."""
-    if objective == "mean":
-        values = [metrics[k] for k in (f"acc@{level_key(p)}" for p in retentions if p < 1) if k in metrics]
-        if not values:
-            raise KeyError(f"objective 'mean' needs acc@p for some retention p < 1 in the metrics; "
-                           f"they hold {sorted(metrics)}")
-        return float(sum(values) / len(values))
-    key = f"acc@{level_key(float(objective.partition('@')[2]))}"
-    if key not in metrics:
-        raise KeyError(f"objective {objective!r} needs {key} in the metrics; they hold {sorted(metrics)}")
-    return float(metrics[key])

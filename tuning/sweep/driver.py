@@ -1,16 +1,16 @@
 """Run a sweep: Ray Tune trials of the recipe, ASHA, Optuna, every trial mirrored into MLflow.
 
 ``run_sweep(spec)`` checks the tracking store first (an unreachable server fails before any
-trial starts), opens the sweep's parent run, runs the Tuner, then publishes the results table,
-the Pareto fronts and the recommendations on the parent run. ``resume_sweep(name)`` finds an
-interrupted sweep by its experiment name and continues it: finished trials are kept, unfinished
-ones continue from their last checkpoint, and every trial keeps its MLflow run.
+trial starts), opens the sweep's parent run, runs the Tuner and the confirmation runs, then publishes
+the results table, the Pareto fronts and the recommendations on the parent run (``Sweep.drive``).
+``resume_sweep(name)`` finds an interrupted sweep by its experiment name and continues it: finished
+trials are kept, unfinished ones continue from their last checkpoint, and every trial keeps its MLflow
+run; ``confirm_sweep(name)`` runs or completes the confirmation alone.
 """
 from __future__ import annotations
 
 import functools
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,27 +26,26 @@ from ray.tune.schedulers import FIFOScheduler
 
 from tuning.trial.data import DatasetError, load_dataset
 from tuning.trial.usercode import check_imports, user_code_paths
+from tuning.trial.files import (STORAGE as DEFAULT_STORAGE, confirmation_folder, optuna_db, spool_folder,
+                                sweep_folder_name)
 
 from tuning.analysis.confirm import plan
 from tuning.artifacts.publish import publish
 from tuning.analysis.recommend import BUDGETS
-from tuning.analysis.records import FAILED, TrialRecord
+from tuning.analysis.records import FAILED, RUNNING
 from tuning.tracking.results import load_records
 from tuning.sweep.schedulers import TechniqueASHA
 from tuning.sweep.searcher import make_searcher
+from tuning.spec.space import POINT
 from tuning.spec.sweep import SweepSpec, from_dict
-from tuning.tracking.store import STATUS, TrackingError, check_tracking, default_uri, find_sweep, start_sweep
+from tuning.tracking.store import (SPEC_ARTIFACT, STATUS, STORAGE, TrackingError, check_tracking, default_uri,
+                                   find_sweep, start_sweep)
 from tuning.tracking.callback import TrialRuns
-from tuning.tracking.mirror import open_spool, spool_folder
-from tuning.sweep.trainable import train_trial, trial_of
+from tuning.tracking.sync import TRACKING_WAIT, settle
+from tuning.sweep.trainable import train_trial, trial_config
 
 PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("data", "code"), ("model", "path"), ("model", "init"),
                ("model", "code"))
-TRACKING_WAIT = 60.0       # seconds a sweep waits at its end for a tracking server that does not answer
-
-
-class TrackingDown(TrackingError):
-    """The tracking server did not answer in time: the sweep's logging is kept in its spool."""
 
 
 @dataclass
@@ -67,11 +66,6 @@ def resolve_paths(spec_dict: dict, base: Path) -> dict:
         if value and not Path(value).is_absolute():
             out[section][key] = str((base / value).resolve())
     return out
-
-
-def trial_config(spec_dict: dict, config: dict):
-    """(technique, params, TrialSpec) of one Ray trial config; picklable through functools.partial."""
-    return trial_of(from_dict(spec_dict), config)
 
 
 def preflight(spec: SweepSpec) -> None:
@@ -155,108 +149,114 @@ def search_config(spec: SweepSpec, optuna_storage: Optional[str]) -> tuple[tune.
                            max_concurrent_trials=spec.max_concurrent), param_space
 
 
-def make_tuner(spec: SweepSpec, spec_dict: dict, storage: Path, run_name: str, callbacks: list):
-    (storage / run_name).mkdir(parents=True, exist_ok=True)
-    tune_config, param_space = search_config(spec, f"sqlite:///{storage / run_name / 'optuna.db'}")
-    return tune.Tuner(trainable_of(spec, spec_dict), param_space=param_space, tune_config=tune_config,
-                      run_config=run_config(run_name, storage, callbacks))
+@dataclass
+class Sweep:
+    """One sweep as its driver holds it. ``drive`` is the flow of ``run_sweep``, ``resume_sweep`` and
+    ``confirm_sweep``: the search (a new or a restored Tuner, or none), the confirmation runs, each followed
+    by the spool settling into MLflow, then the results published on the parent run."""
 
+    spec: SweepSpec
+    spec_dict: dict
+    client: object            # an MlflowClient of ``uri``
+    uri: str
+    parent: str               # the parent run's id
+    folder: str               # Ray's state of the search: the parent run's q3r.storage
+    wait: float = TRACKING_WAIT
+    log: Callable[[str], None] = print
 
-def confirmation_folder(search_folder: str) -> Path:
-    """Ray's state of a sweep's confirmation runs: beside the search's, with ``-confirm`` appended."""
-    return Path(f"{search_folder.rstrip('/')}-confirm")
+    @classmethod
+    def reopen(cls, name: str, tracking_uri: Optional[str], wait: float, log: Callable[[str], None]) -> "Sweep":
+        """The latest sweep of experiment ``name``, as its parent run recorded it."""
+        uri = tracking_uri or default_uri()
+        client = check_tracking(uri, looking_for=f"sweep named {name!r}")
+        run = find_sweep(client, name)
+        spec_dict = _load_spec_artifact(client, run.info.run_id)
+        return cls(from_dict(spec_dict, source=f"sweep {name}"), spec_dict, client, uri, run.info.run_id,
+                   run.data.tags.get(STORAGE, ""), wait, log)
 
+    def restart(self, address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int]) -> None:
+        """Send what the spool holds, start Ray, mark the parent run running again."""
+        self.settle()
+        connect(address, num_cpus, num_gpus, user_code_paths(self.spec))
+        self.client.update_run(self.parent, status="RUNNING")
 
-def run_confirmation(client, uri: str, spec: SweepSpec, spec_dict: dict, parent: str, search_folder: str,
-                     log: Callable[[str], None] = print) -> list:
-    """Train the best configurations of each budget again with new seeds (``tuning.analysis.confirm``), or
-    complete an interrupted confirmation from Ray's state: no seed runs twice. Returns Ray's results."""
-    folder = confirmation_folder(search_folder)
-    trainable = trainable_of(spec, spec_dict)
-    if tune.Tuner.can_restore(str(folder)):
-        log(f"completing the confirmation runs in {folder}")
-        return list(tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True).fit())
-    points = plan(load_records(client, parent, with_history=False), BUDGETS, spec.confirm.top, spec.confirm.seeds,
-                  spec.seed)
-    if not points:
-        return []
-    configs = len({p["confirms"] for p in points})
-    log(f"confirming the best {spec.confirm.top} configuration(s) of each budget {list(BUDGETS)}: {configs} distinct "
-        f"configuration(s) x {spec.confirm.seeds} new seeds = {len(points)} runs of {spec.epochs} epochs")
-    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.epochs,
-                           spool_folder(search_folder))]
-    tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
-                       tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent),
-                       run_config=run_config(folder.name, folder.parent, callbacks))
-    return list(tuner.fit())
+    def settle(self) -> None:
+        settle(self.spec.experiment_name, self.uri, self.folder, self.wait, self.log)
+
+    def tuner(self, folder: Path, param_space: dict, tune_config: tune.TuneConfig, max_t: int) -> tune.Tuner:
+        """A Tuner of this sweep's trials, its Ray state in ``folder``, every trial mirrored into MLflow."""
+        callback = TrialRuns(self.uri, self.spec.experiment_name, self.parent,
+                             functools.partial(trial_config, self.spec_dict), max_t, spool_folder(self.folder))
+        return tune.Tuner(trainable_of(self.spec, self.spec_dict), param_space=param_space, tune_config=tune_config,
+                          run_config=run_config(folder.name, folder.parent, [callback]))
+
+    def restore(self, folder) -> tune.Tuner:
+        """The Tuner of the Ray state in ``folder``: finished trials kept, the others continued."""
+        return tune.Tuner.restore(str(folder), trainable_of(self.spec, self.spec_dict), resume_unfinished=True,
+                                  resume_errored=True)
+
+    def drive(self, search: Optional[tune.Tuner]) -> SweepOutcome:
+        results = []
+        if search is not None:
+            results = list(search.fit())
+            self.settle()
+        results += self.confirm()
+        self.settle()
+        return self.finish(results)
+
+    def confirm(self) -> list:
+        """Train the best configurations of each budget again with new seeds (``tuning.analysis.confirm``), or
+        complete an interrupted confirmation from Ray's state: no seed runs twice. Returns Ray's results."""
+        spec, folder = self.spec, confirmation_folder(self.folder)
+        if tune.Tuner.can_restore(str(folder)):
+            self.log(f"completing the confirmation runs in {folder}")
+            return list(self.restore(folder).fit())
+        top, seeds = spec.confirm.top, spec.confirm.seeds
+        points = plan(load_records(self.client, self.parent, with_history=False), BUDGETS, top, seeds, spec.seed)
+        if not points:
+            return []
+        self.log(f"confirming the best {top} configuration(s) of each budget {list(BUDGETS)}: "
+                 f"{len({p['confirms'] for p in points})} distinct configuration(s) x {seeds} new seeds = "
+                 f"{len(points)} runs of {spec.epochs} epochs")
+        once = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent)
+        return list(self.tuner(folder, {POINT: tune.grid_search(points)}, once, spec.epochs).fit())
+
+    def finish(self, grid: list) -> SweepOutcome:
+        """Close leftover runs, publish the results on the parent run, close it."""
+        client, parent, name = self.client, self.parent, self.spec.experiment_name
+        for r in load_records(client, parent):
+            if r.status == RUNNING:            # the tuner has returned: no trial of this sweep still runs
+                client.set_tag(r.run_id, STATUS, FAILED)
+                client.set_terminated(r.run_id, "FAILED")
+        records = load_records(client, parent)
+        summary = publish(client, parent, self.spec, records, log=self.log)
+        errors = sum(1 for r in grid if r.error is not None)
+        client.set_terminated(parent, "FINISHED")
+        self.log(f"MLflow: experiment {name!r}, parent run {parent}, tracking URI {self.uri}"
+                 + (f"; {errors} trial(s) failed" if errors else ""))
+        return SweepOutcome(name, self.uri, parent, self.folder, records, summary)
 
 
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
               storage: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
               tracking_wait: float = TRACKING_WAIT, log: Callable[[str], None] = print) -> SweepOutcome:
+    """Run ``spec``: open its parent run, search, confirm, publish."""
     uri = tracking_uri or spec.tracking.uri or default_uri()
     client = check_tracking(uri)                              # before anything starts
     spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
     preflight(from_dict(spec_dict, source=spec.source))
     for line in spec.advice():
         log(f"warning: {line}")
-    storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
-    run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(storage or Path.cwd() / DEFAULT_STORAGE).resolve() / sweep_folder_name(spec.experiment_name)
     connect(address, num_cpus, num_gpus, user_code_paths(spec))
     check_resources(spec)
-    parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
+    parent = start_sweep(client, spec.experiment_name, spec_dict, str(folder))
     share = "" if spec.searcher.kind == "grid" else " (" + ", ".join(f"{t} {n}" for t, n in spec.allocation().items()) + ")"
     log(f"sweep {spec.experiment_name}: {spec.total_samples} trials{share}, MLflow parent run {parent} in {uri}")
-    folder = str(storage_dir / run_name)
-    callbacks = [TrialRuns(uri, spec.experiment_name, parent, functools.partial(trial_config, spec_dict), spec.max_t,
-                           spool_folder(folder))]
-    tuner = make_tuner(spec, spec_dict, storage_dir, run_name, callbacks)
-    results = list(tuner.fit())
-    settle(spec.experiment_name, uri, folder, tracking_wait, log)
-    results += run_confirmation(client, uri, spec, spec_dict, parent, folder, log)
-    settle(spec.experiment_name, uri, folder, tracking_wait, log)
-    return _finish(client, uri, spec, parent, folder, results, log)
-
-
-def settle(name: str, uri: str, folder: str, wait: float, log: Callable[[str], None] = print) -> None:
-    """Wait up to ``wait`` seconds for the sweep's spooled logging to reach MLflow; ``TrackingDown``
-    (the spool kept on disk, and what to run later) if the server does not take it all by then."""
-    spool = open_spool(spool_folder(folder), uri, log)
-    left = spool.drain(wait)
-    if left:
-        where = "" if uri == default_uri() else f" --tracking-uri {uri}"
-        raise TrackingDown(f"sweep {name}: the MLflow tracking server {uri} did not take the sweep's logging within "
-                           f"{wait:g} s ({spool.last_error}); its {left} operation(s) are kept in {spool.folder}; when "
-                           f"the server answers, `q3r-tune sync {name}{where}` sends them and `q3r-tune resume "
-                           f"{name}{where}` also finishes the sweep")
-    if spool.appended:
-        log(f"MLflow logging: {spool.appended} operation(s) spooled and delivered; the slowest callback on Ray's "
-            f"loop took {spool.slowest_append * 1000:.1f} ms")
-
-
-def sync_sweep(name: str, *, tracking_uri: Optional[str] = None, wait: float = TRACKING_WAIT,
-               log: Callable[[str], None] = print) -> int:
-    """Send what the latest sweep of experiment ``name`` left in its spool; the number of operations sent."""
-    uri = tracking_uri or default_uri()
-    parent_run = find_sweep(check_tracking(uri, looking_for=f"sweep named {name!r}"), name)
-    folder = parent_run.data.tags.get("q3r.storage", "")
-    if not spool_folder(folder).is_dir():
-        log(f"sweep {name}: no tracking spool in {folder!r}: nothing to send")
-        return 0
-    spool = open_spool(spool_folder(folder), uri, log)
-    settle(name, uri, folder, wait, log)
-    sent = spool.delivered - spool.delivered_at_open
-    log(f"sweep {name}: {sent} spooled operation(s) sent to {uri}; none left in {spool.folder}")
-    return sent
-
-
-def _reopen(name: str, tracking_uri: Optional[str]):
-    """(client, uri, parent run, spec as a dict, spec) of the latest sweep of experiment ``name``."""
-    uri = tracking_uri or default_uri()
-    client = check_tracking(uri, looking_for=f"sweep named {name!r}")
-    parent_run = find_sweep(client, name)
-    spec_dict = _load_spec_artifact(client, parent_run.info.run_id)
-    return client, uri, parent_run, spec_dict, from_dict(spec_dict, source=f"sweep {name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tune_config, param_space = search_config(spec, f"sqlite:///{optuna_db(folder)}")
+    sweep = Sweep(spec, spec_dict, client, uri, parent, str(folder), tracking_wait, log)
+    return sweep.drive(sweep.tuner(folder, param_space, tune_config, spec.max_t))
 
 
 def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -264,58 +264,30 @@ def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opti
                  log: Callable[[str], None] = print) -> SweepOutcome:
     """Continue the latest sweep of experiment ``name`` where its driver stopped (search, then confirmation),
     first sending what its spool holds."""
-    client, uri, parent_run, spec_dict, spec = _reopen(name, tracking_uri)
-    parent, path = parent_run.info.run_id, parent_run.data.tags.get("q3r.storage", "")
-    if not tune.Tuner.can_restore(path):
-        raise TrackingError(f"sweep {name!r}: its Ray experiment folder {path!r} is missing or holds no state")
-    settle(name, uri, path, tracking_wait, log)
-    connect(address, num_cpus, num_gpus, user_code_paths(spec))
-    client.update_run(parent, status="RUNNING")
-    log(f"resuming sweep {name} from {path}")
-    tuner = tune.Tuner.restore(path, trainable_of(spec, spec_dict), resume_unfinished=True, resume_errored=True)
-    results = list(tuner.fit())
-    settle(name, uri, path, tracking_wait, log)
-    results += run_confirmation(client, uri, spec, spec_dict, parent, path, log)
-    settle(name, uri, path, tracking_wait, log)
-    return _finish(client, uri, spec, parent, path, results, log)
+    sweep = Sweep.reopen(name, tracking_uri, tracking_wait, log)
+    if not tune.Tuner.can_restore(sweep.folder):
+        raise TrackingError(f"sweep {name!r}: its Ray experiment folder {sweep.folder!r} is missing or holds no state")
+    sweep.restart(address, num_cpus, num_gpus)
+    log(f"resuming sweep {name} from {sweep.folder}")
+    return sweep.drive(sweep.restore(sweep.folder))
 
 
 def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
                   num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, tracking_wait: float = TRACKING_WAIT,
                   log: Callable[[str], None] = print) -> SweepOutcome:
     """Run, or complete, the confirmation runs of the latest sweep of experiment ``name``."""
-    client, uri, parent_run, spec_dict, spec = _reopen(name, tracking_uri)
-    parent, path = parent_run.info.run_id, parent_run.data.tags.get("q3r.storage", "")
-    if spec.confirm.top == 0 or spec.confirm.seeds == 0:
-        raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {spec.confirm.model_dump()}); "
+    sweep = Sweep.reopen(name, tracking_uri, tracking_wait, log)
+    confirm = sweep.spec.confirm
+    if confirm.top == 0 or confirm.seeds == 0:
+        raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {confirm.model_dump()}); "
                             f"run it again with confirm.top and confirm.seeds >= 1")
-    settle(name, uri, path, tracking_wait, log)
-    connect(address, num_cpus, num_gpus, user_code_paths(spec))
-    client.update_run(parent, status="RUNNING")
-    results = run_confirmation(client, uri, spec, spec_dict, parent, path, log)
-    settle(name, uri, path, tracking_wait, log)
-    return _finish(client, uri, spec, parent, path, results, log)
+    sweep.restart(address, num_cpus, num_gpus)
+    return sweep.drive(None)
 
 
 def _load_spec_artifact(client, run_id: str) -> dict:
     import yaml
     from mlflow.artifacts import download_artifacts
 
-    local = download_artifacts(run_id=run_id, artifact_path="sweep_spec.yaml", tracking_uri=client.tracking_uri)
+    local = download_artifacts(run_id=run_id, artifact_path=SPEC_ARTIFACT, tracking_uri=client.tracking_uri)
     return yaml.safe_load(Path(local).read_text())
-
-
-def _finish(client, uri: str, spec: SweepSpec, parent: str, storage: str, grid, log) -> SweepOutcome:
-    """Close leftover runs, publish the results on the parent run, close it."""
-    records: list[TrialRecord] = load_records(client, parent)
-    for r in records:
-        if r.status == "running":              # the tuner has returned: no trial of this sweep still runs
-            client.set_tag(r.run_id, STATUS, FAILED)
-            client.set_terminated(r.run_id, "FAILED")
-    records = load_records(client, parent)
-    summary = publish(client, parent, spec, records, log=log)
-    errors = sum(1 for r in grid if r.error is not None)
-    client.set_terminated(parent, "FINISHED")
-    log(f"MLflow: experiment {spec.experiment_name!r}, parent run {parent}, tracking URI {uri}"
-        + (f"; {errors} trial(s) failed" if errors else ""))
-    return SweepOutcome(spec.experiment_name, uri, parent, storage, records, summary)

@@ -12,18 +12,20 @@ from pathlib import Path
 
 from ray import tune
 
-from tuning.trial.recipe import CHECKPOINT, run_trial
+from tuning.trial.files import CHECKPOINT
+from tuning.trial.metrics import DIVERGED, TrialReport, objective_value
+from tuning.trial.recipe import run_trial
 
-from tuning.spec.sweep import from_dict, objective_value
-from tuning.spec.space import split_config
+from tuning.spec.sweep import from_dict
+from tuning.spec.space import flat_config, split_config
 
 DIVERGED_OBJECTIVE = 0.0   # a diverged trial has no accuracy; it scores the worst possible objective
 
 
-def trial_metrics(metrics: dict, objective: str, retentions) -> dict:
+def trial_metrics(metrics: TrialReport, objective: str, retentions) -> TrialReport:
     """The dict a trial reports to Ray: the recipe's metrics plus ``objective``."""
     out = dict(metrics)
-    if metrics.get("status") == "diverged":
+    if metrics.get("status") == DIVERGED:
         out["objective"] = DIVERGED_OBJECTIVE
     else:
         out["objective"] = objective_value(metrics, objective, retentions)
@@ -32,12 +34,17 @@ def trial_metrics(metrics: dict, objective: str, retentions) -> dict:
 
 def trial_of(sweep, config: dict):
     """(technique, params, TrialSpec) of a Ray config; a confirmation point also sets ``seed``."""
-    technique, params = split_config(config)
+    point = flat_config(config)
+    technique, params = split_config(point)
     cfg = sweep.trial_config(technique, params)
-    point = config.get("point") if isinstance(config.get("point"), dict) else config
     if point.get("seed") is not None:
         cfg.train.seed = int(point["seed"])
     return technique, params, cfg
+
+
+def trial_config(spec_dict: dict, config: dict):
+    """(technique, params, TrialSpec) of one Ray trial config; picklable through functools.partial."""
+    return trial_of(from_dict(spec_dict), config)
 
 
 def train_trial(config: dict, spec: dict) -> None:
@@ -52,9 +59,9 @@ def train_trial(config: dict, spec: dict) -> None:
             shutil.copy(Path(d) / CHECKPOINT, workdir / CHECKPOINT)
         resume = True
 
-    def report(metrics: dict) -> None:
+    def report(metrics: TrialReport) -> None:
         out = trial_metrics(metrics, sweep.objective, sweep.retentions)
-        has_ckpt = (workdir / CHECKPOINT).is_file() and metrics.get("status") != "diverged"
+        has_ckpt = (workdir / CHECKPOINT).is_file() and metrics.get("status") != DIVERGED
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(workdir)) if has_ckpt else None)
 
     try:

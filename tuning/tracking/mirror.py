@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Optional
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuning.analysis.records import COMPLETED, FAILED, STOPPED
+from tuning.spec.space import flat_config
 from tuning.tracking.spool import Spool
 from tuning.tracking.store import (CHECKPOINT, CONFIG, ERROR, PARENT, ROLE, STATUS, TECHNIQUE, TRAIN, TRIAL_ID,
-                                   experiment_id, git_commit, mlflow_key)
-
-LOGGED = ("acc", "objective", "train_loss", "epoch", "time_s")      # plus every acc@/params@/targeted@/diag/ key
+                                   experiment_id, git_commit)
+from tuning.trial.metrics import logged, mlflow_key
 
 
 def evaluation_metrics(result: dict, step: int) -> list:
     """The MLflow metrics of one evaluation (``acc``, ``acc_at_0.2``, ``diag/...``), at ``step`` (the epoch)."""
     now = int(time.time() * 1000)
     return [Metric(mlflow_key(k), float(v), now, step) for k, v in result.items()
-            if (k in LOGGED or "@" in k or k.startswith("diag/")) and isinstance(v, (int, float))]
+            if logged(k) and isinstance(v, (int, float))]
 
 
 def confirmed_trial(config: dict) -> str:
     """The search trial a confirmation config trains again (``{"point": {..., "confirms": id}}``), else ""."""
-    point = config.get("point") if isinstance(config.get("point"), dict) else config
-    return str(point.get("confirms") or "")
+    return str(flat_config(config).get("confirms") or "")
 
 
 def final_status(result: Optional[dict], max_t: int) -> str:
@@ -53,11 +51,6 @@ def transient(error: Exception) -> bool:
     if isinstance(error, MlflowException):
         return not 400 <= error.get_http_status_code() < 500
     return True
-
-
-def spool_folder(storage: str) -> Path:
-    """A sweep's tracking spool: ``mlflow-spool/`` in the folder of its Ray state (``q3r.storage``)."""
-    return Path(storage) / "mlflow-spool"
 
 
 class RunMirror:

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from tuning.analysis.records import TrialRecord
 from tuning.analysis.records import SEARCH
-from tuning.tracking.store import (CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID, find_sweep, metric_key)
+from tuning.tracking.store import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID, find_sweep
+from tuning.trial.metrics import acc_key, from_mlflow
 
 HISTORY_KEYS = ("epoch", "objective", "acc", "train_loss")   # per-evaluation series kept in ``history``
 
@@ -31,7 +32,7 @@ def child_runs(client: MlflowClient, parent_run_id: str) -> list:
 
 def record_of(client: MlflowClient, run, with_history: bool = True) -> TrialRecord:
     tags, data = run.data.tags, run.data
-    metrics = {metric_key(k): (int(v) if k.startswith("params_at_") else v) for k, v in data.metrics.items()}
+    metrics = from_mlflow(data.metrics)
     history: list = []
     if with_history:
         series = {k: client.get_metric_history(run.info.run_id, k) for k in HISTORY_KEYS if k in data.metrics}
@@ -77,7 +78,6 @@ def results_table(records: list[TrialRecord], retentions: Optional[list] = None)
         row.update(r.params)
         row["objective"] = r.metrics.get("objective")
         for p in retentions or r.retentions():
-            key = f"{p:g}"
-            row[f"acc@{key}"] = r.metrics.get(f"acc@{key}")
+            row[acc_key(p)] = r.metrics.get(acc_key(p))
         rows.append(row)
     return rows

@@ -3,8 +3,8 @@
 Runs are found again by tags, never created twice: the parent carries ``q3r.role = sweep``, each
 child ``q3r.trial_id``, ``mlflow.parentRunId`` and ``q3r.role = trial`` (a search trial) or
 ``confirmation`` (a configuration trained again with another seed; ``q3r.confirms`` names the trial).
-MLflow metric names may not contain ``@``, so the trial metric ``acc@0.2`` is logged as ``acc_at_0.2``
-(``mlflow_key`` / ``metric_key`` convert). Imports MLflow, never Ray.
+A trial's metric ``acc@0.2`` is logged as ``acc_at_0.2`` (``tuning.trial.metrics.mlflow_key``).
+Imports MLflow, never Ray.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ CHECKPOINT = "q3r.checkpoint"      # a q3r-tune train run: its checkpoint file
 ERROR = "q3r.error"                # a failed trial: the last lines of its error (the user's exception)
 TRAIN = "train"                    # the q3r.role of a q3r-tune train run
 PARENT = "mlflow.parentRunId"
+SPEC_ARTIFACT = "sweep_spec.yaml"  # a sweep's parent run: its spec, as the driver ran it
 PACKAGES = ("q3r-tune", "torch", "timm", "transformers", "ray", "optuna", "mlflow", "peft")
 
 
@@ -47,14 +48,6 @@ def artifact_root(uri: str) -> Optional[str]:
     """Where a sqlite store keeps artifacts: ``mlartifacts/`` beside the database (not in the cwd)."""
     db = sqlite_path(uri)
     return (db.parent / "mlartifacts").as_uri() if db else None
-
-
-def mlflow_key(key: str) -> str:
-    return key.replace("@", "_at_")
-
-
-def metric_key(key: str) -> str:
-    return key.replace("_at_", "@")
 
 
 ACCEPTED = "sqlite:///PATH.db, http(s)://HOST:PORT, databricks, postgresql://, mysql:// or mssql://"
@@ -130,7 +123,7 @@ def find_sweep(client: MlflowClient, name: str):
 def start_sweep(client: MlflowClient, name: str, spec_dict: dict, storage: str) -> str:
     """Create the parent run: the spec, the git commit, package versions; returns its run id."""
     exp_id = experiment_id(client, name)
-    tags = {ROLE: SWEEP, "q3r.storage": storage, "mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+    tags = {ROLE: SWEEP, STORAGE: storage, "mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
             "mlflow.source.git.commit": git_commit()}
     tags.update({f"version.{p}": version(p) for p in PACKAGES})
     run = client.create_run(exp_id, tags=tags)
@@ -139,7 +132,7 @@ def start_sweep(client: MlflowClient, name: str, spec_dict: dict, storage: str) 
                  for k, v in spec_dict.get(sec, {}).items()})
     flat["techniques"] = ",".join(spec_dict.get("techniques", {}))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
-    client.log_dict(run.info.run_id, spec_dict, "sweep_spec.yaml")
+    client.log_dict(run.info.run_id, spec_dict, SPEC_ARTIFACT)
     return run.info.run_id
 
 

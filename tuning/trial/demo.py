@@ -10,6 +10,7 @@ import time
 
 from . import registry
 from . import spec as config
+from .metrics import acc_key, level_key, params_key
 from .recipe import run_trial
 
 # technique -> its hyperparameters, from the registry, the baseline first (lmbda 5: see docs/benchmarks.md,
@@ -36,10 +37,9 @@ def main(epochs: int = 40, threads: int = 2, techniques=tuple(TECHNIQUES)) -> di
         start = time.perf_counter()
         rows[name] = run_trial(trial_config(name, epochs, threads)).metrics
         print(f"  {name}: {rows[name]['status']} in {time.perf_counter() - start:.0f}s")
-    keys = [f"{p:g}" for p in RETENTIONS]
-    print("technique      " + "".join(f"p={k:<7}" for k in keys))
+    print("technique      " + "".join(f"p={level_key(p):<7}" for p in RETENTIONS))
     for name, m in rows.items():
-        print(f"{name:<14} " + "".join(f"{m[f'acc@{k}']:<9.3f}" for k in keys))
+        print(f"{name:<14} " + "".join(f"{m[acc_key(p)]:<9.3f}" for p in RETENTIONS))
     any_row = next(iter(rows.values()))
-    print("parameters     " + "".join(f"{any_row[f'params@{k}']:<9d}" for k in keys))
+    print("parameters     " + "".join(f"{any_row[params_key(p)]:<9d}" for p in RETENTIONS))
     return rows

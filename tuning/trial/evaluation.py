@@ -15,10 +15,7 @@ from q3r.delta import DeltaSpectra
 from q3r.targets import Target
 from q3r.truncation import SpectralCache
 
-
-def level_key(p: float) -> str:
-    """The stable name of a retention level: 0.2 -> "0.2", 1.0 -> "1"."""
-    return f"{float(p):g}"
+from .metrics import ACC, acc_key, params_key, targeted_key
 
 
 def forward_batch(model: nn.Module, batch, device: torch.device):
@@ -62,14 +59,12 @@ def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retenti
     """
     cache = SpectralCache(targets) if base is None else DeltaSpectra(targets, base)
     out: dict = {}
-    for p in retentions:
-        key = level_key(p)
-        p = float(p)
+    for p in map(float, retentions):
         with cache.applied(p):
-            out[f"acc@{key}"] = accuracy(model, loader, device, amp)
+            out[acc_key(p)] = accuracy(model, loader, device, amp)
         counts = cache.counts(model, p)
-        out[f"params@{key}"] = counts["model_kept"]
-        out[f"targeted@{key}"] = counts["targeted_kept"] / counts["targeted_dense"]
-    full = level_key(1.0)
-    out["acc"] = out[f"acc@{full}"] if f"acc@{full}" in out else accuracy(model, loader, device, amp)
+        out[params_key(p)] = counts["model_kept"]
+        out[targeted_key(p)] = counts["targeted_kept"] / counts["targeted_dense"]
+    full = acc_key(1.0)
+    out[ACC] = out[full] if full in out else accuracy(model, loader, device, amp)
     return out, cache

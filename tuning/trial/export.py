@@ -28,12 +28,13 @@ from q3r.targets import select_targets
 from q3r.truncation import SpectralCache, parameter_counts
 
 from .data import DatasetInfo
-from .evaluation import accuracy, level_key
+from .evaluation import accuracy
+from .files import INFO, SPEC, WEIGHTS
+from .metrics import level_key
 from .models import build_model
 from .recipe import eval_batch_size, load_data, make_technique
 from .spec import TrialSpec, dump, load
 
-WEIGHTS, SPEC, INFO = "model.safetensors", "spec.yaml", "export.json"
 EXAMPLE_ROWS = 4          # validation rows kept as an input example (MLflow's signature)
 
 

@@ -26,10 +26,10 @@ from q3r.targets import select_targets
 from .spec import TrialSpec
 from .data import load_dataset
 from .evaluation import forward_batch, score
+from .files import CHECKPOINT
 from .models import build_model
 from .techniques import build_technique
 
-CHECKPOINT = "checkpoint.pt"
 Report = Callable[[dict], None]
 
 
