@@ -16,7 +16,7 @@ from q3r.targets import classifier_head, select_targets
 from q3r.truncation import retained_rank, stored_numbers
 
 from .data import load_dataset
-from .evaluation import level_key
+from .metrics import level_key
 from .models import build_model
 from .spec import TrialSpec
 
