@@ -17,6 +17,10 @@ PRESETS = {
                    "*.layer.*.intermediate.dense", "*.layer.*.output.dense"),
 }
 
+# Every nn.Linear but the model's head: the Linears named in HEADS if it has any, else its last Linear.
+ALL_BUT_HEAD = "all-but-head"
+HEADS = ("head", "classifier", "lm_head")
+
 # Fused projections that hold several square matrices stacked along the output dimension.
 FUSED = {"qkv": ("q", "k", "v")}
 
@@ -111,21 +115,31 @@ def select_targets(
     full dotted name as a glob ("blocks.*.attn.qkv"). Hugging Face encoders use
     ``modules=("query", "key", "value", "dense")``. A fused qkv Linear of shape 3d x d
     yields three d x d targets Q, K, V (views into the same weight). ``modules`` may also name
-    a preset: "vit" or "hf-encoder" (see ``PRESETS``).
+    a preset: "vit" or "hf-encoder" (see ``PRESETS``), or "all-but-head": every nn.Linear but the
+    head (those named head, classifier or lm_head if there are any, else the last nn.Linear).
     """
     if isinstance(modules, str):
         modules = (modules,)
-    modules = tuple(p for m in modules for p in PRESETS.get(m, (m,)))
+    requested = tuple(modules)
+    chosen = _all_but_head(model) if ALL_BUT_HEAD in modules else set()
+    modules = tuple(p for m in modules if m != ALL_BUT_HEAD for p in PRESETS.get(m, (m,)))
     targets = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and _matches(name, modules):
+        if isinstance(module, nn.Linear) and (name in chosen or _matches(name, modules)):
             targets.extend(linear_targets(name, module, split_fused))
     if not targets:
         raise ValueError(
-            f"no nn.Linear in {type(model).__name__} matches modules={tuple(modules)}; "
+            f"no nn.Linear in {type(model).__name__} matches modules={requested if ALL_BUT_HEAD in requested else modules}; "
             f"Linear layers present: {[n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:12]}"
         )
     return targets
+
+
+def _all_but_head(model: nn.Module) -> set[str]:
+    """Full names of every nn.Linear of ``model`` but its head (see ``ALL_BUT_HEAD``)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    heads = [n for n in names if n.rsplit(".", 1)[-1] in HEADS or n.split(".", 1)[0] in HEADS]
+    return set(names) - set(heads or names[-1:])
 
 
 def as_targets(items: Iterable[Union[Target, nn.Linear, Tensor]]) -> list[Target]:
