@@ -71,7 +71,8 @@ def _sweep_errors():
     from tuning.tracking.spool import SpoolBusy
     from tuning.tracking.store import TrackingError
     from tuning.trial.data import DatasetError
-    return (SpecError, TrackingError, SpoolBusy, DatasetError, FileNotFoundError, ValueError)
+    from tuning.trial.usercode import UserCodeError
+    return (SpecError, TrackingError, SpoolBusy, DatasetError, FileNotFoundError, ValueError, UserCodeError)
 
 
 def _running(command: str, name: str, call, report=None) -> int:

@@ -25,6 +25,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from tuning.trial.data import DatasetError, load_dataset
+from tuning.trial.usercode import import_callable, shipped_files
 
 from tuning.analysis.confirm import plan
 from tuning.artifacts.publish import publish
@@ -64,6 +65,8 @@ def resolve_paths(spec_dict: dict, base: Path) -> dict:
         value = out.get(section, {}).get(key)
         if value and not Path(value).is_absolute():
             out[section][key] = str((base / value).resolve())
+    if out.get("function"):                  # the user's code: next to the spec (load_spec), else here
+        out["code_dir"] = str((base / (out.get("code_dir") or ".")).resolve())
     return out
 
 
@@ -76,8 +79,12 @@ def preflight(spec: SweepSpec) -> None:
     """Fail before Ray starts when the base trial's data or model is not where the spec says.
 
     Reads the dataset once with a one-item training split (ImageNet-style folders: only their
-    layout, not the million files) and checks a Hugging Face model path exists.
+    layout, not the million files) and checks a Hugging Face model path exists; a spec with ``function``
+    imports it instead (``UserCodeError`` in one line when it does not).
     """
+    if spec.function is not None:
+        import_callable(spec.function, [spec.code_dir])
+        return
     d = spec.data
     if d.name == "imagefolder":
         root = Path(d.data_root or ".")
@@ -97,14 +104,30 @@ def preflight(spec: SweepSpec) -> None:
                                 f"local Hugging Face model directory (nothing is downloaded at run time)")
 
 
-def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int]) -> None:
+def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int],
+            spec: Optional[SweepSpec] = None, log: Callable[[str], None] = print) -> None:
+    """Start Ray, or join the cluster at ``address``; the modules of a ``function`` spec go to every
+    worker in Ray's runtime environment (``py_modules``). A Ray started beforehand by the caller keeps
+    its own environment: then the workers find the function in ``code_dir`` or on their PYTHONPATH."""
+    runtime_env = ship_function(spec) if spec is not None else None
     if ray.is_initialized():
+        if runtime_env:
+            log(f"warning: Ray was started before the sweep, so {spec.function!r} is not shipped to its workers: "
+                f"they import it from {spec.code_dir} or their PYTHONPATH")
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env=runtime_env)
+
+
+def ship_function(spec: SweepSpec) -> Optional[dict]:
+    """Ray's runtime environment that carries a ``function`` spec's modules to every worker, or None."""
+    if spec.function is None:
+        return None
+    files = shipped_files(import_callable(spec.function, [spec.code_dir]), spec.code_dir)
+    return {"py_modules": files} if files else None
 
 
 def check_resources(spec: SweepSpec) -> None:
@@ -191,12 +214,13 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     uri = tracking_uri or spec.tracking.uri or default_uri()
     client = check_tracking(uri)                              # before anything starts
     spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
-    preflight(from_dict(spec_dict, source=spec.source))
+    resolved = from_dict(spec_dict, source=spec.source)
+    preflight(resolved)
     for line in spec.advice():
         log(f"warning: {line}")
     storage_dir = Path(storage or Path.cwd() / "q3r-runs").resolve()
     run_name = f"{spec.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    connect(address, num_cpus, num_gpus)
+    connect(address, num_cpus, num_gpus, resolved, log)
     check_resources(spec)
     parent = start_sweep(client, spec.experiment_name, spec_dict, str(storage_dir / run_name))
     share = "" if spec.searcher.kind == "grid" else " (" + ", ".join(f"{t} {n}" for t, n in spec.allocation().items()) + ")"
@@ -263,7 +287,7 @@ def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opti
     if not tune.Tuner.can_restore(path):
         raise TrackingError(f"sweep {name!r}: its Ray experiment folder {path!r} is missing or holds no state")
     settle(name, uri, path, tracking_wait, log)
-    connect(address, num_cpus, num_gpus)
+    connect(address, num_cpus, num_gpus, spec, log)
     client.update_run(parent, status="RUNNING")
     log(f"resuming sweep {name} from {path}")
     tuner = tune.Tuner.restore(path, trainable_of(spec, spec_dict), resume_unfinished=True, resume_errored=True)
@@ -284,7 +308,7 @@ def confirm_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Opt
         raise TrackingError(f"sweep {name!r} has confirmation turned off (confirm: {spec.confirm.model_dump()}); "
                             f"run it again with confirm.top and confirm.seeds >= 1")
     settle(name, uri, path, tracking_wait, log)
-    connect(address, num_cpus, num_gpus)
+    connect(address, num_cpus, num_gpus, spec, log)
     client.update_run(parent, status="RUNNING")
     results = run_confirmation(client, uri, spec, spec_dict, parent, path, log)
     settle(name, uri, path, tracking_wait, log)
