@@ -16,11 +16,14 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tuning.trial import spec as config
-    from tuning.trial.recipe import run_trial
+    from tuning.trial.recipe import FunctionError, run_trial
+    from tuning.trial.usercode import UserCodeError, import_callable
 
     try:
         cfg = config.load(args.spec, args.set)
-    except config.SpecError as e:
+        if cfg.function is not None:
+            import_callable(cfg.function, [cfg.code_dir])
+    except (config.SpecError, UserCodeError) as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
     for line in cfg.advice():
@@ -35,7 +38,8 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("train", e)
     out.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, out / "config.yaml")
-    print(f"training {cfg.technique.name} on {cfg.data.name}; checkpoints and scores in {out}")
+    what = f"function {cfg.function}" if cfg.function else cfg.data.name
+    print(f"training {cfg.technique.name} on {what}; checkpoints and scores in {out}")
     experiment = args.experiment or f"train-{Path(args.spec).stem}"
     tracked = TrainRun(client, experiment, cfg, str((out / "checkpoint.pt").resolve()), resume=args.resume)
     print(f"MLflow: experiment {experiment!r}, run {tracked.run_id}, tracking URI {uri}")
@@ -43,7 +47,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = run_trial(cfg, report=tracked.report, checkpoint_dir=str(out), resume=args.resume, log=print)
     except BaseException as e:
-        tracked.finish("failed")
+        tracked.finish("failed", error=str(e) if isinstance(e, FunctionError) else "")
+        if isinstance(e, FunctionError):
+            print(f"q3r-tune train: {e}", file=sys.stderr)
+            return 1
         if isinstance(e, (DatasetError, FileNotFoundError)):
             print(f"q3r-tune train: {e}", file=sys.stderr)
             return 2
@@ -57,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
         p = key[4:]
         print(f"  retention {p:>5}: accuracy {m[key]:.4f}  parameters {m[f'params@{p}']}")
     print(f"scores written to {out / 'scores.json'}")
-    print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
+    if cfg.function is None:                 # export rebuilds the built-in model; a function's is its own
+        print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
     return 0 if result.status == "completed" else 1
 
 

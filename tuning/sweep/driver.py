@@ -333,6 +333,9 @@ def _finish(client, uri: str, spec: SweepSpec, parent: str, storage: str, grid, 
     records = load_records(client, parent)
     summary = publish(client, parent, spec, records, log=log)
     errors = sum(1 for r in grid if r.error is not None)
+    for r in grid:
+        if r.error is not None:              # the last line of its error; all of it in the trial's folder
+            log(f"trial failed: {str(r.error).strip().splitlines()[-1]} (see {Path(r.path) / 'error.txt'})")
     client.set_terminated(parent, "FINISHED")
     log(f"MLflow: experiment {spec.experiment_name!r}, parent run {parent}, tracking URI {uri}"
         + (f"; {errors} trial(s) failed" if errors else ""))

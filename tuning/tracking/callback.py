@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 
 from tuning.analysis.records import CONFIRMATION, FAILED, SEARCH
-from tuning.tracking.mirror import confirmed_trial, evaluation_metrics, final_status, open_spool
+from tuning.tracking.mirror import ERROR_CHARS, confirmed_trial, evaluation_metrics, final_status, open_spool
 from tuning.tracking.spool import Spool
 from tuning.tracking.store import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID
 
@@ -60,4 +61,13 @@ class TrialRuns(Callback):
                  run_status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._op("finish", trial, time.perf_counter(), status=FAILED, run_status="FAILED")
+        self._op("finish", trial, time.perf_counter(), status=FAILED, run_status="FAILED", error=error_tail(trial))
+
+
+def error_tail(trial, lines: int = 12) -> str:
+    """The last lines of the error Ray recorded for ``trial`` (its error.txt), at most ``ERROR_CHARS``."""
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return ""
+    text = "\n".join(Path(path).read_text(errors="replace").rstrip().splitlines()[-lines:])
+    return text[-ERROR_CHARS:]

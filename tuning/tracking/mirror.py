@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from tuning.analysis.records import COMPLETED, FAILED, STOPPED
 from tuning.tracking.spool import Spool
-from tuning.tracking.store import (CHECKPOINT, CONFIG, PARENT, ROLE, STATUS, TECHNIQUE, TRAIN, TRIAL_ID,
+from tuning.tracking.store import (CHECKPOINT, CONFIG, ERROR, PARENT, ROLE, STATUS, TECHNIQUE, TRAIN, TRIAL_ID,
                                    experiment_id, git_commit, mlflow_key)
 
+ERROR_CHARS = 4000        # the tail of a failed trial's error kept in its q3r.error tag
 LOGGED = ("acc", "objective", "train_loss", "epoch", "time_s")      # plus every acc@/params@/targeted@/diag/ key
 
 
@@ -68,7 +69,8 @@ class RunMirror:
     ``metrics`` logs one evaluation unless its step (the epoch) is not after the run's last logged
     one, which it reads from MLflow when it first meets the run (no step twice, also after a resume),
     with the timestamp of the evaluation, so that a batch sent again after a lost reply is the
-    same row to MLflow's SQL store; ``finish`` sets ``q3r.status`` and ends the run.
+    same row to MLflow's SQL store; ``finish`` sets ``q3r.status`` (and ``q3r.error``: the last lines of
+    a failed trial's error) and ends the run.
     """
 
     def __init__(self, tracking_uri: str):
@@ -97,6 +99,8 @@ class RunMirror:
                                   tags=[RunTag(STATUS, "running")])
             self._last_step[run_id] = step
         elif op["op"] == "finish":
+            if op.get("error"):
+                self.client.set_tag(run_id, ERROR, op["error"])
             self.client.set_tag(run_id, STATUS, op["status"])
             self.client.set_terminated(run_id, op["run_status"])
         else:
@@ -160,6 +164,8 @@ class TrainRun:
                               tags=[RunTag(STATUS, str(metrics.get("status", "running")))])
         self.last_step = step
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, error: str = "") -> None:
+        if error:
+            self.client.set_tag(self.run_id, ERROR, error[-ERROR_CHARS:])
         self.client.set_tag(self.run_id, STATUS, status)
         self.client.set_terminated(self.run_id, "FAILED" if status == FAILED else "FINISHED")
