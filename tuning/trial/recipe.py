@@ -169,11 +169,11 @@ def run_function(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir
         fn(trial)
     except Exception as e:          # noqa: BLE001 - the user's code: its error, in a few lines
         raise FunctionError(f"function {cfg.function!r} raised {type(e).__name__}: {e}\n{last_lines(e)}") from e
-    if not trial.history:
+    if not trial.history and trial.last_epoch == 0:
         raise FunctionError(f"function {cfg.function!r} returned without calling trial.report(epoch, evaluate); "
                             f"report every epoch of trial.epochs() so that q3r-tune can score the trial")
-    if trial.status == "running" and trial.history[-1]["status"] == "running":
-        raise FunctionError(f"function {cfg.function!r} returned after reporting epoch {trial.history[-1]['epoch']} "
+    if trial.status == "running" and trial.last_epoch < cfg.train.epochs:
+        raise FunctionError(f"function {cfg.function!r} returned after reporting epoch {trial.last_epoch} "
                             f"of train.epochs={cfg.train.epochs}; loop over trial.epochs() and report each epoch")
     return trial.result()
 

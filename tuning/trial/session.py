@@ -89,7 +89,8 @@ class Trial:
         self.collapse_below: Optional[float] = None   # an evaluation under this "acc" counts as at chance
         self.status = "running"
         self.history: list = []
-        self.start_epoch = 0
+        self.start_epoch = 0                           # the checkpoint's epoch when resumed
+        self.last_epoch = 0                            # the last epoch reported (or the checkpoint's)
         self.model: Optional[nn.Module] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler = None
@@ -98,7 +99,6 @@ class Trial:
         self._tech = None
         self._base: Optional[dict] = None
         self._chance_evals = 0
-        self._last_epoch = 0
         self._started = time.perf_counter()
 
     # ---- what a loop reads ------------------------------------------------------------------------
@@ -200,10 +200,10 @@ class Trial:
 
     def _check_epoch(self, epoch) -> None:
         total = self.spec.train.epochs
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not self._last_epoch < epoch <= total:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not self.last_epoch < epoch <= total:
             raise ValueError(f"trial.report(epoch, ...) takes the epoch number that trial.epochs() yielded "
-                             f"(after {self._last_epoch}, at most train.epochs={total}), but got {epoch=}")
-        self._last_epoch = epoch
+                             f"(after {self.last_epoch}, at most train.epochs={total}), but got {epoch=}")
+        self.last_epoch = epoch
 
     def _score(self, tech, evaluate: Metric) -> dict:
         """Scores at every retention level plus the mean Q3R diagnostics, as one flat dict; the update
@@ -242,7 +242,7 @@ class Trial:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_to_tuple(state["rng"]["python"]))
         self.start_epoch, self.history = int(state["epoch"]), list(state["history"])
-        self._last_epoch = self.start_epoch
+        self.last_epoch = self.start_epoch
         self._log(f"resumed from {self._checkpoint} at epoch {self.start_epoch}")
 
 
