@@ -17,6 +17,9 @@ from typing import Callable, Iterable, Optional
 REFERENCE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
+OWN_PACKAGES = ("q3r", "tuning", "dashboards")      # q3r-tune itself: installed on the workers, never shipped
+
+
 class UserCodeError(ImportError):
     """A ``module:callable`` reference that does not import or does not name a callable."""
 
@@ -69,7 +72,8 @@ def _installed(path: Path) -> bool:
 
 def shipped_files(fn: Callable, folder: Optional[str] = None) -> list[str]:
     """The files or package folders a Ray worker needs to import ``fn``: the top-level module or package
-    of ``fn``'s module, and of every module loaded from ``folder`` (the spec's), installed ones left out."""
+    of ``fn``'s module, and of every module loaded from ``folder`` (the spec's); installed ones and
+    q3r-tune's own packages left out."""
     names = {fn.__module__.split(".")[0]}
     root = Path(folder).resolve() if folder else None
     for name, module in list(sys.modules.items()):
@@ -77,7 +81,7 @@ def shipped_files(fn: Callable, folder: Optional[str] = None) -> list[str]:
         if root is not None and file and Path(file).resolve().is_relative_to(root):
             names.add(name.split(".")[0])
     out = []
-    for name in sorted(names):
+    for name in sorted(names - set(OWN_PACKAGES)):
         module = sys.modules.get(name)
         file = getattr(module, "__file__", None)
         if file is None:
