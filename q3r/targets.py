@@ -17,6 +17,9 @@ PRESETS = {
                    "*.layer.*.intermediate.dense", "*.layer.*.output.dense"),
 }
 
+# The default selection, by name: every nn.Linear but the model's classifier head (``classifier_head``).
+ALL_BUT_HEAD = "all-but-head"
+
 # Fused projections that hold several square matrices stacked along the output dimension.
 FUSED = {"qkv": ("q", "k", "v")}
 
@@ -128,13 +131,19 @@ def select_targets(
     full dotted name as a glob ("blocks.*.attn.qkv"). Hugging Face encoders use
     ``modules=("query", "key", "value", "dense")``. A fused qkv Linear of shape 3d x d
     yields three d x d targets Q, K, V (views into the same weight). ``modules`` may also name
-    a preset: "vit" or "hf-encoder" (see ``PRESETS``). ``modules=None`` (or empty) selects every
-    nn.Linear except the classifier head (``classifier_head``): for a timm ViT, the same matrices
-    as "vit".
+    a preset: "vit" or "hf-encoder" (see ``PRESETS``). ``modules=None`` (or empty, or the name
+    "all-but-head") selects every nn.Linear except the classifier head (``classifier_head``): for a
+    timm ViT, the same matrices as "vit".
     """
     if isinstance(modules, str):
         modules = (modules,)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if modules and ALL_BUT_HEAD in modules:
+        others = tuple(m for m in modules if m != ALL_BUT_HEAD)
+        default = select_targets(model, None, split_fused)
+        extra = select_targets(model, others, split_fused) if others else []
+        seen = {t.name for t in default}
+        return default + [t for t in extra if t.name not in seen]
     if not modules:
         head = classifier_head(model)
         chosen = [(n, m) for n, m in linears if n != head]
@@ -152,6 +161,7 @@ def select_targets(
                 f"Linear layers present: {[n for n, _ in linears][:12]}"
             )
     return [t for name, module in chosen for t in linear_targets(name, module, split_fused)]
+
 
 
 def as_targets(items: Iterable[Union[Target, nn.Linear, Tensor]]) -> list[Target]:

@@ -18,12 +18,13 @@ def _train(args: argparse.Namespace) -> int:
     from tuning.trial import spec as config
     from tuning.trial.files import CHECKPOINT, SCORES, TRAIN_CONFIG
     from tuning.trial.metrics import acc_key, level_key, levels, params_key
-    from tuning.trial.recipe import run_trial
-
-    from tuning.trial.usercode import UserCodeError, check_imports
+    from tuning.trial.recipe import FunctionError, run_trial
+    from tuning.trial.usercode import UserCodeError, check_imports, import_callable
     try:
         cfg = config.load(args.spec, args.set)
         check_imports(cfg)
+        if cfg.function is not None:
+            import_callable(cfg.function, [cfg.code_dir])
     except (config.SpecError, UserCodeError) as e:
         print(f"q3r-tune train: {e}", file=sys.stderr)
         return 2
@@ -39,7 +40,8 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("train", e)
     out.mkdir(parents=True, exist_ok=True)
     config.dump(cfg, out / TRAIN_CONFIG)
-    print(f"training {cfg.technique.name} on {cfg.data.name}; checkpoints and scores in {out}")
+    what = f"function {cfg.function}" if cfg.function else cfg.data.name
+    print(f"training {cfg.technique.name} on {what}; checkpoints and scores in {out}")
     experiment = args.experiment or f"train-{Path(args.spec).stem}"
     tracked = TrainRun(client, experiment, cfg, str((out / CHECKPOINT).resolve()), resume=args.resume)
     print(f"MLflow: experiment {experiment!r}, run {tracked.run_id}, tracking URI {uri}")
@@ -47,7 +49,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = run_trial(cfg, report=tracked.report, checkpoint_dir=str(out), resume=args.resume, log=print)
     except BaseException as e:
-        tracked.finish("failed")
+        tracked.finish("failed", error=str(e) if isinstance(e, FunctionError) else "")
+        if isinstance(e, FunctionError):
+            print(f"q3r-tune train: {e}", file=sys.stderr)
+            return 1
         if isinstance(e, (DatasetError, FileNotFoundError, UserCodeError)):
             print(f"q3r-tune train: {e}", file=sys.stderr)
             return 2
@@ -60,7 +65,8 @@ def _train(args: argparse.Namespace) -> int:
     for p in sorted(levels(m)):
         print(f"  retention {level_key(p):>5}: accuracy {m[acc_key(p)]:.4f}  parameters {m[params_key(p)]}")
     print(f"scores written to {out / SCORES}")
-    print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
+    if cfg.function is None:                 # export rebuilds the built-in model; a function's is its own
+        print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
     return 0 if result.status == "completed" else 1
 
 

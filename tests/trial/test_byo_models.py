@@ -185,7 +185,7 @@ def test_route_2_trains_exports_and_loads_into_a_fresh_instance_of_the_users_mod
 
 
 def test_bad_user_code_is_one_line_naming_the_module_and_what_failed(code):
-    cases = {"nope_module:f": "model.factory 'nope_module:f': no module 'nope_module'",
+    cases = {"nope_module:f": "model.factory 'nope_module:f': no module named 'nope_module'",
              "broken_code:f": "importing module 'broken_code' failed: RuntimeError: boom at import",
              "my_code:missing": r"module 'my_code' \(.*my_code.py\) has no attribute 'missing'",
              "my_code:NOT_CALLABLE": "'NOT_CALLABLE' in module 'my_code' is a int, not a callable"}
@@ -203,8 +203,8 @@ def test_q3r_tune_train_fails_before_training_on_a_factory_that_does_not_import(
     path = spec_file(code, 'model: {kind: python, factory: "nope_module:Net"}\n')
     rc = cli.main(["train", str(path), "--out", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err == "q3r-tune train: model.factory 'nope_module:Net': no module 'nope_module' " \
-                              f"(looked in {code.resolve()} or PYTHONPATH)"
+    assert rc == 2 and err == "q3r-tune train: model.factory 'nope_module:Net': no module named 'nope_module' " \
+                              f"(searched {code.resolve()} and PYTHONPATH)"
     assert not (tmp_path / "out").exists()
 
 

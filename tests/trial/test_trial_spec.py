@@ -30,7 +30,7 @@ def test_round_trip_through_dump(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("techniqe:\n  lr: 1\n", "unknown key(s) ['techniqe']; known: ['data', 'model', 'technique', 'train']"),
+    ("techniqe:\n  lr: 1\n", "unknown key(s) ['techniqe']; known: ['data', 'model', 'technique', 'train', 'function', 'code_dir']"),
     ("technique:\n  lamda: 1\n", "technique: unknown key(s) ['lamda']; known: ['name', 'lr'"),
     ("technique:\n  lr: fast\n", "technique.lr must be a valid number, but got 'fast'"),
     ("technique:\n  lr: 0\n", "technique.lr must be greater than 0, but got 0"),
@@ -90,7 +90,7 @@ def test_json_schema_describes_the_sections():
     from tuning.spec.sweep import json_schema
 
     schema = json.loads(json_schema("trial"))
-    assert set(schema["properties"]) == {"data", "model", "technique", "train"}
+    assert set(schema["properties"]) == {"data", "model", "technique", "train", "function", "code_dir"}
     technique = schema["$defs"]["TechniqueSpec"]
     assert technique["additionalProperties"] is False
     assert technique["properties"]["name"]["enum"] == list(config.TECHNIQUE_NAMES)

@@ -4,6 +4,7 @@ sections; loaded from YAML through the same loader, validated when loaded.
 
     name: digits-vit                      # the sweep; the default MLflow experiment name
     data / model / train: {...}           # the base trial (tuning.trial.spec sections)
+    function: "my_loop:train"             # or the user's own loop instead of data and model (model.modules only)
     epochs, retentions, objective         # epochs and seed below win over train's
     techniques: {adamq3r: {lmbda: {loguniform: [0.3, 30]}, period: {choice: [5, 10]}, lr: 1.0e-3}}
     scheduler, searcher, num_samples, max_concurrent, resources, seed, tracking
@@ -25,7 +26,8 @@ from pydantic import Field, PrivateAttr, model_validator
 from tuning.spec.space import Dist, TechniqueSpaces, is_dist, plain
 from tuning.trial import spec as trial_spec
 from tuning.trial.metrics import acc_key, level_key, objective_key, objective_value
-from tuning.trial.spec import (DEFAULT_RETENTIONS, DataSpec, Fraction, ModelSpec, Positive, TrainSpec, TrialSpec)
+from tuning.trial.spec import (DEFAULT_RETENTIONS, DataSpec, Fraction, Function, ModelSpec, Positive, TrainSpec,
+                               TrialSpec, check_function_sections, resolve_code_dir, with_function_defaults)
 from tuning.trial.specio import SpecError, Strict, apply_overrides, read_yaml, validate
 
 __all__ = ["SpecError", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "ConfirmSpec", "TrackingSpec", "SweepSpec",
@@ -123,6 +125,12 @@ class SweepSpec(Strict):
                                  description="after the search, train the best configurations again with new "
                                              "seeds; recommendations then rank by the mean over all seeds")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where the sweep is tracked")
+    function: Optional[Function] = Field(default=None, description=(
+        "the user's own training loop, 'module:callable', called once per trial with the trial (see "
+        "docs/byo-loop.md); instead of data and model, of which only model.modules applies"))
+    code_dir: Optional[str] = Field(default=None, description=(
+        "the folder searched first for function's module, and shipped to Ray's workers; null: the spec "
+        "file's folder"))
     _source: str = PrivateAttr(default="<dict>")
 
     @model_validator(mode="before")
@@ -131,10 +139,11 @@ class SweepSpec(Strict):
         """train's epochs / retentions / seed serve where the top level has none."""
         if isinstance(data, dict) and isinstance(data.get("train"), dict):
             data = {**{k: data["train"][k] for k in ("epochs", "retentions", "seed") if k in data["train"]}, **data}
-        return data
+        return with_function_defaults(data)
 
     @model_validator(mode="after")
     def _consistent(self):
+        check_function_sections(self.function, self.data, self.model)
         self.retentions = [float(p) for p in self.retentions]
         if len({level_key(p) for p in self.retentions}) != len(self.retentions):
             raise ValueError(f"retentions must be distinct, but got {self.retentions}")
@@ -233,11 +242,13 @@ class SweepSpec(Strict):
                             f"{unknown}; it takes {list(taken)}")
         raw = {"data": self.data.model_dump(), "model": self.model.model_dump(), "train": self.train.model_dump(),
                "technique": {"name": technique, **values}}
+        if self.function is not None:
+            raw.update(function=self.function, code_dir=self.code_dir)
         return trial_spec.from_dict(raw, f"{self.source} [{technique}]")
 
     def to_dict(self) -> dict:
         """A YAML-serialisable dict; ``from_dict(spec.to_dict())`` gives the same spec."""
-        d = self.model_dump(exclude={"techniques"})
+        d = self.model_dump(exclude={"techniques"} if self.function else {"techniques", "function", "code_dir"})
         d["train"] = {k: v for k, v in d["train"].items() if k not in MANAGED}
         d["techniques"] = {t: {p: dist.to_yaml() for p, dist in space.items()} for t, space in self.spaces.items()}
         return copy.deepcopy(d)
@@ -283,7 +294,8 @@ def load_spec(path: Union[str, Path], overrides=(), variant: Optional[str] = Non
     """Read a sweep spec from YAML, merge ``variant``, apply ``--set`` overrides, validate."""
     raw = _with_variant(read_yaml(path, "sweep spec"), str(path), variant)
     raw, origins = apply_overrides(raw, overrides)
-    return from_dict(trial_spec.with_code_folder(raw, Path(path).parent), str(path), origins=origins)
+    return from_dict(resolve_code_dir(trial_spec.with_code_folder(raw, Path(path).parent), Path(path).parent),
+                     str(path), origins=origins)
 
 
 def dump_spec(spec: SweepSpec, path: Union[str, Path]) -> None:

@@ -25,7 +25,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from tuning.trial.data import DatasetError, load_dataset
-from tuning.trial.usercode import check_imports, user_code_paths
+from tuning.trial.usercode import check_imports, import_callable, shipped_files, user_code_paths
 from tuning.trial.files import (STORAGE as DEFAULT_STORAGE, confirmation_folder, optuna_db, spool_folder,
                                 sweep_folder_name)
 
@@ -65,6 +65,8 @@ def resolve_paths(spec_dict: dict, base: Path) -> dict:
         value = out.get(section, {}).get(key)
         if value and not Path(value).is_absolute():
             out[section][key] = str((base / value).resolve())
+    if out.get("function"):                  # the user's code: next to the spec (load_spec), else here
+        out["code_dir"] = str((base / (out.get("code_dir") or ".")).resolve())
     return out
 
 
@@ -73,8 +75,12 @@ def preflight(spec: SweepSpec) -> None:
 
     Imports the spec's factories (``model.factory``, ``data.factory``), reads the dataset once with a
     one-item training split (ImageNet-style folders: only their layout, not the million files) and
-    checks a Hugging Face model path exists.
+    checks a Hugging Face model path exists; a spec with ``function`` imports it instead
+    (``UserCodeError`` in one line when it does not).
     """
+    if spec.function is not None:
+        import_callable(spec.function, [spec.code_dir])
+        return
     check_imports(spec)
     d = spec.data
     if d.name == "imagefolder":
@@ -95,9 +101,16 @@ def preflight(spec: SweepSpec) -> None:
                                 f"local Hugging Face model directory (nothing is downloaded at run time)")
 
 
-def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int], code_paths=()) -> None:
-    """Start or join Ray; ``code_paths`` (the user's modules, ``user_code_paths``) are shipped to its workers."""
+def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int], code_paths=(),
+            log: Callable[[str], None] = print) -> None:
+    """Start Ray, or join the cluster at ``address``; ``code_paths`` (the user's modules, ``shipped_code``)
+    go to every worker in Ray's runtime environment (``py_modules``). A Ray started beforehand by the
+    caller keeps its own environment: then the workers import the user's code from the spec's folder or
+    their PYTHONPATH."""
     if ray.is_initialized():
+        if code_paths:
+            log(f"warning: Ray was started before the sweep, so {', '.join(code_paths)} are not shipped to its "
+                f"workers: they import the user's code from the spec's folder or their PYTHONPATH")
         return
     env = {"runtime_env": {"py_modules": list(code_paths)}} if code_paths else {}
     if address:
@@ -105,6 +118,15 @@ def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
                  log_to_driver=False, **env)
+
+
+def shipped_code(spec: SweepSpec) -> list[str]:
+    """The user's modules a sweep ships to Ray's workers: its factories' and its ``function``'s."""
+    paths = user_code_paths(spec)
+    if spec.function is not None:
+        fn = import_callable(spec.function, [spec.code_dir])
+        paths += [f for f in shipped_files(fn, spec.code_dir) if f not in paths]
+    return paths
 
 
 def check_resources(spec: SweepSpec) -> None:
@@ -177,7 +199,7 @@ class Sweep:
     def restart(self, address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[int]) -> None:
         """Send what the spool holds, start Ray, mark the parent run running again."""
         self.settle()
-        connect(address, num_cpus, num_gpus, user_code_paths(self.spec))
+        connect(address, num_cpus, num_gpus, shipped_code(self.spec), self.log)
         self.client.update_run(self.parent, status="RUNNING")
 
     def settle(self) -> None:
@@ -231,6 +253,9 @@ class Sweep:
         records = load_records(client, parent)
         summary = publish(client, parent, self.spec, records, log=self.log)
         errors = sum(1 for r in grid if r.error is not None)
+        for r in grid:
+            if r.error is not None:          # the last line of its error; all of it in the trial's folder
+                self.log(f"trial failed: {str(r.error).strip().splitlines()[-1]} (see {Path(r.path) / 'error.txt'})")
         client.set_terminated(parent, "FINISHED")
         self.log(f"MLflow: experiment {name!r}, parent run {parent}, tracking URI {self.uri}"
                  + (f"; {errors} trial(s) failed" if errors else ""))
@@ -244,11 +269,12 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     uri = tracking_uri or spec.tracking.uri or default_uri()
     client = check_tracking(uri)                              # before anything starts
     spec_dict = resolve_paths(spec.to_dict(), Path.cwd())
-    preflight(from_dict(spec_dict, source=spec.source))
+    resolved = from_dict(spec_dict, source=spec.source)
+    preflight(resolved)
     for line in spec.advice():
         log(f"warning: {line}")
     folder = Path(storage or Path.cwd() / DEFAULT_STORAGE).resolve() / sweep_folder_name(spec.experiment_name)
-    connect(address, num_cpus, num_gpus, user_code_paths(spec))
+    connect(address, num_cpus, num_gpus, shipped_code(spec), log)
     check_resources(spec)
     parent = start_sweep(client, spec.experiment_name, spec_dict, str(folder))
     share = "" if spec.searcher.kind == "grid" else " (" + ", ".join(f"{t} {n}" for t, n in spec.allocation().items()) + ")"

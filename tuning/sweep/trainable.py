@@ -1,4 +1,6 @@
-"""The Ray Tune trainable: one trial of a sweep is one ``tuning.trial.recipe.run_trial`` call.
+"""The Ray Tune trainable: one trial of a sweep is one ``tuning.trial.recipe.run_trial`` call (the
+built-in loop, or the spec's own ``function``, imported from the modules Ray's runtime environment
+shipped or else from the spec's ``code_dir``).
 
 Every evaluation is forwarded to Ray with the sweep's scalar ``objective`` added and the
 trial's checkpoint attached, so ASHA can stop the trial and a restarted worker (or a resumed
@@ -10,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from tuning.trial.files import CHECKPOINT
@@ -47,10 +50,17 @@ def trial_config(spec_dict: dict, config: dict):
     return trial_of(from_dict(spec_dict), config)
 
 
+def shipped_modules() -> bool:
+    """Whether this worker's runtime environment carries modules (``driver.ship_function``)."""
+    return bool((ray.get_runtime_context().runtime_env or {}).get("py_modules"))
+
+
 def train_trial(config: dict, spec: dict) -> None:
     """Ray Tune function trainable; ``spec`` is the sweep spec as a dict (``SweepSpec.to_dict()``)."""
     sweep = from_dict(spec)
     technique, params, cfg = trial_of(sweep, config)
+    if cfg.function is not None and shipped_modules():
+        cfg.code_dir = None                          # the driver's copy, not whatever this machine holds
     workdir = Path(tempfile.mkdtemp(prefix="q3r-trial-"))
     resume = False
     checkpoint = tune.get_checkpoint()

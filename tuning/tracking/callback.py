@@ -8,11 +8,11 @@ from pathlib import Path
 from ray.tune import Callback
 
 from tuning.analysis.records import CONFIRMATION, FAILED, SEARCH
-from tuning.tracking.mirror import confirmed_trial, evaluation_metrics, final_status, open_spool
+from tuning.tracking.mirror import ERROR_CHARS, confirmed_trial, evaluation_metrics, final_status, open_spool
 from tuning.tracking.spool import Spool
 from tuning.tracking.store import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID
 
-ERROR_LINES, ERROR_CHARS = 12, 4000     # what of a failed trial's error its MLflow run keeps (q3r.error)
+ERROR_LINES = 12          # the lines of a failed trial's error its MLflow run keeps (q3r.error)
 
 
 def error_tail(trial) -> str:

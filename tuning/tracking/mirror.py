@@ -16,6 +16,8 @@ from tuning.tracking.store import (CHECKPOINT, CONFIG, ERROR, PARENT, ROLE, STAT
                                    experiment_id, git_commit)
 from tuning.trial.metrics import logged, mlflow_key
 
+ERROR_CHARS = 4000        # the tail of a failed trial's error kept in its q3r.error tag
+
 
 def evaluation_metrics(result: dict, step: int) -> list:
     """The MLflow metrics of one evaluation (``acc``, ``acc_at_0.2``, ``diag/...``), at ``step`` (the epoch)."""
@@ -61,7 +63,8 @@ class RunMirror:
     ``metrics`` logs one evaluation unless its step (the epoch) is not after the run's last logged
     one, which it reads from MLflow when it first meets the run (no step twice, also after a resume),
     with the timestamp of the evaluation, so that a batch sent again after a lost reply is the
-    same row to MLflow's SQL store; ``finish`` sets ``q3r.status`` and ends the run.
+    same row to MLflow's SQL store; ``finish`` sets ``q3r.status`` (and ``q3r.error``: the last lines of
+    a failed trial's error) and ends the run.
     """
 
     def __init__(self, tracking_uri: str):
@@ -90,9 +93,9 @@ class RunMirror:
                                   tags=[RunTag(STATUS, "running")])
             self._last_step[run_id] = step
         elif op["op"] == "finish":
-            self.client.set_tag(run_id, STATUS, op["status"])
             if op.get("error"):
                 self.client.set_tag(run_id, ERROR, op["error"])
+            self.client.set_tag(run_id, STATUS, op["status"])
             self.client.set_terminated(run_id, op["run_status"])
         else:
             raise Undeliverable(f"unknown spooled operation {op['op']!r}")
@@ -155,6 +158,8 @@ class TrainRun:
                               tags=[RunTag(STATUS, str(metrics.get("status", "running")))])
         self.last_step = step
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, error: str = "") -> None:
+        if error:
+            self.client.set_tag(self.run_id, ERROR, error[-ERROR_CHARS:])
         self.client.set_tag(self.run_id, STATUS, status)
         self.client.set_terminated(self.run_id, "FAILED" if status == FAILED else "FINISHED")

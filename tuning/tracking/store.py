@@ -23,6 +23,7 @@ ROLE, SWEEP = "q3r.role", "sweep"
 TRIAL_ID, STATUS, TECHNIQUE, PARAMS, CONFIG = "q3r.trial_id", "q3r.status", "q3r.technique", "q3r.params", "q3r.config"
 CONFIRMS = "q3r.confirms"          # a confirmation run: the trial_id of the search trial it trains again
 STORAGE = "q3r.storage"            # a sweep's parent run: the folder of Ray's trial state and checkpoints
+ERROR = "q3r.error"                # a failed trial: the last lines of its error
 CHECKPOINT = "q3r.checkpoint"      # a q3r-tune train run: its checkpoint file
 ERROR = "q3r.error"                # a failed trial: the last lines of its error (the user's exception)
 TRAIN = "train"                    # the q3r.role of a q3r-tune train run

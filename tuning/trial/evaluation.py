@@ -6,7 +6,8 @@ truncated instead (``base`` given: W0 + [W - W0]_r, ``q3r.delta.DeltaSpectra``).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+import numbers
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from q3r.delta import DeltaSpectra
 from q3r.targets import Target
 from q3r.truncation import SpectralCache
 
-from .metrics import ACC, acc_key, params_key, targeted_key
+from .metrics import ACC, acc_key, level_key, params_key, targeted_key
 
 
 def forward_batch(model: nn.Module, batch, device: torch.device):
@@ -57,14 +58,31 @@ def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retenti
     ``base``: {target name: W0}, the pretrained matrices; then each target's update W - W0 is
     truncated (W0 + [W - W0]_r(p)) and params@p counts the update's factors in place of the matrix.
     """
+    return score_metric(model, targets, lambda m: accuracy(m, loader, device, amp), retentions, base)
+
+
+def score_metric(model: nn.Module, targets: Sequence[Target], metric: Callable[[nn.Module], float],
+                 retentions: Sequence[float], base: Optional[dict] = None) -> tuple[dict, SpectralCache]:
+    """``score`` with any metric: ``metric(model) -> float`` is called on the model with every target
+    truncated to rank r(p), for every level p (one SVD per matrix), and its values are reported under
+    the keys "acc@p" ("acc": the full model)."""
     cache = SpectralCache(targets) if base is None else DeltaSpectra(targets, base)
     out: dict = {}
     for p in map(float, retentions):
         with cache.applied(p):
-            out[acc_key(p)] = accuracy(model, loader, device, amp)
+            out[acc_key(p)] = _value(metric(model), level_key(p))
         counts = cache.counts(model, p)
         out[params_key(p)] = counts["model_kept"]
         out[targeted_key(p)] = counts["targeted_kept"] / counts["targeted_dense"]
     full = acc_key(1.0)
-    out[ACC] = out[full] if full in out else accuracy(model, loader, device, amp)
+    out[ACC] = out[full] if full in out else _value(metric(model), level_key(1.0))
     return out, cache
+
+
+def _value(x, key: str) -> float:
+    """The metric's value as a float; a one-line error naming the level when it is not a number."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"evaluate(model) must return a float, but at retention {key} it returned {x!r}")
+    return float(x)

@@ -4,6 +4,7 @@
     model:     {kind: vit, size: tiny, depth: 4, width: 64, ...}
     technique: {name: adamq3r, lr: 1.0e-3, lmbda: 1.0, target_rank: 0.1, period: 5, ...}
     train:     {epochs: 40, batch_size: 64, eval_every: 5, retentions: [...], seed: 0, ...}
+    function:  "my_loop:train"                  # instead of data and model: the user's own loop
 
 Unknown keys and bad values raise ``SpecError`` naming the file (or the ``--set`` override), the
 field, what is allowed and the value. The sweep spec (``tuning.spec.sweep``) reuses these sections.
@@ -16,8 +17,11 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, Field, model_validator
 
+from q3r.targets import ALL_BUT_HEAD
+
 from . import registry
 from .specio import SpecError, Strict, apply_overrides, read_yaml, validate
+from .usercode import check_reference
 
 __all__ = ["SpecError", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec", "TrialSpec", "TECHNIQUE_NAMES",
            "DATASET_NAMES", "MODEL_KINDS", "DEFAULT_RETENTIONS", "from_dict", "load", "dump"]
@@ -217,17 +221,38 @@ class TrainSpec(Strict):
         0.75, description="... and not before this fraction of the epochs is done")
 
 
+Function = Annotated[str, AfterValidator(check_reference)]
+FUNCTION_MODULES = [ALL_BUT_HEAD]    # model.modules of a function spec unless it says
+
+
 class TrialSpec(Strict):
-    """One trial: ``data``, ``model``, ``technique``, ``train``."""
+    """One trial: ``data``, ``model``, ``technique``, ``train``; or the user's own training loop
+    ``function`` with ``technique``, ``train`` and ``model.modules``."""
 
     data: DataSpec = Field(default_factory=DataSpec, description="the dataset")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model and the layers Q3R targets")
     technique: TechniqueSpec = Field(default_factory=TechniqueSpec,
                                      description="the technique and its hyperparameters")
     train: TrainSpec = Field(default_factory=TrainSpec, description="how the trial trains and is scored")
+    function: Optional[Function] = Field(default=None, description=(
+        "the user's own training loop, 'module:callable', called once per trial with the trial (see "
+        "docs/byo-loop.md); instead of data and model, of which only model.modules applies"))
+    code_dir: Optional[str] = Field(default=None, description=(
+        "the folder searched first for function's module; null: the spec file's folder"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _function_modules(cls, data):
+        return with_function_defaults(data)
+
+    @model_validator(mode="after")
+    def _function_or_builtin(self):
+        check_function_sections(self.function, self.data, self.model)
+        return self
 
     def to_dict(self) -> dict:
-        return self.model_dump()
+        """The spec as plain data; ``function`` and ``code_dir`` only when a function is set."""
+        return self.model_dump(exclude=None if self.function else {"function", "code_dir"})
 
     def advice(self) -> list[str]:
         """Settings that are allowed but probably not meant, each with its consequence (one line each)."""
@@ -239,7 +264,41 @@ class TrialSpec(Strict):
 
     def flat(self) -> dict:
         """{"technique.lmbda": 0.1, ...}: every field, for logging as parameters."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+        out = {}
+        for s, sec in self.to_dict().items():
+            out.update({f"{s}.{k}": v for k, v in sec.items()} if isinstance(sec, dict) else {s: sec})
+        return out
+
+
+def with_function_defaults(data):
+    """A raw spec with ``function`` gets ``model.modules: [all-but-head]`` unless it names modules."""
+    if isinstance(data, dict) and data.get("function") is not None:
+        model = data.get("model")
+        if model is None or (isinstance(model, dict) and "modules" not in model):
+            data = {**data, "model": {**(model or {}), "modules": list(FUNCTION_MODULES)}}
+    return data
+
+
+def check_function_sections(function: Optional[str], data: DataSpec, model: ModelSpec) -> None:
+    """A spec with ``function`` leaves ``data`` out and sets nothing of ``model`` but ``modules``."""
+    if function is None:
+        return
+    if data != DataSpec():
+        raise ValueError(f"data must be left out when function is set ({function!r} loads its own data), "
+                         f"but got data: {data.model_dump(exclude_defaults=True)}")
+    extra = ModelSpec(modules=model.modules) != model
+    if extra:
+        raise ValueError(f"model may only set modules when function is set ({function!r} builds its own model), "
+                         f"but got model: {model.model_dump(exclude_defaults=True, exclude={'modules'})}")
+
+
+def resolve_code_dir(raw: dict, folder: Union[str, Path]) -> dict:
+    """``raw`` with ``code_dir`` absolute: relative to ``folder`` (the spec file's), which it defaults to."""
+    if isinstance(raw, dict) and raw.get("function") is not None:
+        code_dir = raw.get("code_dir")
+        if code_dir is None or isinstance(code_dir, str):
+            raw = {**raw, "code_dir": str((Path(folder) / (code_dir or ".")).resolve())}
+    return raw
 
 
 def from_dict(raw, source: str = "<dict>", origins: Optional[dict] = None) -> TrialSpec:
@@ -264,7 +323,8 @@ def with_code_folder(raw: dict, folder: Union[str, Path]) -> dict:
 def load(path: Union[str, Path], overrides=()) -> TrialSpec:
     """Read a trial spec from YAML, apply ``--set section.key=value`` overrides, validate."""
     raw, origins = apply_overrides(read_yaml(path, "trial spec"), overrides)
-    return from_dict(with_code_folder(raw, Path(path).parent), str(path), origins)
+    return from_dict(resolve_code_dir(with_code_folder(raw, Path(path).parent), Path(path).parent), str(path),
+                     origins)
 
 
 def dump(spec: TrialSpec, path: Union[str, Path]) -> None:

@@ -1,6 +1,6 @@
 """The user's own code in a spec: ``"package.module:callable"`` factories (``model.factory``,
 ``data.factory``), imported from the section's ``code`` folder (by default the spec file's folder)
-or from PYTHONPATH.
+or from PYTHONPATH, and the training function of a spec with ``function:`` (``import_callable``).
 
 Every failure to import is a ``UserCodeError`` in one line naming the factory, the module and what
 failed. ``user_code_paths(spec)`` lists the files and folders of the user's modules that a sweep ships
@@ -35,9 +35,18 @@ def parse_factory(text: str) -> tuple[str, str]:
     return m["module"], m["attr"]
 
 
+def check_reference(text: str) -> str:
+    """``text`` if it has the form ``module:callable`` (a pydantic validator of ``function:``)."""
+    parse_factory(text)
+    return text
+
+
 def on_path(folder: Optional[str]) -> None:
     """Put ``folder`` first on ``sys.path`` (once), so that modules in it import."""
-    if folder and folder not in sys.path:
+    if folder:
+        folder = str(Path(folder).resolve())
+        if folder in sys.path:
+            sys.path.remove(folder)
         sys.path.insert(0, folder)
 
 
@@ -49,12 +58,12 @@ def import_factory(text: str, code: Optional[str] = None, what: str = "factory")
     """The callable ``text`` names; ``code`` (a folder) is searched before PYTHONPATH."""
     module_name, attr = parse_factory(text)
     on_path(code)
-    where = f"{code} or PYTHONPATH" if code else "PYTHONPATH"
+    where = f"{code} and PYTHONPATH" if code else "PYTHONPATH"
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
-            raise UserCodeError(f"{what} {text!r}: no module {e.name!r} (looked in {where})") from None
+            raise UserCodeError(f"{what} {text!r}: no module named {e.name!r} (searched {where})") from None
         raise UserCodeError(f"{what} {text!r}: importing module {module_name!r} failed: {_one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
         raise UserCodeError(f"{what} {text!r}: importing module {module_name!r} failed: {_one_line(e)}") from None
@@ -67,6 +76,15 @@ def import_factory(text: str, code: Optional[str] = None, what: str = "factory")
         raise UserCodeError(f"{what} {text!r}: {attr!r} in module {module_name!r} is a {type(obj).__name__}, "
                             f"not a callable")
     return obj
+
+
+def import_callable(ref: str, search_path: Iterable[Optional[str]] = ()) -> Callable:
+    """The training function ``ref`` ("module:callable") names, its module imported with the folders of
+    ``search_path`` first (the spec's ``code_dir``)."""
+    folders = [f for f in search_path if f]
+    for folder in reversed(folders[1:]):
+        on_path(folder)
+    return import_factory(ref, folders[0] if folders else None, "function")
 
 
 def takes(fn: Callable, name: str) -> bool:
@@ -134,3 +152,25 @@ def user_code_paths(spec, extra: Iterable[tuple[str, Optional[str]]] = ()) -> li
         if path is not None and str(path) not in paths:
             paths.append(str(path))
     return paths
+
+
+def shipped_files(fn: Callable, folder: Optional[str] = None) -> list[str]:
+    """The files or package folders a Ray worker needs to import ``fn``: the top-level module or package
+    of ``fn``'s module, and of every module loaded from ``folder`` (the spec's), installed ones and
+    q3r-tune's own packages left out."""
+    names = {fn.__module__.split(".")[0]}
+    root = Path(folder).resolve() if folder else None
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if root is not None and file and Path(file).resolve().is_relative_to(root):
+            names.add(name.split(".")[0])
+    out = []
+    for name in sorted(names - set(OWN)):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file is None:
+            continue
+        path = Path(file).resolve()
+        path = path.parent if path.name == "__init__.py" else path
+        if not _installed(path):
+            out.append(str(path))
+    return out
