@@ -88,8 +88,8 @@ def test_grid_is_every_point_once():
 def outcome(config: dict) -> dict:
     """A completed trial's result, a smooth function of its configuration (the retentions for ``multi``)."""
     x = sum(math.log(v) for k, v in config.items() if k.endswith(("lr", "lmbda")))
-    return {"objective": 0.5 + 0.3 * math.sin(x), "acc@0.1": 0.4 + 0.2 * math.cos(x), "acc@0.5": 0.6 + 0.1 * math.sin(x),
-            "training_iteration": 4, "epoch": 4, "status": "completed"}
+    return {"objective": 0.5 + 0.3 * math.sin(x), "acc@0.1": 0.4 + 0.2 * math.cos(x),
+            "acc@0.5": 0.6 + 0.1 * math.sin(x), "training_iteration": 4, "epoch": 4, "status": "completed"}
 
 
 def drive(searcher, n: int, batch: int = 2, first: int = 0) -> list[dict]:
