@@ -104,7 +104,19 @@ def _running(command: str, name: str, call, report=None) -> int:
     return 0
 
 
+def _versions_fail(command: str) -> int | None:
+    """Exit code 2 and one line if an installed Ray, Optuna or MLflow is outside the tested range."""
+    from tuning.sweep.versions import VersionError, check_versions
+    try:
+        check_versions()
+    except VersionError as e:
+        return _fail(command, e)
+    return None
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    if (code := _versions_fail("sweep")) is not None:
+        return code
     from tuning.spec.sweep import load_spec
     from tuning.sweep.driver import run_sweep
     try:
@@ -118,6 +130,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _continue(args: argparse.Namespace) -> int:
     """``resume`` (search, then confirmation) or ``confirm`` (the confirmation alone) of a sweep."""
+    if (code := _versions_fail(args.command)) is not None:
+        return code
     from tuning.sweep.driver import confirm_sweep, resume_sweep
     run = resume_sweep if args.command == "resume" else confirm_sweep
     return _running(args.command, args.name, lambda: run(

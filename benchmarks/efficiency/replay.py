@@ -2,7 +2,7 @@
 
 A strategy is a sweep spec (the build's, with another searcher, scheduler, objective, trial count or
 allocation). ``replay`` gives it to ``tuning.sweep.driver.search_config``, the function ``q3r-tune sweep`` builds its
-TuneConfig with (``TechniqueSearch`` of ``PruningOptunaSearch``es or the grid, ``TechniqueASHA`` or FIFO,
+TuneConfig with (``TechniqueSearch`` of ``StudySearch``es or the grid, ``TechniqueASHA`` or FIFO,
 ``max_concurrent`` trials at once), and runs a Ray Tuner whose trainable, instead of training, reports the
 table's rows of the suggested configuration. Each report waits for its simulated time (``clock.SimClock``:
 the trial's start plus its recorded epoch times), so the concurrent trials' results reach the scheduler in

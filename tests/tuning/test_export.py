@@ -3,12 +3,14 @@ MLflow), reloaded in a fresh process; the models logged on the parent run; ``q3r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import mlflow
 import mlflow.pytorch
 import pytest
 import ray
@@ -214,6 +216,26 @@ def test_find_checkpoint_takes_the_trial_latest_also_among_confirmation_runs(tmp
     assert find_checkpoint("1f2e3_00001", str(storage)) == confirm / "checkpoint.pt"
     with pytest.raises(FileNotFoundError, match="no checkpoint under .*tiny-20260101-000000 or .*-confirm"):
         find_checkpoint("99999999", str(storage))
+
+
+def test_the_models_tracking_uri_is_put_back_as_it_was(tmp_path, monkeypatch):
+    """mlflow.pytorch.log_model logs through MLflow's process-wide tracking URI: pointed at the sweep's for
+    the call, then back to the URI set before (or to none set), the MLFLOW_TRACKING_URI variable too."""
+    here, there = f"sqlite:///{tmp_path / 'here.db'}", f"sqlite:///{tmp_path / 'there.db'}"
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        mlflow.set_tracking_uri(here)
+        with pytest.raises(RuntimeError), sweep_export._tracking_uri(there):
+            assert mlflow.get_tracking_uri() == there == os.environ["MLFLOW_TRACKING_URI"]
+            raise RuntimeError("logging failed")
+        assert mlflow.get_tracking_uri() == here == os.environ["MLFLOW_TRACKING_URI"]
+        mlflow.set_tracking_uri(None)                                  # none set
+        with sweep_export._tracking_uri(there):
+            assert mlflow.get_tracking_uri() == there
+        assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def test_train_logs_to_mlflow_and_its_model_exports(tmp_path, capsys, monkeypatch):

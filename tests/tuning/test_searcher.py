@@ -1,11 +1,15 @@
 """The searcher: one Optuna study and one share of the trials per technique; early-stopped trials are
-PRUNED, diverged ones get the worst objective."""
+PRUNED, diverged ones get the worst objective. Ray's own ``OptunaSearch`` is the reference for the
+suggestions."""
+import math
+
 import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
-from tuning.sweep.searcher import make_searcher
-from tuning.spec.space import split_config
+from tuning.sweep.searcher import make_sampler, make_searcher
+from tuning.spec.space import OptunaSpace, split_config
 from tuning.spec.sweep import SpecError, from_dict
 
 from tests.tuning.sweep_helpers import tiny_spec
@@ -27,7 +31,7 @@ def test_outcomes_reach_the_study_of_their_technique_with_the_right_state(kind):
     searcher.on_trial_complete("b", {"epoch": 2, "status": "diverged"})                        # no accuracy
     searcher.on_trial_complete("c", {"objective": 0.71, "epoch": spec.epochs, "status": "completed"})
     searcher.on_trial_complete("d", None, error=True)                                          # raised
-    q3r_study, adamw_study = (searcher.searchers[t]._ot_study for t in ("adamq3r", "adamw"))
+    q3r_study, adamw_study = (searcher.searchers[t].study for t in ("adamq3r", "adamw"))
     assert [(t.state, t.value) for t in q3r_study.trials] == [(TrialState.PRUNED, 0.3), (TrialState.COMPLETE, 0.71)]
     assert [(t.state, t.value) for t in adamw_study.trials] == [(TrialState.COMPLETE, 0.0), (TrialState.FAIL, None)]
     assert q3r_study.trials[0].intermediate_values == {1: 0.3}     # pruned: its last reported value
@@ -68,7 +72,7 @@ def test_multi_objective_values_are_the_retention_accuracies():
     searcher.on_trial_complete("a", {"acc@0.1": 0.4, "acc@0.5": 0.8, "objective": 0.6, "epoch": 4,
                                      "status": "completed"})
     searcher.on_trial_complete("b", {"epoch": 1, "status": "diverged"})
-    (a,), (b,) = (searcher.searchers[t]._ot_study.trials for t in ("adamq3r", "adamw"))
+    (a,), (b,) = (searcher.searchers[t].study.trials for t in ("adamq3r", "adamw"))
     assert a.values == [0.4, 0.8] and b.values == [0.0, 0.0]
 
 
@@ -81,9 +85,77 @@ def test_grid_is_every_point_once():
     assert [split_config({"point": p}) for p in points] == [("adamw", {"lr": v}) for v in (1e-3, 2e-3, 4e-3)]
 
 
+def outcome(config: dict) -> dict:
+    """A completed trial's result, a smooth function of its configuration (the retentions for ``multi``)."""
+    x = sum(math.log(v) for k, v in config.items() if k.endswith(("lr", "lmbda")))
+    return {"objective": 0.5 + 0.3 * math.sin(x), "acc@0.1": 0.4 + 0.2 * math.cos(x),
+            "acc@0.5": 0.6 + 0.1 * math.sin(x), "training_iteration": 4, "epoch": 4, "status": "completed"}
+
+
+def drive(searcher, n: int, batch: int = 2, first: int = 0) -> list[dict]:
+    """``n`` suggestions (trial ids from ``first``), ``batch`` at a time in flight (as with max_concurrent),
+    each completed in order."""
+    configs = []
+    for start in range(first, first + n, batch):
+        ids = [str(i) for i in range(start, min(first + n, start + batch))]
+        configs += [(i, searcher.suggest(i)) for i in ids]
+        for i, config in configs[-len(ids):]:
+            searcher.on_trial_result(i, outcome(config))
+            searcher.on_trial_complete(i, outcome(config))
+    return [config for _, config in configs]
+
+
+def by_technique(configs: list[dict]) -> dict[str, list[dict]]:
+    out = {}
+    for config in configs:
+        out.setdefault(split_config(config)[0], []).append(config)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_a_techniques_suggestions_are_those_of_rays_optuna_search_with_the_same_sampler(kind):
+    """Completed trials only (where the two tell Optuna the same): one technique's study, suggestion for
+    suggestion, against Ray's OptunaSearch over the same space and sampler seed, with as many of the
+    technique's trials in flight (two: the techniques alternate)."""
+    spec = from_dict(tiny_spec(searcher={"kind": kind, "n_startup_trials": 3}, num_samples=24), source="tiny.yaml")
+    searcher, _ = make_searcher(spec)
+    ours = by_technique(drive(searcher, 24, batch=4))
+    for i, (technique, space) in enumerate(spec.spaces.items()):
+        reference = OptunaSearch(space=OptunaSpace({technique: space}), metric="objective", mode="max",
+                                 sampler=make_sampler(kind, spec.seed + 1000 * i, 3), study_name=technique)
+        assert drive(reference, 12) == ours[technique]
+
+
 @pytest.mark.parametrize("kind", ["tpe", "multi"])
 def test_n_startup_trials_reaches_every_techniques_sampler(kind):
-    searcher, _ = make_searcher(from_dict(tiny_spec(searcher={"kind": kind, "n_startup_trials": 2})))
-    assert {s._ot_study.sampler._n_startup_trials for s in searcher.searchers.values()} == {2}
-    default, _ = make_searcher(from_dict(tiny_spec(searcher={"kind": kind})))
-    assert {s._ot_study.sampler._n_startup_trials for s in default.searchers.values()} == {5}
+    """TPE samples independently at random for its first n_startup_trials: those suggestions are the random
+    sampler's with the same seed; the next one is TPE's own."""
+    def streams(searcher_kind: str, n=None) -> dict[str, list[dict]]:
+        searcher = {"kind": searcher_kind} if n is None else {"kind": searcher_kind, "n_startup_trials": n}
+        return by_technique(drive(make_searcher(from_dict(tiny_spec(searcher=searcher, num_samples=16)))[0], 16))
+
+    random = streams("random")
+    for n in (2, 5):
+        tpe = streams(kind, n)
+        for technique in random:
+            same = [a == b for a, b in zip(tpe[technique], random[technique])]
+            assert same[: n + 1] == [True] * n + [False], (technique, n, same)
+    assert streams(kind) == streams(kind, 5)                       # the default
+
+
+def test_a_restored_searcher_continues_as_the_original_would(tmp_path):
+    """What a resumed sweep does: Ray saves the searcher, a new one (built from the spec) restores it."""
+    spec = from_dict(tiny_spec(searcher={"n_startup_trials": 2}, num_samples=16), source="tiny.yaml")
+    original, _ = make_searcher(spec)
+    drive(original, 6)
+    pending = original.suggest("pending")                           # in flight when the sweep stopped
+    original.save(str(tmp_path / "searcher.pkl"))
+    restored, _ = make_searcher(spec)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert {t: len(s.study.trials) for t, s in restored.searchers.items()} == {"adamq3r": 4, "adamw": 3}
+    for searcher in (restored, original):
+        searcher.on_trial_complete("pending", outcome(pending))
+    continued = drive(restored, 8, first=6)
+    assert continued == drive(original, 8, first=6)
+    fresh, _ = make_searcher(spec)
+    assert drive(fresh, 8, first=6) != continued                   # what was restored decided them

@@ -187,27 +187,18 @@ def log_model(client, run_id: str, export: Export, name: str, register: Optional
 
 @contextlib.contextmanager
 def _tracking_uri(uri: str):
-    """MLflow's fluent API (which logs models) pointed at ``uri`` for a while, then as it was: the
-    process-wide URI and the MLFLOW_TRACKING_URI variable (which mlflow.set_tracking_uri also sets)."""
+    """MLflow's fluent API (``mlflow.pytorch.log_model`` logs through it, on the process-wide tracking URI)
+    pointed at ``uri`` for a while, then as it was: the URI set before, or none set, and the
+    MLFLOW_TRACKING_URI variable (which ``mlflow.set_tracking_uri`` also sets)."""
     import mlflow
 
     env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
     try:
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-    except ImportError:                                   # another MLflow: set it and put it back by hand
-        _use_tracking_uri = None
-    try:
-        if _use_tracking_uri is not None:
-            with _use_tracking_uri(uri):
-                yield
-        else:
-            previous = mlflow.get_tracking_uri()
-            mlflow.set_tracking_uri(uri)
-            try:
-                yield
-            finally:
-                mlflow.set_tracking_uri(previous)
+        yield
     finally:
+        mlflow.set_tracking_uri(previous)                 # None: none set, MLflow's default again
         if env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

@@ -260,11 +260,13 @@ def _suggest(trial, name: str, d: Dist) -> Any:
 
 
 class OptunaSpace:
-    """A define-by-run space for ``OptunaSearch``: the technique, then that technique's parameters.
+    """A define-by-run space for an Optuna trial (``study.ask()``): the technique, then that technique's
+    parameters.
 
-    Calling it returns the constants (fixed values, and the technique when there is only one),
-    which OptunaSearch merges into the trial's config. A class, not a closure, because Ray
-    pickles the searcher, and with it this space, into the experiment state.
+    Calling it suggests the parameters on the trial and returns the constants (fixed values, and the
+    technique when there is only one), which the searcher merges into the trial's config
+    (``{**trial.params, **constants}``). A class, not a closure, because Ray pickles the searcher, and
+    with it this space, into the experiment state.
     """
 
     def __init__(self, spaces: dict[str, dict[str, Dist]]):

@@ -2,13 +2,16 @@
 
 Every technique is searched by its own Optuna study, with its own trial budget (``TechniqueSearch``,
 budgets from ``SweepSpec.allocation``), so that what TPE learns about LoRA never decides how often
-AdamQ3R is tried. Ray's ``OptunaSearch`` tells Optuna that a trial stopped by ASHA is COMPLETE with its last
-value, which would teach the sampler that a trial cut at 10 epochs is as good as its score there.
-``PruningOptunaSearch`` tells Optuna such trials were PRUNED, and gives diverged trials the worst
-objective, so that the sampler learns to avoid their region.
+AdamQ3R is tried. ``StudySearch`` is a Ray ``Searcher`` over one study, through Optuna's ask-and-tell
+interface: ``study.ask()`` and the technique's define-by-run space (``OptunaSpace``) give a trial's
+configuration; its results are reported to the Optuna trial; ``study.tell`` ends it. A trial stopped by
+ASHA is told PRUNED (its last reported value stays its intermediate value), not COMPLETE with its score
+at the rung, which would teach the sampler that a trial cut at 10 epochs is as good as its score there;
+a diverged trial is told the worst objective, so that the sampler learns to avoid its region.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import warnings
 from typing import Optional
@@ -17,34 +20,76 @@ import optuna
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import BasicVariantGenerator, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from tuning.spec.space import OptunaSpace, grid_points
 from tuning.spec.sweep import SweepSpec
 from tuning.sweep.trainable import DIVERGED_OBJECTIVE
 
+logger = logging.getLogger(__name__)
 
-class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that records early-stopped trials as pruned (see the module docstring)."""
 
-    def __init__(self, *args, max_t: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.max_t = max_t
+class StudySearch(Searcher):
+    """One technique's Optuna study as a Ray searcher (see the module docstring).
+
+    ``study`` is the ``optuna.Study`` (``study_name`` in ``storage``, in memory without one; an existing
+    study of that name is continued); ``trials`` maps Ray trial ids to the Optuna trials asked for them.
+    ``metric`` is the objective's name, or a list of names with ``mode`` a list (multi-objective; no
+    intermediate values are reported then). ``max_t``: a trial that ends before it, still running, was
+    stopped by the scheduler."""
+
+    def __init__(self, space: OptunaSpace, metric, mode, sampler: optuna.samplers.BaseSampler, *, max_t: int,
+                 study_name: str, storage: Optional[optuna.storages.BaseStorage] = None):
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.max_t = space, max_t
+        modes = mode if isinstance(mode, list) else [mode]
+        directions = ["minimize" if m == "min" else "maximize" for m in modes]
+        self.study = optuna.create_study(storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(),
+                                         study_name=study_name, load_if_exists=True, directions=directions)
+        self.trials: dict[str, optuna.Trial] = {}
+        self.finished: set[str] = set()
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    def suggest(self, trial_id: str) -> dict:
+        if trial_id not in self.trials:
+            self.trials[trial_id] = self.study.ask()
+        trial = self.trials[trial_id]
+        constants = self.space(trial)                      # suggests the technique's parameters on the trial
+        return {**trial.params, **constants}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id in self.finished or trial_id not in self.trials:
+            return                                         # Optuna keeps no intermediate values of several objectives
+        self.trials[trial_id].report(result[self.metric], result["training_iteration"])
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        status = result.get("status")
-        ot_trial = self._ot_trials[trial_id]
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if status == "diverged":
-            values = [DIVERGED_OBJECTIVE] * len(metrics)
-            self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
-        elif status == "running" and result.get("epoch", 0) < self.max_t:   # stopped by the scheduler
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        if trial_id in self.finished or trial_id not in self.trials:
+            return
+        trial, status = self.trials[trial_id], (result or {}).get("status")
+        if not error and status == "diverged":
+            values = [DIVERGED_OBJECTIVE] * len(self.metrics)
+            self.study.tell(trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
+        elif not error and status == "running" and result.get("epoch", 0) < self.max_t:   # stopped by the scheduler
+            self.study.tell(trial, state=TrialState.PRUNED)
         else:
-            return super().on_trial_complete(trial_id, result, error)
-        self._completed_trials.add(trial_id)
+            values = [result.get(m) for m in self.metrics] if result else None
+            values = values if values is None or isinstance(self.metric, list) else values[0]
+            state = TrialState.COMPLETE if values is not None else TrialState.FAIL if error else TrialState.PRUNED
+            try:
+                self.study.tell(trial, values, state=state)
+            except Exception as e:                         # e.g. a NaN objective (Optuna says why)
+                logger.warning("Optuna could not record trial %s: %s", trial_id, e)
+        self.finished.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
 
 
 class TechniqueSearch(Searcher):
@@ -116,7 +161,7 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
     searchers = {}
     for i, (technique, space) in enumerate(spec.spaces.items()):
         seed = spec.seed + 1000 * i                 # independent, reproducible sampler streams
-        searchers[technique] = PruningOptunaSearch(
-            space=OptunaSpace({technique: space}), metric=metric, mode=mode, sampler=make_sampler(kind, seed, spec.searcher.n_startup_trials),
-            seed=seed, max_t=spec.max_t, study_name=f"{spec.experiment_name}/{technique}", storage=rdb)
+        searchers[technique] = StudySearch(
+            OptunaSpace({technique: space}), metric, mode, make_sampler(kind, seed, spec.searcher.n_startup_trials),
+            max_t=spec.max_t, study_name=f"{spec.experiment_name}/{technique}", storage=rdb)
     return TechniqueSearch(searchers, spec.allocation(), metric, mode), {}
