@@ -146,7 +146,7 @@ def test_a_failing_function_is_one_clear_error(function, message):
 @pytest.mark.parametrize("ref, message", [
     ("no_such_module:train", "no module named 'no_such_module'"),
     ("digits_loop:nothing", "has no attribute 'nothing'"),
-    ("digits_loop:BATCH", "'BATCH' is a int, not a callable"),
+    ("digits_loop:BATCH", "'BATCH' in module 'digits_loop' is a int, not a callable"),
 ])
 def test_a_function_that_does_not_import_is_one_line_exit_2(tmp_path, capsys, ref, message):
     spec = tmp_path / "t.yaml"
@@ -175,7 +175,7 @@ def test_function_specs_leave_data_and_model_out():
         config.from_dict({"function": "m:f", "data": {"name": "cifar10"}})
     with pytest.raises(config.SpecError, match="model may only set modules when function is set"):
         config.from_dict({"function": "m:f", "model": {"width": 8}})
-    with pytest.raises(config.SpecError, match="function must be 'module:callable'"):
+    with pytest.raises(config.SpecError, match="function must be 'package.module:callable'"):
         config.from_dict({"function": "m.f"})
     assert config.from_dict({"function": "m:f"}).model.modules == ["all-but-head"]
     assert config.from_dict({"function": "m:f", "model": {"modules": ["fc1"]}}).model.modules == ["fc1"]

@@ -114,12 +114,13 @@ def test_the_module_is_shipped_to_the_workers_of_a_two_node_cluster(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     where = tmp_path / "where.txt"
+    # a module name no other test imports: a digits_loop already in sys.modules would not be shipped
     (code / "shipped_loop.py").write_text(
-        "import digits_loop\n\n\ndef train(trial):\n"
+        "import shipped_digits_loop as digits_loop\n\n\ndef train(trial):\n"
         f"    with open({str(where)!r}, 'a') as f:\n"
         "        f.write(digits_loop.__file__ + '\\n')\n"
         "    digits_loop.train(trial)\n")
-    shutil.copy(EXAMPLE / "digits_loop.py", code / "digits_loop.py")
+    shutil.copy(EXAMPLE / "digits_loop.py", code / "shipped_digits_loop.py")
     spec = load_spec(write_spec(code, {
         "name": "shipped", "function": "shipped_loop:train", "epochs": 1, "retentions": [0.2, 1.0],
         "train": {"eval_every": 1}, "scheduler": {"kind": "fifo"}, "searcher": {"kind": "random"},

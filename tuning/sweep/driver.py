@@ -116,7 +116,8 @@ def connect(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[
     if address:
         ray.init(address=address, log_to_driver=False, **env)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+        # address="local": a new Ray on this machine, never one that another process left running here
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
                  log_to_driver=False, **env)
 
 
