@@ -9,6 +9,7 @@ objective, so that the sampler learns to avoid their region.
 """
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from typing import Optional
@@ -37,8 +38,9 @@ class PruningOptunaSearch(OptunaSearch):
         status = result.get("status")
         ot_trial = self._ot_trials[trial_id]
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if status == "diverged":
-            values = [DIVERGED_OBJECTIVE] * len(metrics)
+        if status == "diverged":               # the worst value: 0 for accuracy, +inf for a min metric
+            modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(metrics)
+            values = [DIVERGED_OBJECTIVE if m == "max" else math.inf for m in modes]
             self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
         elif status == "running" and result.get("epoch", 0) < self.max_t:   # stopped by the scheduler
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
@@ -111,7 +113,8 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
     if kind == "grid":
         return BasicVariantGenerator(random_state=spec.seed), {"point": tune.grid_search(grid_points(spec.spaces))}
     metrics = spec.objective_metrics()
-    metric, mode = (metrics, ["max"] * len(metrics)) if kind == "multi" else ("objective", "max")
+    direction = spec.score.mode                # the metric's: max (accuracy) or min (a loss)
+    metric, mode = (metrics, [direction] * len(metrics)) if kind == "multi" else ("objective", direction)
     rdb = optuna.storages.RDBStorage(storage) if storage else None
     searchers = {}
     for i, (technique, space) in enumerate(spec.spaces.items()):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from q3r.diagnostics import diagnostics, flatten
@@ -25,7 +24,7 @@ from q3r.targets import select_targets
 
 from .spec import TrialSpec
 from .data import load_dataset
-from .evaluation import forward_batch, score
+from .evaluation import forward_batch, score, task_loss
 from .files import CHECKPOINT
 from .models import build_model
 from .techniques import build_technique
@@ -88,12 +87,6 @@ def technique_options(t, total_steps: int) -> dict:
             schedule = {"name": "warmup", "reweightings": math.ceil(warmup / t.period)}
         return {"eps_schedule": schedule, "svd": t.svd}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
-
-
-def task_loss(logits, y):
-    if logits.shape[-1] == 1:                    # a regression head (GLUE STS-B)
-        return F.mse_loss(logits.squeeze(-1).float(), y.float())
-    return F.cross_entropy(logits.float(), y)
 
 
 def load_data(cfg: TrialSpec):
@@ -213,7 +206,8 @@ def evaluate(cfg: TrialSpec, tech, val_loader, device, amp, base: Optional[dict]
     (W0 by target name) the update W - W0 is truncated and diagnosed instead of W."""
     dense = tech.dense_model()
     targets = select_targets(dense, tuple(cfg.model.modules))
-    metrics, cache = score(dense, targets, val_loader, cfg.train.retentions, device, amp, base)
+    metrics, cache = score(dense, targets, val_loader, cfg.train.retentions, device, amp, base,
+                           cfg.train.metric.as_metric())
     diag = diagnostics(targets, cfg.technique.target_rank, banks=tech.banks(), spectra=cache)
     metrics.update({k: v for k, v in flatten(diag).items() if k.startswith("diag/mean/")})
     return metrics
