@@ -67,6 +67,16 @@ def load_sweep(tracking_uri: str, name: str, with_history: bool = True) -> tuple
     return parent, load_records(client, parent.info.run_id, with_history, sweep_metric(parent))
 
 
+def run_metric(client: MlflowClient, run) -> Metric:
+    """The metric of a run: its sweep's (the parent run's) for a sweep trial, else its trial spec's
+    (``train.metric`` in ``q3r.config``; accuracy for a run from before there was one)."""
+    parent = run.data.tags.get(PARENT)
+    if parent:
+        return sweep_metric(client.get_run(parent))
+    metric = (json.loads(run.data.tags.get(CONFIG, "{}")).get("train") or {}).get("metric")
+    return Metric(metric["name"], metric["mode"]) if metric else DEFAULT_METRIC
+
+
 def sweep_metric(parent) -> Metric:
     """The metric of a sweep, from its parent run's ``metric.name`` and ``metric.mode`` parameters
     (a sweep that has none, from before sweeps had a metric: accuracy)."""
