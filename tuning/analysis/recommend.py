@@ -10,6 +10,7 @@ seeds are recommended, and a single lucky run is not.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
@@ -87,9 +88,10 @@ def _candidates(pts: list[Point], budget: Budget, statuses) -> list[Point]:
 
 
 def _eligible(pts: list[Point], budget) -> list[Point]:
-    """Within the budget; only confirmed points (several seeds) where any confirmed point fits."""
+    """Within the budget; only confirmed points (several seeds, a finite mean: no seed of a min metric
+    diverged) where any confirmed point fits."""
     inside = [p for p in pts if within(p, budget)]
-    confirmed = [p for p in inside if p.seeds > 1]
+    confirmed = [p for p in inside if p.seeds > 1 and math.isfinite(p.accuracy)]
     return confirmed or inside
 
 
