@@ -227,11 +227,11 @@ class Sweep:
     def finish(self, grid: list) -> SweepOutcome:
         """Close leftover runs, publish the results on the parent run, close it."""
         client, parent, name = self.client, self.parent, self.spec.experiment_name
-        for r in load_records(client, parent):
+        for r in load_records(client, parent, metric=self.spec.score):
             if r.status == RUNNING:            # the tuner has returned: no trial of this sweep still runs
                 client.set_tag(r.run_id, STATUS, FAILED)
                 client.set_terminated(r.run_id, "FAILED")
-        records = load_records(client, parent)
+        records = load_records(client, parent, metric=self.spec.score)
         summary = publish(client, parent, self.spec, records, log=self.log)
         errors = sum(1 for r in grid if r.error is not None)
         client.set_terminated(parent, "FINISHED")
