@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 from tuning.analysis.pareto import ParetoResult, fronts
 from tuning.analysis.recommend import BUDGETS, recommendation_table
 from tuning.analysis.records import COMPLETED, SEARCH, STATUSES, STOPPED, TrialRecord
-from tuning.trial.metrics import ACC, acc_key, levels
+from tuning.trial.metrics import DEFAULT_METRIC, Metric, levels
 
 SENSITIVITY_PARAMS = ("lmbda", "target_rank", "period", "lr")
 LOG_PARAMS = frozenset({"lmbda", "lr"})           # drawn on a log axis
@@ -41,9 +41,10 @@ def objective(record: TrialRecord) -> Optional[float]:
     return float(value) if finite(value) else None
 
 
-def full_accuracy(record: TrialRecord) -> Optional[float]:
-    """Accuracy of the untruncated model: ``acc``, else ``acc@1``; None if neither is a number."""
-    for key in (ACC, acc_key(1)):
+def full_accuracy(record: TrialRecord, metric: Metric = DEFAULT_METRIC) -> Optional[float]:
+    """The metric of the untruncated model: ``acc``, else ``acc@1`` (a metric's key, else at 1); None if
+    neither is a number."""
+    for key in (metric.key, metric.at(1)):
         if finite(record.metrics.get(key)):
             return float(record.metrics[key])
     return None
@@ -73,9 +74,9 @@ def summary(records: Iterable[TrialRecord]) -> Summary:
 
 # --- 1. the Pareto front ---------------------------------------------------------------------------
 
-def pareto(records: Iterable[TrialRecord]) -> ParetoResult:
+def pareto(records: Iterable[TrialRecord], metric: Metric = DEFAULT_METRIC) -> ParetoResult:
     """Every (trial, retention) point of the completed trials, the overall and per-technique fronts."""
-    return fronts(records)
+    return fronts(records, metric=metric)
 
 
 # --- 2. accuracy against retention of each technique's best configuration ---------------------------
@@ -86,46 +87,49 @@ class RetentionCurve(NamedTuple):
     params: dict
     objective: float
     retentions: tuple        # ascending
-    accuracies: tuple        # acc@p at each retention
+    accuracies: tuple        # the metric at each retention (acc@p)
 
 
 class RetentionData(NamedTuple):
     curves: list             # one RetentionCurve per technique, sorted by technique
-    reference: Optional[float]   # the best full-model accuracy of a completed adamw trial (None: no such trial)
+    reference: Optional[float]   # the best full-model metric of a completed adamw trial (None: no such trial)
     reference_trial: Optional[str]
+    metric: Metric = DEFAULT_METRIC
 
 
-def _levels(record: TrialRecord) -> list[tuple[float, float]]:
-    """(p, acc@p) of every level with a finite accuracy, ascending."""
-    accs = ((p, record.metrics.get(acc_key(p))) for p in levels(record.metrics))
+def _levels(record: TrialRecord, metric: Metric = DEFAULT_METRIC) -> list[tuple[float, float]]:
+    """(p, the metric at p) of every level with a finite value, ascending."""
+    accs = ((p, record.metrics.get(metric.at(p))) for p in levels(record.metrics, metric.key))
     return sorted((p, float(a)) for p, a in accs if finite(a))
 
 
-def best_trials(records: Iterable[TrialRecord]) -> dict[str, TrialRecord]:
-    """technique -> its completed trial with the highest objective (ties: the lowest trial id)."""
+def best_trials(records: Iterable[TrialRecord], metric: Metric = DEFAULT_METRIC) -> dict[str, TrialRecord]:
+    """technique -> its completed trial with the best objective in the metric's direction (ties: the
+    lowest trial id)."""
     best: dict[str, TrialRecord] = {}
     for r in sorted(records, key=lambda r: r.trial_id):
         value = objective(r)
         if r.status != COMPLETED or value is None:
             continue
-        if r.technique not in best or value > objective(best[r.technique]):
+        if r.technique not in best or metric.better(value, objective(best[r.technique])):
             best[r.technique] = r
     return dict(sorted(best.items()))
 
 
-def retention_curves(records: Iterable[TrialRecord], baseline: str = BASELINE) -> RetentionData:
+def retention_curves(records: Iterable[TrialRecord], baseline: str = BASELINE,
+                     metric: Metric = DEFAULT_METRIC) -> RetentionData:
     records = list(records)
     curves = []
-    for tech, r in best_trials(records).items():
-        levels = _levels(r)
+    for tech, r in best_trials(records, metric).items():
+        levels = _levels(r, metric)
         curves.append(RetentionCurve(tech, r.trial_id, r.params, objective(r),
                                      tuple(p for p, _ in levels), tuple(a for _, a in levels)))
     reference, ref_trial = None, None
     for r in sorted(records, key=lambda r: r.trial_id):
-        acc = full_accuracy(r) if r.status == COMPLETED and r.technique == baseline else None
-        if acc is not None and (reference is None or acc > reference):
+        acc = full_accuracy(r, metric) if r.status == COMPLETED and r.technique == baseline else None
+        if acc is not None and (reference is None or metric.better(acc, reference)):
             reference, ref_trial = acc, r.trial_id
-    return RetentionData(curves, reference, ref_trial)
+    return RetentionData(curves, reference, ref_trial, metric)
 
 
 # --- 3. sensitivity of the objective to each hyperparameter ----------------------------------------
@@ -193,7 +197,8 @@ def progress(records: Iterable[TrialRecord]) -> list[Progress]:
 
 # --- 5. recommendations -----------------------------------------------------------------------------
 
-def recommendations(records: Iterable[TrialRecord], budgets: Iterable = BUDGETS) -> list[dict]:
-    """The most accurate completed (trial, retention) within each budget (by default the sweep's, which it
+def recommendations(records: Iterable[TrialRecord], budgets: Iterable = BUDGETS,
+                    metric: Metric = DEFAULT_METRIC) -> list[dict]:
+    """The best completed (trial, retention) by the metric within each budget (by default the sweep's, which it
     confirmed); budgets nobody reaches are left out."""
-    return recommendation_table(records, budgets)
+    return recommendation_table(records, budgets, metric=metric)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from tuning.analysis.records import TrialRecord, outcome_lines
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 
 from . import data, static
-from .style import NO_FINISHED, TITLES
+from .style import NO_FINISHED, title
 
 FIGURES = ("pareto", "retention", "sensitivity", "progress")       # one plotly figure each
 PNGS = FIGURES + ("recommendations",)
@@ -47,46 +48,56 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
-def build_figures(records: Iterable[TrialRecord]) -> dict:
+def caption(name: str, metric: Metric = DEFAULT_METRIC) -> str:
+    """The caption of section ``name``, naming the sweep's metric and its direction."""
+    text = CAPTIONS[name]
+    if metric == DEFAULT_METRIC:
+        return text
+    text = text.replace("The most accurate", "The best").replace("accuracy", metric.name)
+    return f"{text} The metric is {metric.name}: {metric.direction}."
+
+
+def build_figures(records: Iterable[TrialRecord], metric: Metric = DEFAULT_METRIC) -> dict:
     """name -> plotly figure, for every name in FIGURES."""
     from . import figures
 
     records = list(records)
     search = data.search_trials(records)          # the figures of the search; confirmation seeds enter the front
-    return {"pareto": figures.plot_pareto_front(data.pareto(records)),
-            "retention": figures.plot_retention(data.retention_curves(search)),
-            "sensitivity": figures.plot_sensitivity(data.sensitivity(search)),
-            "progress": figures.plot_progress(data.progress(search))}
+    return {"pareto": figures.plot_pareto_front(data.pareto(records, metric)),
+            "retention": figures.plot_retention(data.retention_curves(search, metric=metric)),
+            "sensitivity": figures.plot_sensitivity(data.sensitivity(search), metric),
+            "progress": figures.plot_progress(data.progress(search), metric)}
 
 
-def summary_text(records: Sequence[TrialRecord]) -> str:
+def summary_text(records: Sequence[TrialRecord], metric: Metric = DEFAULT_METRIC) -> str:
     s = data.summary(records)
     if not s.trials:
         return "No trial has started yet."
     counts = ", ".join(f"{n} {status}" for status, n in s.by_status.items())
     text = f"{s.trials} trial{'s' if s.trials != 1 else ''}: {counts}. By technique: " + "; ".join(outcome_lines(records))
     if s.finished:
-        text += f"; hypervolume of the front {data.pareto(records).hypervolume:.4f}"
+        text += f"; hypervolume of the front {data.pareto(records, metric).hypervolume:.4f}"
     return text + "."
 
 
-def table_html(rows: list[dict]) -> str:
+def table_html(rows: list[dict], metric: Metric = DEFAULT_METRIC) -> str:
     if not rows:
         return f'<p class="note">{NO_FINISHED}: no recommendation.</p>'
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in static.COLUMNS)
+    cols = static.columns(metric)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in cols)
     body = "".join("<tr>" + "".join(
         f'<td class="{"num" if isinstance(r.get(k), (int, float)) else "text"}">'
-        f"{html.escape(static.cell(k, r.get(k, '')))}</td>" for k in static.COLUMNS) + "</tr>" for r in rows)
+        f"{html.escape(static.cell(k, r.get(k, ''), metric))}</td>" for k in cols) + "</tr>" for r in rows)
     return f'<table id="recommendation-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _section(name: str, content: str) -> str:
-    return (f'<section id="section-{name}"><h2>{html.escape(TITLES[name])}</h2>'
-            f'<p class="caption">{html.escape(CAPTIONS[name])}</p>\n{content}\n</section>')
+def _section(name: str, content: str, metric: Metric = DEFAULT_METRIC) -> str:
+    return (f'<section id="section-{name}"><h2>{html.escape(title(name, metric))}</h2>'
+            f'<p class="caption">{html.escape(caption(name, metric))}</p>\n{content}\n</section>')
 
 
 def build_report(records: Iterable[TrialRecord], title: str = "q3r-tune sweep", subtitle: str = "",
-                 budgets: Iterable = data.BUDGETS) -> str:
+                 budgets: Iterable = data.BUDGETS, metric: Metric = DEFAULT_METRIC) -> str:
     """The whole report as one HTML page: plotly.js inline once, then one ``<div id="fig-NAME">``
     per figure and the recommendation table. Opens offline in any browser."""
     from plotly.offline import get_plotlyjs
@@ -98,11 +109,12 @@ def build_report(records: Iterable[TrialRecord], title: str = "q3r-tune sweep", 
         "retention curves and the recommendations appear once a trial has run its full budget; the "
         "sensitivity and progress plots show the trials reported so far.</p>")
     sections = []
-    for name, fig in build_figures(records).items():
+    for name, fig in build_figures(records, metric).items():
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
                           config={"displaylogo": False, "responsive": True})
-        sections.append(_section(name, div))
-    sections.append(_section("recommendations", table_html(data.recommendations(records, budgets))))
+        sections.append(_section(name, div, metric))
+    sections.append(_section("recommendations", table_html(data.recommendations(records, budgets, metric), metric),
+                             metric))
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -110,26 +122,28 @@ def build_report(records: Iterable[TrialRecord], title: str = "q3r-tune sweep", 
         f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head><body>",
         f"<header><h1>{html.escape(title)}</h1>",
         f'<p class="subtitle">{html.escape(subtitle)}</p>' if subtitle else "",
-        f'<p class="summary">{html.escape(summary_text(records))}</p>{note}</header>',
+        f'<p class="summary">{html.escape(summary_text(records, metric))}</p>{note}</header>',
         *sections, "</body></html>"])
 
 
 def write_report(records: Iterable[TrialRecord], path, title: str = "q3r-tune sweep", subtitle: str = "",
-                 budgets: Iterable = data.BUDGETS) -> Path:
+                 budgets: Iterable = data.BUDGETS, metric: Metric = DEFAULT_METRIC) -> Path:
     """``build_report`` written to ``path`` (its folder created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(records, title, subtitle, budgets), encoding="utf-8")
+    path.write_text(build_report(records, title, subtitle, budgets, metric), encoding="utf-8")
     return path
 
 
-def write_pngs(records: Iterable[TrialRecord], folder, budgets: Iterable = data.BUDGETS) -> list[Path]:
+def write_pngs(records: Iterable[TrialRecord], folder, budgets: Iterable = data.BUDGETS,
+               metric: Metric = DEFAULT_METRIC) -> list[Path]:
     """``folder``/NAME.png for every name in PNGS (matplotlib, no browser); returns the paths."""
     records, folder = list(records), Path(folder)
     search = data.search_trials(records)
     folder.mkdir(parents=True, exist_ok=True)
-    return [static.pareto_png(data.pareto(records), folder / "pareto.png"),
-            static.retention_png(data.retention_curves(search), folder / "retention.png"),
-            static.sensitivity_png(data.sensitivity(search), folder / "sensitivity.png"),
-            static.progress_png(data.progress(search), folder / "progress.png"),
-            static.recommendations_png(data.recommendations(records, budgets), folder / "recommendations.png")]
+    return [static.pareto_png(data.pareto(records, metric), folder / "pareto.png"),
+            static.retention_png(data.retention_curves(search, metric=metric), folder / "retention.png"),
+            static.sensitivity_png(data.sensitivity(search), folder / "sensitivity.png", metric),
+            static.progress_png(data.progress(search), folder / "progress.png", metric),
+            static.recommendations_png(data.recommendations(records, budgets, metric), folder / "recommendations.png",
+                                       metric)]

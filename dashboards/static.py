@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .style import AXES, NO_FINISHED, TITLES, colour, marker, value_text
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
+
+from .style import NO_FINISHED, axis, colour, marker, title, value_text
 
 DPI = 110
 
@@ -30,11 +32,11 @@ def _save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
     return path
 
 
-def _finish(fig, ax, path: Path, figure: str, x: str, y: str) -> Path:
+def _finish(fig, ax, path: Path, figure: str, x: str, y: str, metric: Metric = DEFAULT_METRIC) -> Path:
     """Axis labels, title, grid and legend of a one-panel figure, then save it."""
-    ax.set_xlabel(AXES[x])
-    ax.set_ylabel(AXES[y])
-    ax.set_title(TITLES[figure], fontsize=10)
+    ax.set_xlabel(axis(x, metric))
+    ax.set_ylabel(axis(y, metric))
+    ax.set_title(title(figure, metric), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -51,7 +53,7 @@ def _empty(path: Path, title: str, text: str) -> Path:
 def pareto_png(result, path: Path) -> Path:
     """Every (trial, retention) point faint, each technique's front as a line, the overall front bold."""
     if not result.all_points:
-        return _empty(path, TITLES["pareto"], NO_FINISHED)
+        return _empty(path, title("pareto", result.metric), NO_FINISHED)
     fig, ax = _plt().subplots(figsize=(7, 4.5), dpi=DPI)
     techniques = sorted(result.per_technique)
     for tech in techniques:
@@ -70,13 +72,13 @@ def pareto_png(result, path: Path) -> Path:
     ax.scatter([p.parameters for p in overall], [p.accuracy for p in overall], s=50, zorder=3,
                color=[colour(p.technique, techniques) for p in overall], edgecolors="black")
     ax.set_xscale("log")
-    return _finish(fig, ax, path, "pareto", "parameters", "accuracy")
+    return _finish(fig, ax, path, "pareto", "parameters", "accuracy", result.metric)
 
 
 def retention_png(data, path: Path) -> Path:
     """Accuracy against retention of each technique's best configuration, the adamw reference dotted."""
     if not data.curves:
-        return _empty(path, TITLES["retention"], NO_FINISHED)
+        return _empty(path, title("retention", data.metric), NO_FINISHED)
     fig, ax = _plt().subplots(figsize=(7, 4.5), dpi=DPI)
     techniques = [c.technique for c in data.curves]
     for c in data.curves:
@@ -89,13 +91,13 @@ def retention_png(data, path: Path) -> Path:
     if levels:
         ax.set_xticks(levels, [f"{p:g}" for p in levels])
         ax.minorticks_off()
-    return _finish(fig, ax, path, "retention", "retention", "accuracy")
+    return _finish(fig, ax, path, "retention", "retention", "accuracy", data.metric)
 
 
-def sensitivity_png(panels, path: Path) -> Path:
+def sensitivity_png(panels, path: Path, metric: Metric = DEFAULT_METRIC) -> Path:
     """One panel per hyperparameter: objective against its value, coloured by technique, marked by status."""
     if not panels or not any(s.points for s in panels):
-        return _empty(path, TITLES["sensitivity"], "no trial has reported an objective yet")
+        return _empty(path, title("sensitivity", metric), "no trial has reported an objective yet")
     cols = min(len(panels), 2)
     rows = math.ceil(len(panels) / cols)
     fig, axes = _plt().subplots(rows, cols, figsize=(4.2 * cols + 1.4, 3.3 * rows), dpi=DPI, squeeze=False)
@@ -113,19 +115,19 @@ def sensitivity_png(panels, path: Path) -> Path:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(s.param)
-        ax.set_ylabel(AXES["objective"])
+        ax.set_ylabel(axis("objective", metric))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    fig.suptitle(TITLES["sensitivity"] + " (x: stopped early)", fontsize=10)
+    fig.suptitle(title("sensitivity", metric) + " (x: stopped early)", fontsize=10)
     fig.legend(fontsize=8, loc="center right")
     return _save(fig, path, rect=(0, 0, 1 - 1.4 / (4.2 * cols + 1.4), 1))
 
 
-def progress_png(curves, path: Path) -> Path:
+def progress_png(curves, path: Path, metric: Metric = DEFAULT_METRIC) -> Path:
     """The objective against epoch for every trial; stopped trials end in an X, running ones in a diamond."""
     if not curves:
-        return _empty(path, TITLES["progress"], "no trial has reported an objective yet")
+        return _empty(path, title("progress", metric), "no trial has reported an objective yet")
     fig, ax = _plt().subplots(figsize=(7, 4.5), dpi=DPI)
     techniques = sorted({c.technique for c in curves})
     labelled: set = set()
@@ -138,17 +140,22 @@ def progress_png(curves, path: Path) -> Path:
         if ends:
             ax.scatter([c.epochs[-1] for c in ends], [c.objectives[-1] for c in ends], marker=mark, s=60,
                        facecolors="black" if mark == "X" else "none", edgecolors="black", zorder=3, label=name)
-    return _finish(fig, ax, path, "progress", "epoch", "objective")
+    return _finish(fig, ax, path, "progress", "epoch", "objective", metric)
 
 
 COLUMNS = ("budget", "technique", "hyperparameters", "retention", "parameters", "accuracy", "std", "seeds",
            "trial_id")
 
 
-def cell(key: str, value) -> str:
+def columns(metric: Metric = DEFAULT_METRIC) -> tuple:
+    """The recommendation table's columns, the metric's under its name."""
+    return tuple(metric.name if c == "accuracy" else c for c in COLUMNS)
+
+
+def cell(key: str, value, metric: Metric = DEFAULT_METRIC) -> str:
     if key == "parameters" and isinstance(value, int):
         return f"{value:,}"
-    if key in ("accuracy", "std") and isinstance(value, float):
+    if key in (metric.name, "std") and isinstance(value, float):
         return f"{value:.4f}"
     if key == "std" and value is None:
         return "-"
@@ -157,16 +164,17 @@ def cell(key: str, value) -> str:
     return value_text(value)
 
 
-def recommendations_png(rows: list[dict], path: Path) -> Path:
+def recommendations_png(rows: list[dict], path: Path, metric: Metric = DEFAULT_METRIC) -> Path:
     """The recommendation table as an image."""
     if not rows:
-        return _empty(path, TITLES["recommendations"], NO_FINISHED)
+        return _empty(path, title("recommendations"), NO_FINISHED)
     fig, ax = _plt().subplots(figsize=(11, 0.3 * (len(rows) + 2)), dpi=DPI)
     ax.set_axis_off()
-    table = ax.table(cellText=[[cell(k, r.get(k, "")) for k in COLUMNS] for r in rows], colLabels=COLUMNS,
+    cols = columns(metric)
+    table = ax.table(cellText=[[cell(k, r.get(k, ""), metric) for k in cols] for r in rows], colLabels=cols,
                      loc="upper center", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
-    table.auto_set_column_width(list(range(len(COLUMNS))))
-    ax.set_title(TITLES["recommendations"], fontsize=10)
+    table.auto_set_column_width(list(range(len(cols))))
+    ax.set_title(title("recommendations"), fontsize=10)
     return _save(fig, path)

@@ -1,6 +1,7 @@
 """Colours, markers and labels shared by the interactive (plotly) and static (matplotlib) figures."""
 from __future__ import annotations
 
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 from tuning.trial.registry import list_techniques
 
 # The registered techniques keep their colour in every sweep; others take the remaining ones in turn.
@@ -28,6 +29,21 @@ AXES = {
     "epoch": "epoch",
 }
 NO_FINISHED = "no finished trial yet"
+
+
+def axis(name: str, metric: Metric = DEFAULT_METRIC) -> str:
+    """The label of axis ``name`` (a key of AXES); the metric's axes are named after the sweep's metric."""
+    if metric == DEFAULT_METRIC or name not in ("accuracy", "objective"):
+        return AXES[name]
+    return f"validation {metric.label}" if name == "accuracy" else f"objective ({metric.label})"
+
+
+def title(name: str, metric: Metric = DEFAULT_METRIC) -> str:
+    """The title of figure ``name`` (a key of TITLES), naming the sweep's metric."""
+    if metric == DEFAULT_METRIC:
+        return TITLES[name]
+    text = TITLES[name].replace("Accuracy", metric.name.capitalize())
+    return text.replace("objective", f"objective ({metric.direction})") if "objective" in text else text
 
 
 def colour(technique: str, techniques=()) -> str:

@@ -17,7 +17,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from tuning.trial import spec as config
     from tuning.trial.files import CHECKPOINT, SCORES, TRAIN_CONFIG
-    from tuning.trial.metrics import acc_key, level_key, levels, params_key
+    from tuning.trial.metrics import level_key, levels, params_key
     from tuning.trial.recipe import FunctionError, run_trial
     from tuning.trial.usercode import UserCodeError, check_imports, import_callable
     try:
@@ -60,10 +60,10 @@ def _train(args: argparse.Namespace) -> int:
     tracked.finish(result.status)
     (out / SCORES).write_text(json.dumps({"status": result.status, "epoch": result.epoch,
                                           "metrics": result.metrics, "history": result.history}, indent=2))
-    m = result.metrics
+    m, metric = result.metrics, cfg.train.metric.as_metric()
     print(f"status: {result.status} after {result.epoch} epochs")
-    for p in sorted(levels(m)):
-        print(f"  retention {level_key(p):>5}: accuracy {m[acc_key(p)]:.4f}  parameters {m[params_key(p)]}")
+    for p in sorted(levels(m, metric.key)):
+        print(f"  retention {level_key(p):>5}: {metric.name} {m[metric.at(p)]:.4f}  parameters {m[params_key(p)]}")
     print(f"scores written to {out / SCORES}")
     if cfg.function is None:                 # export rebuilds the built-in model; a function's is its own
         print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
@@ -161,14 +161,15 @@ def _outcomes(parent, records) -> None:
 
 def _pareto(args: argparse.Namespace) -> int:
     from tuning.analysis.pareto import format_table, front_table, fronts
-    from tuning.tracking.results import load_sweep
+    from tuning.tracking.results import load_sweep, sweep_metric
     from tuning.tracking.store import default_uri
     try:
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
     except _sweep_errors() as e:
         return _fail("pareto", e)
     _outcomes(parent, records)
-    result = fronts(records)
+    metric = sweep_metric(parent)
+    result = fronts(records, metric=metric)
     if not result.all_points:
         return _fail("pareto", ValueError(f"sweep {args.name!r} has no trial that finished its full budget yet"))
     fronts_to_show = {"all techniques": result.overall}
@@ -177,19 +178,19 @@ def _pareto(args: argparse.Namespace) -> int:
     for title, front in fronts_to_show.items():
         hv = result.hypervolume if title == "all techniques" else result.per_technique_hypervolume[title]
         print(f"Pareto front, {title} (hypervolume {hv:.4f}, {len(front)} points):")
-        print(format_table(front_table(front)))
+        print(format_table(front_table(front, metric)))
     return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:
     from tuning.analysis.recommend import parse_budget, recommend, write_spec
-    from tuning.tracking.results import load_sweep
+    from tuning.tracking.results import load_sweep, sweep_metric
     from tuning.tracking.store import default_uri
     try:
         budget = parse_budget(args.budget)
         parent, records = load_sweep(args.tracking_uri or default_uri(), args.name, with_history=False)
         _outcomes(parent, records)
-        rec = recommend(records, budget)
+        rec = recommend(records, budget, metric=sweep_metric(parent))
         out = _output(args.out or f"recommended-{args.name}-{args.budget}.yaml", "--out")
     except _sweep_errors() as e:
         return _fail("recommend", e)
@@ -197,10 +198,11 @@ def _recommend(args: argparse.Namespace) -> int:
     write_spec(rec, out)
     hp = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
     print(f"best within budget {args.budget}: {p.technique}  {hp}")
-    print(f"  retention {p.retention:g}: accuracy {p.accuracy:.4f}, {p.parameters:,} parameters "
+    name = rec.metric.name
+    print(f"  retention {p.retention:g}: {name} {p.accuracy:.4f}, {p.parameters:,} parameters "
           f"({p.targeted:.1%} of the targeted matrices), trial {p.trial_id}")
     for alt in rec.alternatives:
-        print(f"  runner-up: {alt.technique} at retention {alt.retention:g}: accuracy {alt.accuracy:.4f}, "
+        print(f"  runner-up: {alt.technique} at retention {alt.retention:g}: {name} {alt.accuracy:.4f}, "
               f"{alt.parameters:,} parameters")
     print(f"trial spec written to {out}; run it with: q3r-tune train {out}")
     return 0
@@ -226,7 +228,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from dashboards.report import write_pngs, write_report
 
-    from tuning.tracking.results import load_sweep
+    from tuning.tracking.results import load_sweep, sweep_metric
     from tuning.tracking.store import default_uri
     uri = args.tracking_uri or default_uri()
     try:
@@ -237,10 +239,11 @@ def _report(args: argparse.Namespace) -> int:
         return _fail("report", e)
     subtitle = (f"MLflow {uri}, parent run {parent.info.run_id} ({parent.info.status}), "
                 f"read {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    out = write_report(records, out, title=f"q3r-tune sweep {args.name}", subtitle=subtitle)
+    metric = sweep_metric(parent)
+    out = write_report(records, out, title=f"q3r-tune sweep {args.name}", subtitle=subtitle, metric=metric)
     print(f"report of {len(records)} trials written to {out.resolve()}")
     if pngs:
-        for path in write_pngs(records, pngs):
+        for path in write_pngs(records, pngs, metric=metric):
             print(f"  {path}")
     return 0
 

@@ -18,7 +18,7 @@ from tuning.analysis.pareto import fronts
 from tuning.analysis.recommend import BUDGETS, recommendation_table
 from tuning.analysis.records import TrialRecord
 from tuning.tracking.store import PARAMS, PARENT, ROLE, STATUS, SWEEP, TECHNIQUE, TRIAL_ID, experiment_id
-from tuning.trial.metrics import mlflow_key
+from tuning.trial.metrics import DEFAULT_METRIC, mlflow_key
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -237,7 +237,7 @@ def _artifacts(client, run_id, path=None):
 def test_publish_logs_the_report_on_the_parent_run(store, monkeypatch):
     uri, client = store
     monkeypatch.setattr(publish, "write_spec", lambda rec, path: Path(path).write_text("# spec\n"))
-    spec = SimpleNamespace(retentions=[0.1, 0.5, 1.0], spaces={"adamq3r": {}, "adamw": {}})
+    spec = SimpleNamespace(retentions=[0.1, 0.5, 1.0], spaces={"adamq3r": {}, "adamw": {}}, score=DEFAULT_METRIC)
     for name, records in (("published", RECORDS), ("unfinished", [E, F])):
         parent = client.create_run(experiment_id(client, name)).info.run_id
         lines = []

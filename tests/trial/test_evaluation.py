@@ -72,3 +72,31 @@ def test_a_lora_trial_counts_its_factors_at_every_level_past_its_rank():
     assert lora["params@0.05"] == adamw["params@0.05"]            # both keep r(0.05) columns
     assert lora["params@0.1"] == lora["params@0.2"] == lora["params@1"] == lora["params@0.05"]
     assert adamw["params@0.05"] < adamw["params@0.1"] < adamw["params@0.2"] < adamw["params@1"]
+
+
+def _truncated_loss_ref(model, targets, x, y, p):
+    """The mean cross-entropy of a copy of ``model`` whose targets are cut to rank r(p) by a float64 SVD."""
+    import copy
+
+    import numpy as np
+
+    net = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for name, module in net.named_modules():
+            if name in {t.name for t in targets} and p < 1:
+                U, S, Vt = np.linalg.svd(module.weight.numpy())
+                r = target_rank_ref(*module.weight.shape, p)
+                module.weight.copy_(torch.from_numpy((U[:, :r] * S[:r]) @ Vt[:r]))
+        return float(torch.nn.functional.cross_entropy(net(x.double()), y))
+
+
+def test_val_loss_is_the_mean_cross_entropy_at_every_level(setup):
+    from tuning.trial.metrics import Metric
+
+    model, targets, loader = setup
+    x, y = loader.dataset.tensors
+    out, _ = score(model, targets, loader, [0.05, 0.2, 1.0], torch.device("cpu"), metric=Metric("val_loss", "min"))
+    for p in (0.05, 0.2, 1.0):
+        assert out[f"val_loss@{p:g}"] == pytest.approx(_truncated_loss_ref(model, targets, x, y, p), rel=1e-5)
+    assert out["val_loss"] == out["val_loss@1"] and out["val_loss@0.05"] > out["val_loss"]
+    assert "acc@0.05" in out and "val_loss" not in score(model, targets, loader, [0.05], torch.device("cpu"))[0]

@@ -55,3 +55,34 @@ def test_objective_names():
     assert objective_value(m, "acc@0.2", [0.1, 0.2]) == 0.7
     with pytest.raises(KeyError, match="needs acc@0.4"):
         objective_value(m, "acc@0.4", [0.4])
+
+
+def test_a_metrics_keys_and_direction():
+    from tuning.trial.metrics import DEFAULT_METRIC, Metric, diverged_objective, objective_text, score_key
+
+    loss = Metric("val_loss", "min")
+    assert (score_key(DEFAULT_METRIC), score_key(DEFAULT_METRIC, 0.2)) == ("acc", "acc@0.2")
+    assert (score_key(loss), score_key(loss, 0.20), score_key(loss, 1.0)) == ("val_loss", "val_loss@0.2", "val_loss@1")
+    assert loss.better(0.1, 0.2) and not DEFAULT_METRIC.better(0.1, 0.2) and (loss.sign, DEFAULT_METRIC.sign) == (-1, 1)
+    assert split_key("val_loss@0.2", "val_loss") == ("val_loss", 0.2) and split_key("val_loss@0.2")[1] is None
+    assert levels({"val_loss@0.5": 1.0, "acc@0.1": 0.5, "val_loss@0.1": 2.0}, loss.key) == [0.5, 0.1]
+    assert logged("val_loss", loss) and not logged("val_loss") and logged("val_loss@0.2")
+    assert from_mlflow({mlflow_key("val_loss@0.2"): 1.5}) == {"val_loss@0.2": 1.5}
+    assert objective_key("val_loss@0.20", [0.2, 1.0], loss) == "val_loss@0.2"
+    with pytest.raises(ValueError, match="'val_loss@p' .* but got 'acc@0.2'"):
+        objective_key("acc@0.2", [0.2, 1.0], loss)
+    m = {"val_loss@0.1": 2.0, "val_loss@0.2": 1.0, "acc@0.1": 0.5}
+    assert objective_value(m, "mean", [0.1, 0.2, 1.0], loss) == pytest.approx(1.5)
+    assert objective_text("mean", loss) == "mean val_loss over p < 1 (lower is better)"
+    assert diverged_objective() == 0.0 and diverged_objective(loss) != diverged_objective(loss)     # NaN
+
+
+@pytest.mark.parametrize("name, mode, message", [
+    ("val loss", "min", "name must be letters"), ("my_at_x", "min", "without '_at_'"), ("objective", "max", "must not"),
+    ("val_loss", "lower", r"mode must be 'max' \(higher is better\) or 'min'.*but got 'lower'"),
+])
+def test_a_bad_metric_names_the_value(name, mode, message):
+    from tuning.trial.metrics import Metric
+
+    with pytest.raises(ValueError, match=message):
+        Metric(name, mode)

@@ -309,3 +309,38 @@ def test_transfer_spec_needs_its_checkpoint_and_makes_init_absolute(tmp_path):
         preflight(spec)
     resolved = resolve_paths({"model": {"init": "ckpt/pre.safetensors"}}, tmp_path)
     assert resolved["model"]["init"] == str((tmp_path / "ckpt" / "pre.safetensors").resolve())
+
+
+# ---- the metric ----------------------------------------------------------------------------------
+def test_the_default_metric_is_accuracy_with_todays_keys():
+    spec = from_dict(small())
+    assert (spec.score.name, spec.score.mode, spec.score.key) == ("accuracy", "max", "acc")
+    assert spec.objective == "mean" and spec.train.metric == spec.metric
+    assert from_dict(small(searcher={"kind": "multi"})).objective_metrics() == ["acc@0.1", "acc@0.2"]
+    assert from_dict(small(objective="acc@0.20")).objective == "acc@0.2"
+
+
+def test_a_min_metric_names_its_keys_objective_and_trials(tmp_path):
+    spec = load_spec(write(tmp_path, small(metric={"name": "val_loss", "mode": "min"}, objective="val_loss@0.2")),
+                     ["searcher.kind=multi"])
+    assert (spec.score.mode, spec.objective, spec.objective_metrics()) == ("min", "val_loss@0.2",
+                                                                          ["val_loss@0.1", "val_loss@0.2"])
+    assert spec.trial_config("adamw", {"lr": 1e-3}).train.metric.name == "val_loss"
+    again = from_dict(spec.to_dict())
+    assert again.score == spec.score and again.to_dict() == spec.to_dict()
+    assert from_dict(small(metric="val_loss")).score.mode == "min"               # the name alone: its own mode
+    assert from_dict(small(train={"metric": {"name": "val_loss"}})).score.name == "val_loss"   # train's serves
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"metric": {"name": "val_loss", "mode": "down"}}, "metric.mode must be 'max' or 'min', but got 'down'"),
+    ({"metric": {"name": "accuracy", "mode": "min"}}, "metric: mode of accuracy is 'max' (the recipe's), but got 'min'"),
+    ({"metric": {"name": "f1", "mode": "max"}}, "metric.name must be one the built-in recipe computes"),
+    ({"metric": {"name": "bleu"}}, "metric: mode must be set (max or min) for metric 'bleu'"),
+    ({"metric": {"name": "acc"}}, "accuracy is named 'accuracy'"),
+    ({"metric": {"name": "val_loss"}, "objective": "acc@0.2"}, "objective: must be 'mean' or 'val_loss@p'"),
+])
+def test_a_bad_metric_is_one_line_naming_it(extra, message):
+    with pytest.raises(SpecError) as err:
+        from_dict(small(**extra))
+    assert message in str(err.value) and "\n" not in str(err.value)

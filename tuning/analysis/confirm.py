@@ -14,23 +14,26 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from tuning.analysis.pareto import points
-from tuning.analysis.recommend import _budget, _rank, within
+from tuning.analysis.recommend import _budget, ranking, within
 from tuning.analysis.records import COMPLETED, CONFIRMATION, TrialRecord
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 
 
 def _key(record: TrialRecord) -> tuple:
     return record.technique, tuple(sorted(record.params.items()))
 
 
-def candidates(records: Iterable[TrialRecord], budgets: Sequence, top: int) -> list[TrialRecord]:
-    """The ``top`` best distinct completed configurations within each budget, each once, in budget order."""
+def candidates(records: Iterable[TrialRecord], budgets: Sequence, top: int,
+               metric: Metric = DEFAULT_METRIC) -> list[TrialRecord]:
+    """The ``top`` best distinct completed configurations within each budget (by ``metric``), each once,
+    in budget order."""
     records = [r for r in records if r.role != CONFIRMATION]
     by_id = {r.trial_id: r for r in records}
-    pts = points(records, (COMPLETED,))
+    pts = points(records, (COMPLETED,), metric)
     chosen: dict[tuple, TrialRecord] = {}
     for raw in budgets:
         budget, picked = _budget(raw), set()
-        for p in sorted((p for p in pts if within(p, budget)), key=_rank):
+        for p in sorted((p for p in pts if within(p, budget)), key=ranking(metric)):
             key = _key(by_id[p.trial_id])
             if len(picked) == top:
                 break
@@ -40,12 +43,13 @@ def candidates(records: Iterable[TrialRecord], budgets: Sequence, top: int) -> l
     return list(chosen.values())
 
 
-def plan(records: Iterable[TrialRecord], budgets: Sequence, top: int, seeds: int, base_seed: int) -> list[dict]:
+def plan(records: Iterable[TrialRecord], budgets: Sequence, top: int, seeds: int, base_seed: int,
+         metric: Metric = DEFAULT_METRIC) -> list[dict]:
     """Grid points ``{"technique", "<technique>.<param>"..., "seed", "confirms"}`` of the confirmation."""
     if top <= 0 or seeds <= 0:
         return []
     out = []
-    for record in candidates(records, budgets, top):
+    for record in candidates(records, budgets, top, metric):
         params = {f"{record.technique}.{k}": v for k, v in sorted(record.params.items())}
         for k in range(1, seeds + 1):
             out.append({"technique": record.technique, **params, "seed": base_seed + k, "confirms": record.trial_id})

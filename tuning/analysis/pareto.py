@@ -1,10 +1,12 @@
-"""Pareto fronts of a sweep: fewer parameters against higher accuracy after truncation.
+"""Pareto fronts of a sweep: fewer parameters against a better metric after truncation.
 
 Compute, never draw: every function here takes ``TrialRecord``s (or ``Point``s) and returns plain
 typed values; the CLI prints them with ``format_table`` and the dashboards plot them.
 
-One trial scored at K retention levels gives K points: ``acc@p`` against ``params@p`` (whole-model
-parameter count after truncating every targeted matrix to rank r(p)).
+One trial scored at K retention levels gives K points: the sweep's metric at p (``acc@p`` for
+accuracy, the default; ``val_loss@p``) against ``params@p`` (whole-model parameter count after
+truncating every targeted matrix to rank r(p)). "Better" is the metric's direction (``Metric.mode``):
+higher accuracy, lower loss; every function takes the ``metric`` and defaults to accuracy.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
 from tuning.analysis.records import (COLLAPSED, COMPLETED, CONFIRMATION, DIVERGED, SEARCH, STATUSES, TrialRecord)
-from tuning.trial.metrics import acc_key, levels, params_key, targeted_key
+from tuning.trial.metrics import DEFAULT_METRIC, Metric, levels, params_key, targeted_key
 
 SEED_STATUSES = (COMPLETED, COLLAPSED, DIVERGED)   # confirmation runs that count, at their last scores
 
@@ -28,9 +30,9 @@ class Point(NamedTuple):
     retention: float      # p
     parameters: int       # params@p: whole-model parameter count after truncation
     targeted: float       # targeted@p: fraction of the targeted matrices' parameters kept
-    accuracy: float       # acc@p: validation accuracy after truncation (the mean over seeds, see below)
+    accuracy: float       # the metric at p (acc@p: validation accuracy) after truncation (the mean over seeds)
     run_id: str
-    std: float = math.nan  # the standard deviation of acc@p over seeds (NaN for one seed)
+    std: float = math.nan  # the standard deviation of the metric at p over seeds (NaN for one seed)
     seeds: int = 1         # runs behind ``accuracy``: the trial and its completed confirmation runs
 
 
@@ -49,10 +51,11 @@ def _finite(value) -> bool:
         return False
 
 
-def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,)) -> list[Point]:
+def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,),
+           metric: Metric = DEFAULT_METRIC) -> list[Point]:
     """One point per (search trial, retention level) of the trials whose status is in ``statuses``.
 
-    Levels without a finite accuracy or parameter count are left out; ``targeted`` is NaN where
+    Levels without a finite metric or parameter count are left out; ``targeted`` is NaN where
     the trial did not report ``targeted@p``.
     """
     statuses = _statuses(statuses)
@@ -61,8 +64,8 @@ def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,
         if rec.status not in statuses or rec.role != SEARCH:      # confirmation runs: see recommend.seed_points
             continue
         scored = []
-        for retention in levels(rec.metrics):
-            acc, params = rec.metrics.get(acc_key(retention)), rec.metrics.get(params_key(retention))
+        for retention in levels(rec.metrics, metric.key):
+            acc, params = rec.metrics.get(metric.at(retention)), rec.metrics.get(params_key(retention))
             if _finite(acc) and _finite(params):
                 targeted = rec.metrics.get(targeted_key(retention))
                 targeted = float(targeted) if _finite(targeted) else math.nan
@@ -72,66 +75,82 @@ def points(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,
     return out
 
 
-def seed_points(records: Iterable[TrialRecord], statuses=(COMPLETED,)) -> list[Point]:
+def seed_points(records: Iterable[TrialRecord], statuses=(COMPLETED,), metric: Metric = DEFAULT_METRIC) -> list[Point]:
     """``points`` of the search trials, each with the mean, standard deviation and number of seeds of
-    acc@p over the trial and its confirmation runs (a diverged seed counts with accuracy 0)."""
+    the metric at p over the trial and its confirmation runs (a diverged seed, or one without the
+    level, counts as ``metric.diverged``: accuracy 0, a min metric +inf)."""
     records = list(records)
     seeds: dict[str, list[TrialRecord]] = {}
     for r in records:
         if r.role == CONFIRMATION and r.status in SEED_STATUSES:
             seeds.setdefault(r.confirms, []).append(r)
     out = []
-    for p in points(records, statuses):
-        level = acc_key(p.retention)
-        accs = [p.accuracy] + [0.0 if r.status == DIVERGED else float(r.metrics.get(level, 0.0))
+    for p in points(records, statuses, metric):
+        level = metric.at(p.retention)
+        accs = [p.accuracy] + [metric.diverged if r.status == DIVERGED else float(r.metrics.get(level, metric.diverged))
                                for r in seeds.get(p.trial_id, [])]
-        std = statistics.stdev(accs) if len(accs) > 1 else math.nan
+        std = statistics.stdev(accs) if len(accs) > 1 and all(map(math.isfinite, accs)) else math.nan
         out.append(p._replace(accuracy=statistics.fmean(accs), std=std, seeds=len(accs)))
     return out
 
 
-def dominates(a: Point, b: Point) -> bool:
-    """``a`` has no more parameters and no less accuracy than ``b``, and is strictly better in one."""
-    return (a.parameters <= b.parameters and a.accuracy >= b.accuracy
-            and (a.parameters < b.parameters or a.accuracy > b.accuracy))
+def dominates(a: Point, b: Point, metric: Metric = DEFAULT_METRIC) -> bool:
+    """``a`` has no more parameters and no worse metric than ``b``, and is strictly better in one."""
+    s = metric.sign
+    return (a.parameters <= b.parameters and s * a.accuracy >= s * b.accuracy
+            and (a.parameters < b.parameters or s * a.accuracy > s * b.accuracy))
 
 
-def _order(p: Point):
-    return (p.parameters, -p.accuracy, p.trial_id, p.retention)
+def pareto_front(pts: Iterable[Point], metric: Metric = DEFAULT_METRIC) -> list[Point]:
+    """The non-dominated points, by parameters ascending (so the metric strictly improving too).
 
-
-def pareto_front(pts: Iterable[Point]) -> list[Point]:
-    """The non-dominated points, by parameters ascending (so accuracy strictly ascending too).
-
-    Of points with identical parameters and accuracy one is kept: the lowest trial_id, then the
+    Of points with identical parameters and metric one is kept: the lowest trial_id, then the
     lowest retention. An O(n log n) sort and one sweep.
     """
+    s = metric.sign
     front: list[Point] = []
-    best = -math.inf
-    for p in sorted((p for p in pts if _finite(p.accuracy)), key=_order):
-        if p.accuracy > best:
+    best = -math.inf                                   # of s * metric: higher is better
+    for p in sorted((p for p in pts if _finite(p.accuracy)),
+                    key=lambda p: (p.parameters, -s * p.accuracy, p.trial_id, p.retention)):
+        if s * p.accuracy > best:
             front.append(p)
-            best = p.accuracy
+            best = s * p.accuracy
     return front
 
 
-def hypervolume(front: Iterable[Point], ref_parameters: float, ref_accuracy: float = 0.0) -> float:
-    """The area dominated by ``front`` and bounded by (ref_parameters, ref_accuracy).
+def hypervolume(front: Iterable[Point], ref_parameters: float, ref_accuracy: float = 0.0,
+                metric: Metric = DEFAULT_METRIC) -> float:
+    """The area dominated by ``front`` and bounded by (ref_parameters, ref_accuracy), the metric's
+    reference value (``ref_accuracy``: its worst, 0 for accuracy).
 
     Parameters are divided by ``ref_parameters``, so for accuracies in [0, 1] and ref_accuracy 0
-    the value lies in [0, 1]. Points with more parameters than the reference or less accuracy
-    contribute nothing; ``front`` need not be non-dominated.
+    the value lies in [0, 1]; for another metric it is in the metric's units. Points with more
+    parameters than the reference or a worse metric contribute nothing; ``front`` need not be
+    non-dominated.
     """
     if not _finite(ref_parameters) or ref_parameters <= 0:
         raise ValueError(f"ref_parameters must be a positive number, but got {ref_parameters=}")
     if not _finite(ref_accuracy):
         raise ValueError(f"ref_accuracy must be a finite number, but got {ref_accuracy=}")
-    inside = pareto_front(p for p in front if p.parameters <= ref_parameters and p.accuracy >= ref_accuracy)
+    s = metric.sign
+    inside = pareto_front((p for p in front if p.parameters <= ref_parameters
+                           and s * p.accuracy >= s * ref_accuracy), metric)
     area = 0.0
     for p, nxt in zip(inside, inside[1:] + [None]):
         right = 1.0 if nxt is None else nxt.parameters / ref_parameters
-        area += (right - p.parameters / ref_parameters) * (p.accuracy - ref_accuracy)
+        area += (right - p.parameters / ref_parameters) * s * (p.accuracy - ref_accuracy)
     return area
+
+
+def reference_value(pts: Iterable[Point], metric: Metric = DEFAULT_METRIC) -> float:
+    """The hypervolume's reference for the metric: 0 for accuracy (its worst), else the worst value
+    among ``pts`` (the highest loss of a min metric; 0.0 when there are none)."""
+    if metric == DEFAULT_METRIC:
+        return 0.0
+    values = [p.accuracy for p in pts if _finite(p.accuracy)]
+    if not values:
+        return 0.0
+    return min(values) if metric.mode == "max" else max(values)
 
 
 @dataclass(frozen=True)
@@ -143,25 +162,31 @@ class ParetoResult:
     ref_parameters: int
     all_points: list[Point]
     confirmed: list[Point] = ()          # seed_points confirmed over several seeds (mean, std, seeds)
+    metric: Metric = DEFAULT_METRIC      # what ``Point.accuracy`` holds, and its direction
+    ref_value: float = 0.0               # the hypervolume's reference value of the metric (reference_value)
 
 
-def fronts(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,)) -> ParetoResult:
+def fronts(records: Iterable[TrialRecord], statuses: Iterable[str] = (COMPLETED,),
+           metric: Metric = DEFAULT_METRIC) -> ParetoResult:
     """The overall front and one per technique, with hypervolumes against one reference: the
-    largest parameter count among the points (the dense model) and accuracy 0."""
+    largest parameter count among the points (the dense model) and the metric's ``reference_value``
+    (accuracy 0; the worst observed value of another metric)."""
     records = list(records)
-    pts = points(records, statuses)
+    pts = points(records, statuses, metric)
     ref = max((p.parameters for p in pts), default=0)
-    per_technique = {t: pareto_front(p for p in pts if p.technique == t)
+    ref_value = reference_value(pts, metric)
+    per_technique = {t: pareto_front((p for p in pts if p.technique == t), metric)
                      for t in sorted({p.technique for p in pts})}
-    overall = pareto_front(pts)
+    overall = pareto_front(pts, metric)
 
     def hv(front):
-        return hypervolume(front, ref) if ref > 0 else 0.0
+        return hypervolume(front, ref, ref_value, metric) if ref > 0 else 0.0
 
     return ParetoResult(overall=overall, per_technique=per_technique, hypervolume=hv(overall),
                         per_technique_hypervolume={t: hv(f) for t, f in per_technique.items()},
                         ref_parameters=ref, all_points=pts,
-                        confirmed=[p for p in seed_points(records, statuses) if p.seeds > 1])
+                        confirmed=[p for p in seed_points(records, statuses, metric) if p.seeds > 1],
+                        metric=metric, ref_value=ref_value)
 
 
 def format_params(params: dict) -> str:
@@ -171,10 +196,10 @@ def format_params(params: dict) -> str:
     return " ".join(f"{k}={value(v)}" for k, v in sorted(params.items()))
 
 
-def front_table(front: Iterable[Point]) -> list[dict]:
-    """Rows for printing or logging, one per point, in the given order."""
+def front_table(front: Iterable[Point], metric: Metric = DEFAULT_METRIC) -> list[dict]:
+    """Rows for printing or logging, one per point, in the given order; the metric's column is its name."""
     return [{"technique": p.technique, "hyperparameters": format_params(p.params), "retention": p.retention,
-             "parameters": p.parameters, "accuracy": p.accuracy, "trial_id": p.trial_id} for p in front]
+             "parameters": p.parameters, metric.name: p.accuracy, "trial_id": p.trial_id} for p in front]
 
 
 def _cell(v) -> str:

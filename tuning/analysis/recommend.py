@@ -2,19 +2,22 @@
 
 A budget is a fraction of the targeted matrices' parameters (0.2: keep 20%, compared with
 ``targeted@p``) or an absolute whole-model parameter count (50000, compared with ``params@p``).
-The recommendation is the most accurate (configuration, retention level) within the budget, by
-the mean accuracy over its seeds: once a sweep has confirmation runs (``tuning.analysis.confirm``), only
-configurations confirmed over several seeds are recommended, and a single lucky run is not.
+The recommendation is the best (configuration, retention level) within the budget by the sweep's
+metric (highest accuracy by default; lowest loss for a min metric), by its mean over seeds: once a
+sweep has confirmation runs (``tuning.analysis.confirm``), only configurations confirmed over several
+seeds are recommended, and a single lucky run is not.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
 
 from tuning.analysis.pareto import Point, format_params, seed_points
 from tuning.analysis.records import COMPLETED, TrialRecord
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 
 Budget = Union[float, int]
 # The budgets of a sweep, fractions of the targeted parameters: the sweep confirms the best configurations
@@ -62,15 +65,18 @@ def within(point: Point, budget: Budget) -> bool:
     return point.parameters <= budget
 
 
-def _rank(p: Point):
-    return (-p.accuracy, p.parameters, p.trial_id, p.retention)
+def ranking(metric: Metric = DEFAULT_METRIC):
+    """The sort key of points, best first: the better metric, then fewer parameters, trial_id, retention."""
+    def key(p: Point):
+        return (-metric.sign * p.accuracy, p.parameters, p.trial_id, p.retention)
+    return key
 
 
 def _candidates(pts: list[Point], budget: Budget, statuses) -> list[Point]:
-    """The points within ``budget``, best first; a ValueError if there are none."""
+    """The points within ``budget``; a ValueError if there are none."""
     if not pts:
         raise ValueError(f"no trial with status in {tuple(statuses)} has been scored, so nothing fits {budget=}")
-    inside = sorted((p for p in pts if within(p, budget)), key=_rank)
+    inside = [p for p in pts if within(p, budget)]
     if not inside:
         if is_fraction(budget):
             smallest = min((p.targeted for p in pts if p.targeted == p.targeted), default=float("nan"))
@@ -82,9 +88,10 @@ def _candidates(pts: list[Point], budget: Budget, statuses) -> list[Point]:
 
 
 def _eligible(pts: list[Point], budget) -> list[Point]:
-    """Within the budget; only confirmed points (several seeds) where any confirmed point fits."""
+    """Within the budget; only confirmed points (several seeds, a finite mean: no seed of a min metric
+    diverged) where any confirmed point fits."""
     inside = [p for p in pts if within(p, budget)]
-    confirmed = [p for p in inside if p.seeds > 1]
+    confirmed = [p for p in inside if p.seeds > 1 and math.isfinite(p.accuracy)]
     return confirmed or inside
 
 
@@ -94,17 +101,18 @@ class Recommendation:
     point: Point
     record: TrialRecord
     alternatives: list[Point] = field(default_factory=list)   # the best point of each other technique
+    metric: Metric = DEFAULT_METRIC                            # what the points' ``accuracy`` holds
 
 
 def recommend(records: Iterable[TrialRecord], budget, statuses: Iterable[str] = (COMPLETED,),
-              *, n_alternatives: int = 4) -> Recommendation:
-    """The most accurate point within ``budget`` (ties: fewer parameters, then trial_id)."""
+              *, n_alternatives: int = 4, metric: Metric = DEFAULT_METRIC) -> Recommendation:
+    """The point within ``budget`` best by ``metric`` (ties: fewer parameters, then trial_id)."""
     budget = _budget(budget)
     records = list(records)
     statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-    pts = seed_points(records, statuses)
+    pts = seed_points(records, statuses, metric)
     _candidates(pts, budget, statuses)                          # a clear error when nothing fits
-    inside = sorted(_eligible(pts, budget), key=_rank)
+    inside = sorted(_eligible(pts, budget), key=ranking(metric))
     best = inside[0]
     record = next(r for r in records if r.trial_id == best.trial_id and r.status in statuses)
     seen, alternatives = {best.technique}, []
@@ -112,7 +120,7 @@ def recommend(records: Iterable[TrialRecord], budget, statuses: Iterable[str] = 
         if p.technique not in seen and len(alternatives) < n_alternatives:
             seen.add(p.technique)
             alternatives.append(p)
-    return Recommendation(budget=budget, point=best, record=record, alternatives=alternatives)
+    return Recommendation(budget=budget, point=best, record=record, alternatives=alternatives, metric=metric)
 
 
 def _plain(value):
@@ -149,7 +157,7 @@ def write_spec(rec: Recommendation, path: Union[str, Path]) -> Path:
     header = [
         f"# q3r-tune recommendation for a budget of {budget}",
         f"# technique: {p.technique}" + (f" ({hyper})" if hyper else ""),
-        f"# expected accuracy: {p.accuracy:.4f} after truncation at retention {p.retention:g}"
+        f"# expected {rec.metric.name}: {p.accuracy:.4f} after truncation at retention {p.retention:g}"
         f" ({p.parameters:,} parameters, {p.targeted:.1%} of the targeted parameters)",
         f"# source trial: {p.trial_id}" + (f" (MLflow run {p.run_id})" if p.run_id else ""),
         f"# run: q3r-tune train {path}",
@@ -160,18 +168,19 @@ def write_spec(rec: Recommendation, path: Union[str, Path]) -> Path:
 
 
 def recommendation_table(records: Iterable[TrialRecord], budgets: Iterable,
-                         statuses: Iterable[str] = (COMPLETED,)) -> list[dict]:
-    """The best point for each budget, skipping budgets that no trial reaches."""
+                         statuses: Iterable[str] = (COMPLETED,), metric: Metric = DEFAULT_METRIC) -> list[dict]:
+    """The best point for each budget, skipping budgets that no trial reaches; the metric's column is
+    its name (``accuracy``)."""
     statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-    pts = seed_points(records, statuses)
+    pts = seed_points(records, statuses, metric)
     rows = []
     for raw in budgets:
         budget = _budget(raw)
         inside = _eligible(pts, budget)
         if not inside:
             continue
-        p = min(inside, key=_rank)
+        p = min(inside, key=ranking(metric))
         rows.append({"budget": budget, "technique": p.technique, "hyperparameters": format_params(p.params),
-                     "retention": p.retention, "parameters": p.parameters, "accuracy": p.accuracy,
+                     "retention": p.retention, "parameters": p.parameters, metric.name: p.accuracy,
                      "std": p.std if p.seeds > 1 else None, "seeds": p.seeds, "trial_id": p.trial_id})
     return rows

@@ -27,7 +27,7 @@ from tuning.analysis.recommend import BUDGETS, Recommendation, _budget, is_fract
 from tuning.analysis.records import SEARCH, TrialRecord
 from tuning.tracking.store import CHECKPOINT, PARENT, ROLE, STORAGE, TRAIN, TrackingError, check_tracking
 from tuning.trial.files import CHECKPOINT as CHECKPOINT_FILE, INFO, SPEC, WEIGHTS, confirmation_folder
-from tuning.trial.metrics import acc_key, level_key, params_key
+from tuning.trial.metrics import DEFAULT_METRIC, Metric, level_key, params_key
 
 
 @dataclass
@@ -38,10 +38,12 @@ class Export:
     budget: Optional[object]           # the budget it was chosen for, if any
     run_id: str                        # the MLflow run it is logged on: the sweep's parent, or the run itself
     recommendation: Optional[Recommendation] = None
+    metric: Metric = DEFAULT_METRIC    # the sweep's: what ``recorded_accuracy`` is
 
     @property
     def recorded_accuracy(self) -> Optional[float]:
-        return self.record.metrics.get(acc_key(self.retention))
+        """The metric the run recorded at the retention (acc@p by default)."""
+        return self.record.metrics.get(self.metric.at(self.retention))
 
     @property
     def recorded_parameters(self) -> Optional[int]:
@@ -74,7 +76,7 @@ def find_checkpoint(trial_id: str, storage: str) -> Path:
 
 
 def export_record(record: TrialRecord, checkpoint: Path, retention: float, out_dir, *, budget=None,
-                  extra: Optional[dict] = None, verify: bool = False):
+                  extra: Optional[dict] = None, verify: bool = False, metric: Metric = DEFAULT_METRIC):
     """``tuning.trial.export.export_model`` for a tracked run, with where it came from and the scores
     the run recorded at that retention in ``export.json``."""
     from tuning.trial.export import export_model
@@ -83,7 +85,7 @@ def export_record(record: TrialRecord, checkpoint: Path, retention: float, out_d
     if not record.config:
         raise ValueError(f"run {record.run_id} carries no trial spec (tag q3r.config) to rebuild its model from")
     cfg = from_dict(record.config, f"the trial spec of run {record.run_id}")
-    acc, params = acc_key(retention), params_key(retention)
+    acc, params = metric.at(retention), params_key(retention)
     info = {"trial_id": record.trial_id, "run_id": record.run_id, "role": record.role, "status": record.status,
             "budget": budget, "recorded": {acc: record.metrics.get(acc), params: record.metrics.get(params),
                                           "epoch": record.epoch},
@@ -95,19 +97,20 @@ def export_record(record: TrialRecord, checkpoint: Path, retention: float, out_d
 def export_recommendation(rec: Recommendation, storage: str, out_dir, extra: Optional[dict] = None,
                           verify: bool = False, parent_run_id: str = "") -> Export:
     """The recommended search trial's own model (not a confirmation seed's) at the recommended retention."""
-    seeds = {"expected_accuracy": rec.point.accuracy, "seeds": rec.point.seeds,
+    expected = "expected_accuracy" if rec.metric == DEFAULT_METRIC else f"expected_{rec.metric.name}"
+    seeds = {expected: rec.point.accuracy, "seeds": rec.point.seeds,
              "std": rec.point.std if rec.point.seeds > 1 else None}
     result = export_record(rec.record, find_checkpoint(rec.record.trial_id, storage), rec.point.retention, out_dir,
-                           budget=rec.budget, extra={**seeds, **(extra or {})}, verify=verify)
-    return Export(result, rec.record, rec.point.retention, rec.budget, parent_run_id, rec)
+                           budget=rec.budget, extra={**seeds, **(extra or {})}, verify=verify, metric=rec.metric)
+    return Export(result, rec.record, rec.point.retention, rec.budget, parent_run_id, rec, rec.metric)
 
 
 def export_sweep(uri: str, name: str, budget, out_dir, storage: Optional[str] = None, verify: bool = False) -> Export:
     """Export the recommendation of sweep ``name`` for ``budget`` into ``out_dir``."""
-    from tuning.tracking.results import load_sweep
+    from tuning.tracking.results import load_sweep, sweep_metric
 
     parent, records = load_sweep(uri, name, with_history=False)
-    rec = recommend(records, budget)
+    rec = recommend(records, budget, metric=sweep_metric(parent))
     folder = storage or parent.data.tags.get(STORAGE, "")
     extra = {"sweep": name, "parent_run_id": parent.info.run_id, "tracking_uri": uri}
     return export_recommendation(rec, folder, out_dir, extra, verify, parent.info.run_id)
@@ -118,7 +121,7 @@ def export_run(uri: str, run_id: str, out_dir, *, retention: Optional[float] = N
     """Export the model of one run (a sweep trial, or a ``q3r-tune train`` run) at ``retention``, or at
     its best scored retention within ``budget``. ``storage``: where its checkpoint is now (a sweep's
     Ray storage folder, or a train run's output folder), if it moved."""
-    from tuning.tracking.results import record_of
+    from tuning.tracking.results import record_of, run_metric
 
     client = check_tracking(uri, looking_for=f"run {run_id!r}")
     try:
@@ -126,12 +129,13 @@ def export_run(uri: str, run_id: str, out_dir, *, retention: Optional[float] = N
     except Exception as e:  # noqa: BLE001 - MlflowException for an unknown id
         raise TrackingError(f"no run {run_id!r} in the tracking store {uri}: {e}") from None
     record = record_of(client, run, with_history=False)
+    metric = run_metric(client, run)
     tags = run.data.tags
     if (retention is None) == (budget is None):
         raise ValueError("give either a retention or a budget")
     rec = None
     if retention is None:
-        rec = recommend([dataclasses.replace(record, role=SEARCH)], budget, statuses=(record.status,))
+        rec = recommend([dataclasses.replace(record, role=SEARCH)], budget, statuses=(record.status,), metric=metric)
         retention, budget = rec.point.retention, rec.budget
     if tags.get(ROLE) == TRAIN:
         checkpoint = Path(storage) / CHECKPOINT_FILE if storage else Path(tags.get(CHECKPOINT, ""))
@@ -144,8 +148,8 @@ def export_run(uri: str, run_id: str, out_dir, *, retention: Optional[float] = N
     else:
         raise TrackingError(f"run {run_id} is neither a q3r-tune train run nor a trial of a sweep")
     result = export_record(record, checkpoint, retention, out_dir, budget=budget,
-                           extra={"tracking_uri": uri}, verify=verify)
-    return Export(result, record, float(retention), budget, run_id, rec)
+                           extra={"tracking_uri": uri}, verify=verify, metric=metric)
+    return Export(result, record, float(retention), budget, run_id, rec, metric)
 
 
 def log_model(client, run_id: str, export: Export, name: str, register: Optional[str] = None):
@@ -167,7 +171,7 @@ def log_model(client, run_id: str, export: Export, name: str, register: Optional
     if export.budget is not None:
         tags["q3r.budget"] = f"{export.budget:g}"
     if export.recorded_accuracy is not None:
-        tags["q3r.acc_at_p"] = f"{export.recorded_accuracy:.6g}"
+        tags[f"q3r.{export.metric.key}_at_p"] = f"{export.recorded_accuracy:.6g}"
     common = {"name": name, "registered_model_name": register, "tags": tags,
               "metadata": {"q3r": json.loads(json.dumps(result.info))}}
     status = client.get_run(run_id).info.status
@@ -206,7 +210,7 @@ def _tracking_uri(uri: str):
 
 
 def log_recommended_models(client, parent: str, records: list, log: Callable[[str], None] = print,
-                           budgets=BUDGETS) -> dict:
+                           budgets=BUDGETS, metric: Metric = DEFAULT_METRIC) -> dict:
     """Log the model of every budget of the recommendation table on the sweep's parent run, as
     ``model-budget-<budget>``. A model that cannot be exported or logged (its checkpoint is on
     another machine, say) is logged as such and does not fail the sweep."""
@@ -217,7 +221,7 @@ def log_recommended_models(client, parent: str, records: list, log: Callable[[st
             for raw in budgets:
                 budget = _budget(raw)
                 try:
-                    rec = recommend(records, budget)
+                    rec = recommend(records, budget, metric=metric)
                 except ValueError:
                     continue
                 name = model_name(budget)
@@ -250,7 +254,8 @@ def describe(export: Export) -> list[str]:
              f"  parameters: {r.parameters:,} in the file ({params_key(export.retention)} recorded: "
              f"{export.recorded_parameters if export.recorded_parameters is None else format(export.recorded_parameters, ',')}"
              f"; dense model {r.dense_parameters:,}, {r.parameters / r.dense_parameters:.1%})",
-             f"  accuracy: {acc_key(export.retention)} = {'not scored' if acc is None else format(acc, '.4f')} "
+             f"  {export.metric.name}: {export.metric.at(export.retention)} = "
+             f"{'not scored' if acc is None else format(acc, '.4f')} "
              f"recorded at epoch {export.record.epoch} by this run on its validation split"]
     if export.recommendation is not None and export.recommendation.point.seeds > 1:
         p = export.recommendation.point

@@ -22,6 +22,7 @@ from tuning.analysis.pareto import format_table, front_table, fronts
 from tuning.analysis.recommend import BUDGETS, recommend, recommendation_table, write_spec
 from tuning.analysis.records import outcome_lines
 from tuning.tracking.results import results_table
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -41,58 +42,62 @@ def accuracy_text(accuracy: float, std: float, seeds: int) -> str:
     return f"{accuracy:.4f}{spread} ({seeds} seed{'s' if seeds != 1 else ''})"
 
 
-def shown_row(row: dict) -> dict:
-    """A recommendation row for printing: the accuracy as mean +- std over its seeds."""
-    out = {k: v for k, v in row.items() if k not in ("std", "seeds", "accuracy")}
-    out["accuracy (mean +- std)"] = accuracy_text(row["accuracy"], row["std"], row["seeds"])
+def shown_row(row: dict, metric: Metric = DEFAULT_METRIC) -> dict:
+    """A recommendation row for printing: the metric as mean +- std over its seeds."""
+    out = {k: v for k, v in row.items() if k not in ("std", "seeds", metric.name)}
+    out[f"{metric.name} (mean +- std)"] = accuracy_text(row[metric.name], row["std"], row["seeds"])
     return out
 
 
-def point_dict(p) -> dict:
+def point_dict(p, metric: Metric = DEFAULT_METRIC) -> dict:
     return {"trial_id": p.trial_id, "technique": p.technique, "params": p.params, "retention": p.retention,
-            "parameters": p.parameters, "targeted": p.targeted, "accuracy": p.accuracy, "run_id": p.run_id,
+            "parameters": p.parameters, "targeted": p.targeted, metric.name: p.accuracy, "run_id": p.run_id,
             "std": None if p.seeds < 2 else p.std, "seeds": p.seeds}
 
 
 def publish(client, parent: str, spec, records: list, log: Callable[[str], None] = print) -> dict:
     """Log the sweep's results on the parent run and print the front and the recommendation."""
-    client.log_text(parent, to_csv(results_table(records, spec.retentions)), "results.csv")
+    metric = spec.score
+    client.log_text(parent, to_csv(results_table(records, spec.retentions, metric)), "results.csv")
     log("Trials by technique:")
     for line in outcome_lines(records, list(spec.spaces)):
         log(f"  {line}")
-    result = fronts(records)
+    result = fronts(records, metric=metric)
     summary: dict = {"trials": len(records), "completed": sum(r.status == "completed" for r in records)}
     if not result.all_points:
         log("no trial finished its full budget: no Pareto front yet")
-        summary.update(log_report(client, parent, records, log))
+        summary.update(log_report(client, parent, records, log, metric))
         return summary
-    client.log_text(parent, to_csv(front_table(result.overall)), "pareto/front.csv")
-    client.log_dict(parent, {"hypervolume": result.hypervolume, "ref_parameters": result.ref_parameters,
-                             "overall": [point_dict(p) for p in result.overall],
-                             "per_technique": {t: [point_dict(p) for p in f] for t, f in result.per_technique.items()},
+    client.log_text(parent, to_csv(front_table(result.overall, metric)), "pareto/front.csv")
+    reference = {} if metric == DEFAULT_METRIC else {"metric": {"name": metric.name, "mode": metric.mode},
+                                                     "ref_value": result.ref_value}
+    client.log_dict(parent, {"hypervolume": result.hypervolume, "ref_parameters": result.ref_parameters, **reference,
+                             "overall": [point_dict(p, metric) for p in result.overall],
+                             "per_technique": {t: [point_dict(p, metric) for p in f]
+                                               for t, f in result.per_technique.items()},
                              "per_technique_hypervolume": result.per_technique_hypervolume},
                     "pareto/fronts.json")
     client.log_metric(parent, "hypervolume", result.hypervolume)
     for tech, hv in result.per_technique_hypervolume.items():
         client.log_metric(parent, f"hypervolume/{tech}", hv)
-    table = recommendation_table(records, BUDGETS)
+    table = recommendation_table(records, BUDGETS, metric=metric)
     client.log_dict(parent, {"budgets": table}, "recommendations.json")
     with tempfile.TemporaryDirectory() as tmp:
         for budget in BUDGETS:
             try:
-                rec = recommend(records, budget)
+                rec = recommend(records, budget, metric=metric)
             except ValueError:
                 continue
             path = Path(tmp) / f"budget-{budget:g}.yaml"
             write_spec(rec, path)
             client.log_artifact(parent, str(path), "recommended")
-    log("Pareto front (accuracy vs parameters, trials that finished their budget):")
-    log(format_table(front_table(result.overall)))
-    log("Recommended hyperparameters by budget (fraction of the targeted parameters; accuracy over seeds):")
-    log(format_table([shown_row(row) for row in table]))
-    summary.update(log_recommended_models(client, parent, records, log))     # the models themselves
+    log(f"Pareto front ({metric.label} vs parameters, trials that finished their budget):")
+    log(format_table(front_table(result.overall, metric)))
+    log(f"Recommended hyperparameters by budget (fraction of the targeted parameters; {metric.name} over seeds):")
+    log(format_table([shown_row(row, metric) for row in table]))
+    summary.update(log_recommended_models(client, parent, records, log, metric=metric))     # the models themselves
     summary.update(hypervolume=result.hypervolume, front=len(result.overall), recommendations=table)
-    summary.update(log_report(client, parent, records, log))
+    summary.update(log_report(client, parent, records, log, metric))
     return summary
 
 
@@ -106,7 +111,8 @@ def local_path(uri: str):
     return None
 
 
-def log_report(client, parent: str, records: list, log: Callable[[str], None] = print) -> dict:
+def log_report(client, parent: str, records: list, log: Callable[[str], None] = print,
+               metric: Metric = DEFAULT_METRIC) -> dict:
     """Log the full report (``report.html``) and its figures (``figures/*.png``) on the parent run;
     returns ``{"report": path}``, a local path when the artifact store is local, else its URI.
     A report that cannot be drawn is logged as such and does not fail the sweep."""
@@ -118,9 +124,9 @@ def log_report(client, parent: str, records: list, log: Callable[[str], None] = 
         with tempfile.TemporaryDirectory() as tmp:
             html = write_report(records, Path(tmp) / "report.html", title=f"q3r-tune sweep {name}",
                                 subtitle=f"MLflow parent run {parent}, written when the sweep finished at "
-                                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+                                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}", metric=metric)
             client.log_artifact(parent, str(html))
-            for png in write_pngs(records, Path(tmp) / "figures"):
+            for png in write_pngs(records, Path(tmp) / "figures", metric=metric):
                 client.log_artifact(parent, str(png), "figures")
     except Exception as e:  # noqa: BLE001 - hours of trials must not be lost to a drawing error
         log(f"the sweep report could not be written: {type(e).__name__}: {e}")

@@ -25,12 +25,13 @@ each technique under `techniques` a search space: each parameter a plain value (
 [distribution](#distributions). A parameter left out keeps the trial spec's default.
 """
 
-TRIAL_SECTIONS = ("TrialSpec", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec")
+TRIAL_SECTIONS = ("TrialSpec", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec", "MetricSpec")
 SWEEP_SECTIONS = ("SweepSpec", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "ConfirmSpec", "TrackingSpec",
                   "TechniqueSpaces")   # then one search-space section per registered technique
 DISTRIBUTIONS = ("LogUniform", "Uniform", "IntRange", "LogInt", "Choice")
 TITLES = {"TrialSpec": "Trial spec (top level)", "SweepSpec": "Sweep spec (top level)",
           "DataSpec": "data", "ModelSpec": "model", "TechniqueSpec": "technique", "TrainSpec": "train",
+          "MetricSpec": "metric",
           "SchedulerSpec": "scheduler", "SearcherSpec": "searcher", "ResourcesSpec": "resources",
           "ConfirmSpec": "confirm", "TrackingSpec": "tracking", "TechniqueSpaces": "techniques",
           **{cls.__name__: f"techniques.{name}" for name, cls in space.SPACES.items()}}

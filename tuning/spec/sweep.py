@@ -5,7 +5,8 @@ sections; loaded from YAML through the same loader, validated when loaded.
     name: digits-vit                      # the sweep; the default MLflow experiment name
     data / model / train: {...}           # the base trial (tuning.trial.spec sections)
     function: "my_loop:train"             # or the user's own loop instead of data and model (model.modules only)
-    epochs, retentions, objective         # epochs and seed below win over train's
+    epochs, retentions, metric, objective # these, and seed below, win over train's
+    metric: {name: val_loss, mode: min}   # default accuracy (max); objective mean or val_loss@0.2
     techniques: {adamq3r: {lmbda: {loguniform: [0.3, 30]}, period: {choice: [5, 10]}, lr: 1.0e-3}}
     scheduler, searcher, num_samples, max_concurrent, resources, seed, tracking
     variants: {grid: {searcher: {kind: grid}, ...}}   # named partial specs, deep-merged over the file
@@ -25,15 +26,18 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from tuning.spec.space import Dist, TechniqueSpaces, is_dist, plain
 from tuning.trial import spec as trial_spec
-from tuning.trial.metrics import acc_key, level_key, objective_key, objective_value
-from tuning.trial.spec import (DEFAULT_RETENTIONS, DataSpec, Fraction, Function, ModelSpec, Positive, TrainSpec,
-                               TrialSpec, check_function_sections, resolve_code_dir, with_function_defaults)
+from tuning.trial.metrics import Metric, level_key, objective_key, objective_value
+from tuning.trial.spec import (DEFAULT_RETENTIONS, DataSpec, Fraction, Function, MetricSpec, ModelSpec, Positive,
+                               TrainSpec, TrialSpec, check_function_sections, check_recipe_metric, resolve_code_dir,
+                               with_function_defaults)
 from tuning.trial.specio import SpecError, Strict, apply_overrides, read_yaml, validate
 
 __all__ = ["SpecError", "SchedulerSpec", "SearcherSpec", "ResourcesSpec", "ConfirmSpec", "TrackingSpec", "SweepSpec",
            "load_spec", "from_dict", "dump_spec", "objective_value", "json_schema"]
 
-MANAGED = ("epochs", "retentions", "seed", "threads", "device")  # train fields the sweep sets itself
+MANAGED = ("epochs", "retentions", "metric", "seed", "threads", "device")  # train fields the sweep sets itself
+FALLBACKS = ("epochs", "retentions", "metric", "seed")                  # ... of which train's serve where the top
+                                                                        # level has none
 
 
 class SchedulerSpec(Strict):
@@ -54,8 +58,8 @@ class SearcherSpec(Strict):
     """How configurations are proposed (one Optuna study per technique)."""
 
     kind: Literal["tpe", "multi", "random", "grid"] = Field(
-        "tpe", description="tpe (Optuna TPE on the objective), multi (Optuna multi-objective over acc@p for "
-                           "every p < 1), random, or grid (every combination of the choices)")
+        "tpe", description="tpe (Optuna TPE on the objective), multi (Optuna multi-objective over the metric at "
+                           "every p < 1: acc@p), random, or grid (every combination of the choices)")
     n_startup_trials: Positive = Field(5, description="tpe / multi: random trials of each technique before "
                                                       "TPE models it")
 
@@ -100,16 +104,19 @@ class SweepSpec(Strict):
                                                                     "model)")
     train: TrainSpec = Field(default_factory=TrainSpec,
                              description="the base trial's training (a trial spec's train); its epochs, "
-                                         "retentions and seed serve where the top level has none; threads "
-                                         "and device come from resources")
+                                         "retentions, metric and seed serve where the top level has none; "
+                                         "threads and device come from resources")
     techniques: TechniqueSpaces = Field(description="technique -> its search space")
     epochs: Positive = Field(30, description="training epochs of a trial that is not stopped early")
     retentions: Annotated[list[Fraction], Field(min_length=1)] = Field(
         default_factory=lambda: list(DEFAULT_RETENTIONS),
         description="fractions p of each matrix's parameters kept after truncation (1.0: no truncation)")
-    objective: str = Field("mean", description="what a trial is ranked by: mean (the mean accuracy over the "
-                                               "levels p < 1) or acc@p (the accuracy at one level of "
-                                               "retentions, e.g. acc@0.2)")
+    metric: MetricSpec = Field(default_factory=MetricSpec, description=(
+        "what trials are scored and ranked by: {name, mode}; accuracy (max) by default, val_loss (min) the other "
+        "built-in one; fronts, hypervolume, ASHA, the searcher, recommendations and the report follow its mode"))
+    objective: str = Field("mean", description="what a trial is ranked by: mean (the mean of the metric over the "
+                                               "levels p < 1) or the metric at one level of retentions: acc@p "
+                                               "for accuracy (e.g. acc@0.2), else <name>@p (val_loss@0.2)")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="when trials are stopped early")
     searcher: SearcherSpec = Field(default_factory=SearcherSpec, description="how configurations are proposed")
     num_samples: Positive = Field(16, description="trials in all, split evenly over the techniques (grid: "
@@ -136,9 +143,9 @@ class SweepSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _train_fallbacks(cls, data: Any) -> Any:
-        """train's epochs / retentions / seed serve where the top level has none."""
+        """train's epochs / retentions / metric / seed serve where the top level has none."""
         if isinstance(data, dict) and isinstance(data.get("train"), dict):
-            data = {**{k: data["train"][k] for k in ("epochs", "retentions", "seed") if k in data["train"]}, **data}
+            data = {**{k: data["train"][k] for k in FALLBACKS if k in data["train"]}, **data}
         return with_function_defaults(data)
 
     @model_validator(mode="after")
@@ -147,7 +154,9 @@ class SweepSpec(Strict):
         self.retentions = [float(p) for p in self.retentions]
         if len({level_key(p) for p in self.retentions}) != len(self.retentions):
             raise ValueError(f"retentions must be distinct, but got {self.retentions}")
-        self.objective = objective_key(self.objective, self.retentions)
+        if self.function is None:               # the user's loop reports any metric; the recipe computes its own
+            check_recipe_metric(self.metric)
+        self.objective = objective_key(self.objective, self.retentions, self.score)
         sch = self.scheduler
         if sch.max_t is not None and sch.max_t > self.epochs:
             raise ValueError(f"scheduler.max_t must be null or in [1, epochs={self.epochs}], but got {sch.max_t}")
@@ -173,7 +182,7 @@ class SweepSpec(Strict):
             raise ValueError(f"samples_per_technique names technique(s) {unknown} that the sweep does not search; "
                              f"its techniques: {list(self.spaces)}")
         self.train = self.train.model_copy(update={
-            "epochs": self.epochs, "retentions": list(self.retentions), "seed": self.seed,
+            "epochs": self.epochs, "retentions": list(self.retentions), "metric": self.metric, "seed": self.seed,
             "threads": max(1, int(self.resources.cpu)), "device": "cuda" if self.resources.gpu > 0 else "cpu"})
         return self
 
@@ -199,6 +208,11 @@ class SweepSpec(Strict):
         return self.techniques.dists()
 
     @property
+    def score(self) -> Metric:
+        """The sweep's metric (``tuning.trial.metrics.Metric``): its keys, mode and labels."""
+        return self.metric.as_metric()
+
+    @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
@@ -222,9 +236,9 @@ class SweepSpec(Strict):
         return self.num_samples if self.searcher.kind == "grid" else sum(self.allocation().values())
 
     def objective_metrics(self) -> list[str]:
-        """The metrics the searcher optimises (all maximised)."""
+        """The metrics the searcher optimises, each in the metric's mode (``score.mode``)."""
         if self.searcher.kind == "multi":
-            return [acc_key(p) for p in self.retentions if p < 1]
+            return [self.score.at(p) for p in self.retentions if p < 1]
         return ["objective"]
 
     def trial_config(self, technique: str, params: dict) -> TrialSpec:

@@ -25,6 +25,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from tuning.trial.data import DatasetError, load_dataset
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 from tuning.trial.usercode import check_imports, import_callable, shipped_files, user_code_paths
 from tuning.trial.files import (STORAGE as DEFAULT_STORAGE, confirmation_folder, optuna_db, spool_folder,
                                 sweep_folder_name)
@@ -138,9 +139,9 @@ def check_resources(spec: SweepSpec) -> None:
                             f"{spec.resources.gpu}}} but the Ray cluster has {{cpu: {cpu:g}, gpu: {gpu:g}}}")
 
 
-def progress_reporter() -> tune.CLIReporter:
-    """A status table every 30 s: trial, state, technique, epoch, objective."""
-    return tune.CLIReporter(metric_columns={"epoch": "epoch", "objective": "objective", "acc": "acc"},
+def progress_reporter(metric: Metric = DEFAULT_METRIC) -> tune.CLIReporter:
+    """A status table every 30 s: trial, state, technique, epoch, objective, the full model's metric."""
+    return tune.CLIReporter(metric_columns={"epoch": "epoch", "objective": "objective", metric.key: metric.key},
                             parameter_columns={"technique": "technique"}, max_report_frequency=30,
                             max_progress_rows=30, sort_by_metric=False)
 
@@ -150,11 +151,11 @@ def trainable_of(spec: SweepSpec, spec_dict: dict):
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def run_config(name: str, storage: Path, callbacks: list) -> tune.RunConfig:
+def run_config(name: str, storage: Path, callbacks: list, metric: Metric = DEFAULT_METRIC) -> tune.RunConfig:
     return tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
                           failure_config=tune.FailureConfig(max_failures=2),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-                          progress_reporter=progress_reporter())
+                          progress_reporter=progress_reporter(metric))
 
 
 def search_config(spec: SweepSpec, optuna_storage: Optional[str]) -> tuple[tune.TuneConfig, dict]:
@@ -162,7 +163,7 @@ def search_config(spec: SweepSpec, optuna_storage: Optional[str]) -> tuple[tune.
     ``benchmarks/sweep_efficiency.py replay`` runs the same configuration against a recorded table."""
     searcher, param_space = make_searcher(spec, storage=optuna_storage if spec.searcher.kind != "grid" else None)
     if spec.scheduler.kind == "asha":
-        scheduler = TechniqueASHA(time_attr="epoch", metric="objective", mode="max", max_t=spec.max_t,
+        scheduler = TechniqueASHA(time_attr="epoch", metric="objective", mode=spec.score.mode, max_t=spec.max_t,
                                   grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor,
                                   min_samples=spec.scheduler.min_samples)
@@ -209,9 +210,10 @@ class Sweep:
     def tuner(self, folder: Path, param_space: dict, tune_config: tune.TuneConfig, max_t: int) -> tune.Tuner:
         """A Tuner of this sweep's trials, its Ray state in ``folder``, every trial mirrored into MLflow."""
         callback = TrialRuns(self.uri, self.spec.experiment_name, self.parent,
-                             functools.partial(trial_config, self.spec_dict), max_t, spool_folder(self.folder))
+                             functools.partial(trial_config, self.spec_dict), max_t, spool_folder(self.folder),
+                             self.spec.score)
         return tune.Tuner(trainable_of(self.spec, self.spec_dict), param_space=param_space, tune_config=tune_config,
-                          run_config=run_config(folder.name, folder.parent, [callback]))
+                          run_config=run_config(folder.name, folder.parent, [callback], self.spec.score))
 
     def restore(self, folder) -> tune.Tuner:
         """The Tuner of the Ray state in ``folder``: finished trials kept, the others continued."""
@@ -235,7 +237,8 @@ class Sweep:
             self.log(f"completing the confirmation runs in {folder}")
             return list(self.restore(folder).fit())
         top, seeds = spec.confirm.top, spec.confirm.seeds
-        points = plan(load_records(self.client, self.parent, with_history=False), BUDGETS, top, seeds, spec.seed)
+        points = plan(load_records(self.client, self.parent, with_history=False), BUDGETS, top, seeds, spec.seed,
+                      spec.score)
         if not points:
             return []
         self.log(f"confirming the best {top} configuration(s) of each budget {list(BUDGETS)}: "
@@ -247,11 +250,11 @@ class Sweep:
     def finish(self, grid: list) -> SweepOutcome:
         """Close leftover runs, publish the results on the parent run, close it."""
         client, parent, name = self.client, self.parent, self.spec.experiment_name
-        for r in load_records(client, parent):
+        for r in load_records(client, parent, metric=self.spec.score):
             if r.status == RUNNING:            # the tuner has returned: no trial of this sweep still runs
                 client.set_tag(r.run_id, STATUS, FAILED)
                 client.set_terminated(r.run_id, "FAILED")
-        records = load_records(client, parent)
+        records = load_records(client, parent, metric=self.spec.score)
         summary = publish(client, parent, self.spec, records, log=self.log)
         errors = sum(1 for r in grid if r.error is not None)
         for r in grid:

@@ -12,6 +12,7 @@ a diverged trial is told the worst objective, so that the sampler learns to avoi
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import warnings
 from typing import Optional
@@ -68,8 +69,9 @@ class StudySearch(Searcher):
         if trial_id in self.finished or trial_id not in self.trials:
             return
         trial, status = self.trials[trial_id], (result or {}).get("status")
-        if not error and status == "diverged":
-            values = [DIVERGED_OBJECTIVE] * len(self.metrics)
+        if not error and status == "diverged":       # the worst value: 0 for accuracy, +inf for a min metric
+            modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(self.metrics)
+            values = [DIVERGED_OBJECTIVE if m == "max" else math.inf for m in modes]
             self.study.tell(trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
         elif not error and status == "running" and result.get("epoch", 0) < self.max_t:   # stopped by the scheduler
             self.study.tell(trial, state=TrialState.PRUNED)
@@ -156,7 +158,8 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
     if kind == "grid":
         return BasicVariantGenerator(random_state=spec.seed), {"point": tune.grid_search(grid_points(spec.spaces))}
     metrics = spec.objective_metrics()
-    metric, mode = (metrics, ["max"] * len(metrics)) if kind == "multi" else ("objective", "max")
+    direction = spec.score.mode                # the metric's: max (accuracy) or min (a loss)
+    metric, mode = (metrics, [direction] * len(metrics)) if kind == "multi" else ("objective", direction)
     rdb = optuna.storages.RDBStorage(storage) if storage else None
     searchers = {}
     for i, (technique, space) in enumerate(spec.spaces.items()):

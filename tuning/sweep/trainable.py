@@ -16,22 +16,22 @@ import ray
 from ray import tune
 
 from tuning.trial.files import CHECKPOINT
-from tuning.trial.metrics import DIVERGED, TrialReport, objective_value
+from tuning.trial.metrics import DEFAULT_METRIC, DIVERGED, Metric, TrialReport, diverged_objective, objective_value
 from tuning.trial.recipe import run_trial
 
 from tuning.spec.sweep import from_dict
 from tuning.spec.space import flat_config, split_config
 
-DIVERGED_OBJECTIVE = 0.0   # a diverged trial has no accuracy; it scores the worst possible objective
+DIVERGED_OBJECTIVE = diverged_objective()   # a diverged trial has no accuracy; it scores the worst objective, 0
 
 
-def trial_metrics(metrics: TrialReport, objective: str, retentions) -> TrialReport:
-    """The dict a trial reports to Ray: the recipe's metrics plus ``objective``."""
+def trial_metrics(metrics: TrialReport, objective: str, retentions, metric: Metric = DEFAULT_METRIC) -> TrialReport:
+    """The dict a trial reports to Ray: the recipe's metrics plus ``objective`` (in the metric's units)."""
     out = dict(metrics)
     if metrics.get("status") == DIVERGED:
-        out["objective"] = DIVERGED_OBJECTIVE
+        out["objective"] = diverged_objective(metric)
     else:
-        out["objective"] = objective_value(metrics, objective, retentions)
+        out["objective"] = objective_value(metrics, objective, retentions, metric)
     return out
 
 
@@ -70,7 +70,7 @@ def train_trial(config: dict, spec: dict) -> None:
         resume = True
 
     def report(metrics: TrialReport) -> None:
-        out = trial_metrics(metrics, sweep.objective, sweep.retentions)
+        out = trial_metrics(metrics, sweep.objective, sweep.retentions, sweep.score)
         has_ckpt = (workdir / CHECKPOINT).is_file() and metrics.get("status") != DIVERGED
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(workdir)) if has_ckpt else None)
 

@@ -11,6 +11,7 @@ from tuning.analysis.records import CONFIRMATION, FAILED, SEARCH
 from tuning.tracking.mirror import ERROR_CHARS, confirmed_trial, evaluation_metrics, final_status, open_spool
 from tuning.tracking.spool import Spool
 from tuning.tracking.store import CONFIG, CONFIRMS, PARAMS, PARENT, ROLE, STATUS, TECHNIQUE, TRIAL_ID
+from tuning.trial.metrics import DEFAULT_METRIC, Metric
 
 ERROR_LINES = 12          # the lines of a failed trial's error its MLflow run keeps (q3r.error)
 
@@ -33,12 +34,15 @@ class TrialRuns(Callback):
     (``RunMirror``). ``spool.slowest_append`` is the longest time a callback spent on it.
     """
 
+    metric: Metric = DEFAULT_METRIC                # the sweep's (a callback pickled before it had one: accuracy)
+
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, trial_config, max_t: int,
-                 spool: str):
+                 spool: str, metric: Metric = DEFAULT_METRIC):
         self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent_run_id
         self.trial_config = trial_config          # (Ray config) -> (technique, params, TrialSpec)
         self.max_t = max_t
         self.spool_path = str(spool)              # only a path: the callback is pickled with Ray's state
+        self.metric = metric
 
     @property
     def spool(self) -> Spool:
@@ -65,7 +69,7 @@ class TrialRuns(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         since = time.perf_counter()
         step = int(result.get("epoch", 0))
-        metrics = [(m.key, m.value, m.timestamp) for m in evaluation_metrics(result, step)]
+        metrics = [(m.key, m.value, m.timestamp) for m in evaluation_metrics(result, step, self.metric)]
         self._op("metrics", trial, since, step=step, metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

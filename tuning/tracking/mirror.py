@@ -14,16 +14,17 @@ from tuning.spec.space import flat_config
 from tuning.tracking.spool import Spool
 from tuning.tracking.store import (CHECKPOINT, CONFIG, ERROR, PARENT, ROLE, STATUS, TECHNIQUE, TRAIN, TRIAL_ID,
                                    experiment_id, git_commit)
-from tuning.trial.metrics import logged, mlflow_key
+from tuning.trial.metrics import DEFAULT_METRIC, logged, mlflow_key
 
 ERROR_CHARS = 4000        # the tail of a failed trial's error kept in its q3r.error tag
 
 
-def evaluation_metrics(result: dict, step: int) -> list:
-    """The MLflow metrics of one evaluation (``acc``, ``acc_at_0.2``, ``diag/...``), at ``step`` (the epoch)."""
+def evaluation_metrics(result: dict, step: int, metric=DEFAULT_METRIC) -> list:
+    """The MLflow metrics of one evaluation (``acc``, ``acc_at_0.2``, ``diag/...``; the sweep's ``metric``),
+    at ``step`` (the epoch)."""
     now = int(time.time() * 1000)
     return [Metric(mlflow_key(k), float(v), now, step) for k, v in result.items()
-            if logged(k) and isinstance(v, (int, float))]
+            if logged(k, metric) and isinstance(v, (int, float))]
 
 
 def confirmed_trial(config: dict) -> str:
@@ -133,6 +134,7 @@ class TrainRun:
 
     def __init__(self, client: MlflowClient, experiment: str, cfg, checkpoint: str, resume: bool = False):
         self.client = client
+        self.metric = cfg.train.metric.as_metric()
         exp_id = experiment_id(client, experiment)
         found = client.search_runs([exp_id], filter_string=f"tags.`{CHECKPOINT}` = '{checkpoint}'",
                                    order_by=["attributes.start_time DESC"], max_results=1) if resume else []
@@ -154,7 +156,7 @@ class TrainRun:
         step = int(metrics.get("epoch", 0))
         if step <= self.last_step:
             return
-        self.client.log_batch(self.run_id, metrics=evaluation_metrics(metrics, step),
+        self.client.log_batch(self.run_id, metrics=evaluation_metrics(metrics, step, self.metric),
                               tags=[RunTag(STATUS, str(metrics.get("status", "running")))])
         self.last_step = step
 

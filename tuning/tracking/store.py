@@ -129,7 +129,7 @@ def start_sweep(client: MlflowClient, name: str, spec_dict: dict, storage: str) 
     tags.update({f"version.{p}": version(p) for p in PACKAGES})
     run = client.create_run(exp_id, tags=tags)
     flat = {k: v for k, v in spec_dict.items() if not isinstance(v, (dict, list))}
-    flat.update({f"{sec}.{k}": v for sec in ("scheduler", "searcher", "resources")
+    flat.update({f"{sec}.{k}": v for sec in ("metric", "scheduler", "searcher", "resources")
                  for k, v in spec_dict.get(sec, {}).items()})
     flat["techniques"] = ",".join(spec_dict.get("techniques", {}))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])

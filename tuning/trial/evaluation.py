@@ -1,4 +1,5 @@
-"""Scoring: accuracy of the full model and after truncation at each retention level.
+"""Scoring: accuracy (and, for a ``val_loss`` sweep, the validation loss) of the full model and after
+truncation at each retention level.
 
 K retention levels cost one SVD per targeted matrix (``SpectralCache``) plus K evaluation
 passes with the truncated weights swapped in place. A fine-tuned model is scored with its update
@@ -10,13 +11,14 @@ import numbers
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from q3r.delta import DeltaSpectra
 from q3r.targets import Target
 from q3r.truncation import SpectralCache
 
-from .metrics import ACC, acc_key, level_key, params_key, targeted_key
+from .metrics import ACC, DEFAULT_METRIC, VAL_LOSS, Metric, key, level_key, params_key, targeted_key
 
 
 def forward_batch(model: nn.Module, batch, device: torch.device):
@@ -29,53 +31,92 @@ def forward_batch(model: nn.Module, batch, device: torch.device):
     return model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
 
+def task_loss(logits, y, reduction: str = "mean"):
+    """The training loss: cross-entropy, or the mean squared error of a one-output regression head (GLUE STS-B)."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), y.float(), reduction=reduction)
+    return F.cross_entropy(logits.float(), y, reduction=reduction)
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False) -> float:
-    """Top-1 accuracy (for a one-output regression head: Pearson correlation)."""
+def accuracy_and_loss(model: nn.Module, loader: Iterable, device: torch.device,
+                      amp: bool = False) -> tuple[float, float]:
+    """(top-1 accuracy, mean ``task_loss`` per example) in one pass; for a one-output regression head the
+    accuracy is the Pearson correlation."""
     was_training = model.training
     model.eval()
     correct = total = 0
+    loss_sum = torch.zeros((), dtype=torch.float64)
     preds, golds = [], []
     for batch in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, y = forward_batch(model, batch, device)
+        loss_sum += task_loss(logits, y, reduction="sum").double().cpu()
+        total += len(y)
         if logits.shape[-1] == 1:
             preds.append(logits.float().squeeze(-1).cpu())
             golds.append(y.float().cpu())
             continue
         correct += (logits.argmax(-1) == y).sum().item()
-        total += len(y)
     model.train(was_training)
+    loss = float(loss_sum) / max(total, 1)
     if preds:
-        return float(torch.corrcoef(torch.stack([torch.cat(preds), torch.cat(golds)]))[0, 1])
-    return correct / max(total, 1)
+        return float(torch.corrcoef(torch.stack([torch.cat(preds), torch.cat(golds)]))[0, 1]), loss
+    return correct / max(total, 1), loss
+
+
+def accuracy(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False) -> float:
+    """Top-1 accuracy (for a one-output regression head: Pearson correlation)."""
+    return accuracy_and_loss(model, loader, device, amp)[0]
 
 
 def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retentions: Sequence[float],
-          device: torch.device, amp: bool = False, base: Optional[dict] = None) -> tuple[dict, SpectralCache]:
-    """{"acc", "acc@p", "params@p", "targeted@p"} for every level p; "acc" is the full model.
+          device: torch.device, amp: bool = False, base: Optional[dict] = None,
+          metric: Metric = DEFAULT_METRIC) -> tuple[dict, SpectralCache]:
+    """{"acc", "acc@p", "params@p", "targeted@p"} for every level p; "acc" is the full model. For the
+    metric ``val_loss`` also "val_loss" and "val_loss@p", from the same passes.
 
     ``base``: {target name: W0}, the pretrained matrices; then each target's update W - W0 is
     truncated (W0 + [W - W0]_r(p)) and params@p counts the update's factors in place of the matrix.
     """
-    return score_metric(model, targets, lambda m: accuracy(m, loader, device, amp), retentions, base)
+    return score_metric(model, targets, builtin_evaluate(loader, device, amp, metric), retentions, base, metric)
 
 
-def score_metric(model: nn.Module, targets: Sequence[Target], metric: Callable[[nn.Module], float],
-                 retentions: Sequence[float], base: Optional[dict] = None) -> tuple[dict, SpectralCache]:
-    """``score`` with any metric: ``metric(model) -> float`` is called on the model with every target
-    truncated to rank r(p), for every level p (one SVD per matrix), and its values are reported under
-    the keys "acc@p" ("acc": the full model)."""
+def builtin_evaluate(loader: Iterable, device: torch.device, amp: bool = False,
+                   metric: Metric = DEFAULT_METRIC) -> Callable[[nn.Module], dict]:
+    """The built-in recipe's ``evaluate``: ``model -> {"acc": accuracy}``, plus ``"val_loss"`` (from the
+    same pass) when that is the sweep's metric."""
+    def evaluate(model: nn.Module) -> dict:
+        acc, loss = accuracy_and_loss(model, loader, device, amp)
+        return {ACC: acc, VAL_LOSS: loss} if metric.name == VAL_LOSS else {ACC: acc}
+    return evaluate
+
+
+def score_metric(model: nn.Module, targets: Sequence[Target], evaluate: Callable[[nn.Module], object],
+                 retentions: Sequence[float], base: Optional[dict] = None,
+                 metric: Metric = DEFAULT_METRIC) -> tuple[dict, SpectralCache]:
+    """``score`` with any metric: ``evaluate(model)`` is called on the model with every target truncated
+    to rank r(p), for every level p (one SVD per matrix). It returns the metric's value (a float, reported
+    as ``metric.at(p)``, e.g. "acc@0.2" or "val_loss@0.2") or several named values ({name: float}, each
+    reported as "name@p"); the full model's values under the bare names ("acc")."""
     cache = SpectralCache(targets) if base is None else DeltaSpectra(targets, base)
+
+    def values(p: float) -> dict:
+        x = evaluate(model)
+        named = x.items() if isinstance(x, dict) else [(metric.key, x)]
+        return {name: _value(v, level_key(p)) for name, v in named}
+
     out: dict = {}
+    full = None                                                # the full model's values, when p = 1 is a level
     for p in map(float, retentions):
         with cache.applied(p):
-            out[acc_key(p)] = _value(metric(model), level_key(p))
+            got = values(p)
+        out.update({key(name, p): v for name, v in got.items()})
+        full = got if p == 1.0 else full
         counts = cache.counts(model, p)
         out[params_key(p)] = counts["model_kept"]
         out[targeted_key(p)] = counts["targeted_kept"] / counts["targeted_dense"]
-    full = acc_key(1.0)
-    out[ACC] = out[full] if full in out else _value(metric(model), level_key(1.0))
+    out.update(full if full is not None else values(1.0))
     return out, cache
 
 

@@ -16,12 +16,11 @@ import traceback
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .spec import TrialSpec
 from .data import load_dataset
-from .evaluation import accuracy, forward_batch
+from .evaluation import builtin_evaluate, forward_batch, task_loss
 from .metrics import RUNNING
 from .models import build_model
 from .session import (CHECKPOINT, Report, Trial, TrialResult, initial_weights, pick_device, seed_everything,
@@ -72,12 +71,6 @@ def technique_options(t, total_steps: int) -> dict:
             schedule = {"name": "warmup", "reweightings": math.ceil(warmup / t.period)}
         return {"eps_schedule": schedule, "svd": t.svd}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
-
-
-def task_loss(logits, y):
-    if logits.shape[-1] == 1:                    # a regression head (GLUE STS-B)
-        return F.mse_loss(logits.squeeze(-1).float(), y.float())
-    return F.cross_entropy(logits.float(), y)
 
 
 def load_data(cfg: TrialSpec):
@@ -153,9 +146,10 @@ def train_epoch(cfg: TrialSpec, trial: Trial, train_set, epoch: int) -> float:
 
 
 def validation_accuracy(cfg: TrialSpec, val_set, trial: Trial) -> Callable:
-    """The built-in metric: ``model -> accuracy`` on the validation set (Pearson r for a regression head)."""
+    """The built-in metric: ``model -> {"acc": accuracy}`` on the validation set (Pearson r for a regression
+    head), with ``"val_loss"`` when that is the spec's metric."""
     loader = DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=trial.device.type == "cuda")
-    return lambda model: accuracy(model, loader, trial.device, trial.amp)
+    return builtin_evaluate(loader, trial.device, trial.amp, cfg.train.metric.as_metric())
 
 
 def run_function(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,

@@ -216,7 +216,8 @@ class Trial:
         dense = tech.dense_model()
         targets = select_targets(dense, tuple(self.spec.model.modules))
         with torch.no_grad():
-            metrics, cache = score_metric(dense, targets, evaluate, self.spec.train.retentions, self._base)
+            metrics, cache = score_metric(dense, targets, evaluate, self.spec.train.retentions, self._base,
+                                          self.spec.train.metric.as_metric())
         tech.model.train(was_training)
         diag = diagnostics(targets, self.spec.technique.target_rank, banks=tech.banks(), spectra=cache)
         metrics.update({k: v for k, v in flatten(diag).items() if k.startswith("diag/mean/")})

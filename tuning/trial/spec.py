@@ -20,10 +20,11 @@ from pydantic import AfterValidator, Field, model_validator
 from q3r.targets import ALL_BUT_HEAD
 
 from . import registry
+from .metrics import BUILTIN, Metric, builtin_metric
 from .specio import SpecError, Strict, apply_overrides, read_yaml, validate
 from .usercode import check_reference
 
-__all__ = ["SpecError", "DataSpec", "ModelSpec", "TechniqueSpec", "TrainSpec", "TrialSpec", "TECHNIQUE_NAMES",
+__all__ = ["SpecError", "DataSpec", "ModelSpec", "TechniqueSpec", "MetricSpec", "TrainSpec", "TrialSpec", "TECHNIQUE_NAMES",
            "DATASET_NAMES", "MODEL_KINDS", "DEFAULT_RETENTIONS", "from_dict", "load", "dump"]
 
 DEFAULT_RETENTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
@@ -192,6 +193,36 @@ class TechniqueSpec(Strict):
                                              "exact (a full SVD at every reweighting)")
 
 
+class MetricSpec(Strict):
+    """The metric trials are scored and ranked by (``tuning.trial.metrics.Metric``)."""
+
+    name: str = Field("accuracy", description=(
+        "the metric: accuracy (top-1; Pearson correlation for a regression head) or val_loss (the validation "
+        "loss, the training loss's formula), which the built-in recipe computes; reported as acc / acc@p for "
+        "accuracy, else under its name (val_loss, val_loss@0.2)"))
+    mode: Optional[Literal["max", "min"]] = Field(None, description=(
+        "max: higher is better; min: lower is better (fronts, hypervolume, ASHA, the searcher, "
+        "recommendations); null: the metric's own (accuracy max, val_loss min)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, data: Any) -> Any:
+        """``metric: val_loss`` is ``metric: {name: val_loss}``."""
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if self.name in BUILTIN:
+            self.mode = builtin_metric(self.name, self.mode).mode
+        Metric(self.name, self.mode or "max")        # a name MLflow and the report's keys can carry
+        if self.mode is None:
+            raise ValueError(f"mode must be set (max or min) for metric {self.name!r}, but it is not")
+        return self
+
+    def as_metric(self) -> Metric:
+        return Metric(self.name, self.mode)
+
+
 class TrainSpec(Strict):
     """How the trial trains and is scored."""
 
@@ -202,6 +233,8 @@ class TrainSpec(Strict):
     retentions: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_RETENTIONS), min_length=1,
                                        description="retention levels p in (0, 1] scored after truncation "
                                                    "(1.0 = no truncation)")
+    metric: MetricSpec = Field(default_factory=MetricSpec, description=(
+        f"what the trial is scored by at every retention level: {{name, mode}}, name one of {list(BUILTIN)}"))
     seed: Annotated[int, Field(ge=0)] = Field(0, description="random seed (data split, initialisation, "
                                                              "batches)")
     threads: Positive = Field(1, description="torch CPU threads: the trial's CPU share")
@@ -219,6 +252,14 @@ class TrainSpec(Strict):
                             "the initial weights); auto: delta if finetune")
     collapse_after: Annotated[float, Field(ge=0, le=1)] = Field(
         0.75, description="... and not before this fraction of the epochs is done")
+
+
+def check_recipe_metric(metric: MetricSpec) -> None:
+    """A ValueError unless the built-in recipe computes ``metric`` (``tuning.trial.metrics.BUILTIN``)."""
+    try:
+        builtin_metric(metric.name)
+    except ValueError as e:
+        raise ValueError(f"metric.{e}") from None
 
 
 Function = Annotated[str, AfterValidator(check_reference)]
@@ -248,6 +289,8 @@ class TrialSpec(Strict):
     @model_validator(mode="after")
     def _function_or_builtin(self):
         check_function_sections(self.function, self.data, self.model)
+        if self.function is None:               # the user's loop reports any metric; the recipe computes its own
+            check_recipe_metric(self.train.metric)
         return self
 
     def to_dict(self) -> dict:
