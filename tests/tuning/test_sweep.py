@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import optuna
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -18,24 +16,15 @@ from tuning.spec.sweep import from_dict
 from tuning.sweep.driver import run_sweep
 from tuning.tracking.store import find_sweep
 
-from tests.tuning.sweep_helpers import short_tmp, tiny_spec
+from tests.tuning.sweep_helpers import tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep")
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        spec = from_dict(tiny_spec(confirm={"top": 1, "seeds": 2}), source="tiny.yaml")
-        uri = f"sqlite:///{folder / 'mlruns.db'}"
-        outcome = run_sweep(spec, tracking_uri=uri, storage=str(folder / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    return spec, uri, outcome, folder
+@pytest.fixture
+def sweep(tiny_sweep):
+    """The session's shared tiny sweep (tests/conftest.py): 8 trials with ASHA and TPE, 1 x 2 confirmation runs."""
+    return tiny_sweep
 
 
 def search(records):
@@ -130,19 +119,13 @@ def test_the_best_configurations_are_confirmed_with_new_seeds(sweep):
 
 
 @pytest.mark.parametrize("searcher", ["grid", "multi"])
-def test_grid_and_multi_objective_searchers(searcher, tmp_path):
+def test_grid_and_multi_objective_searchers(searcher, tmp_path, ray_session, fresh_store):
     techniques = {"adamw": {"lr": {"choice": [2.0e-3, 5.0e-3]}},
                   "adamq3r": {"lr": 3.0e-3, "lmbda": {"choice": [0.5, 2.0]}, "target_rank": 0.2, "period": 5}}
     spec = from_dict(tiny_spec(name=f"tiny-{searcher}", epochs=1, num_samples=1 if searcher == "grid" else 3,
                                techniques=techniques, scheduler={"kind": "fifo"}, searcher={"kind": searcher}),
                      source="tiny.yaml")
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage=str(tmp_path / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "m.db"), storage=str(tmp_path / "runs"))
     seen = sorted((r.technique, tuple(sorted(r.params.items()))) for r in outcome.records)
     assert all(r.status == "completed" for r in outcome.records)
     if searcher == "grid":                               # every grid point exactly once
