@@ -132,20 +132,12 @@ def test_the_trainable_reads_a_config_as_the_sweep_does():
         assert key_of_config(config) == config_key(*split_config(config))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def base_spec(runs):
     from benchmarks.efficiency.cli import grid_of
     return table.grid_dict(4, grid_of(runs))
 
 
-def test_tiny_replay_through_ray_asha_decides_in_recorded_time_order(tmp_path, ray_local):
+def test_tiny_replay_through_ray_asha_decides_in_recorded_time_order(tmp_path, ray_session):
     from benchmarks.efficiency.replay import replay
 
     runs = table.load(small_table(tmp_path))
@@ -166,7 +158,7 @@ def test_tiny_replay_through_ray_asha_decides_in_recorded_time_order(tmp_path, r
 
 
 
-def test_tiny_replay_of_tpe_seeds(tmp_path, ray_local):
+def test_tiny_replay_of_tpe_seeds(tmp_path, ray_session):
     from benchmarks.efficiency.replay import replay
 
     runs = table.load(small_table(tmp_path))

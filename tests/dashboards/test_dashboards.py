@@ -224,9 +224,9 @@ def test_report_of_an_unfinished_sweep(tmp_path):
 # --- on MLflow ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, fresh_store):
     folder = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    uri = fresh_store(folder / "mlruns.db")
     return uri, MlflowClient(uri)
 
 

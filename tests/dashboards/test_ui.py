@@ -20,14 +20,10 @@ from dashboards import ui
 from tuning import cli
 from tuning.tracking.store import experiment_id
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"MLflow UI for \S+: (http://\S+) \(server pid (\d+)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 30):
@@ -50,10 +46,10 @@ def listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, fresh_store):
     """A sqlite tracking store with one experiment and one run, made with MlflowClient directly."""
     folder = tmp_path_factory.mktemp("ui")
-    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    uri = fresh_store(folder / "mlruns.db")
     client = MlflowClient(uri)
     run = client.create_run(experiment_id(client, "ui-sweep"), tags={"mlflow.runName": "trial-1"})
     client.log_metric(run.info.run_id, "objective", 0.5)

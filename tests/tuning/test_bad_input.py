@@ -84,16 +84,15 @@ def test_export_of_an_unknown_run_and_the_ui_never_create_a_store(here, capsys):
     assert files(here) == before
 
 
-def test_an_existing_store_without_the_sweep_says_so(here, capsys):
-    uri = f"sqlite:///{here / 'm.db'}"
-    check_tracking(uri)                                         # a store that exists, with no sweep in it
-    capsys.readouterr()                                         # (MLflow's log of creating it)
+def test_an_existing_store_without_the_sweep_says_so(here, capsys, fresh_store):
+    uri = fresh_store(here / "m.db")                            # a store that exists, with no sweep in it
+    capsys.readouterr()
     err = one_line_error(capsys, cli.main(["pareto", "ghost", "--tracking-uri", uri]))
     assert err == f"q3r-tune pareto: no sweep named 'ghost' in the tracking store {uri}"
 
 
-def test_report_into_a_folder_that_cannot_be_created(here, capsys):
-    uri = f"sqlite:///{here / 'm.db'}"
+def test_report_into_a_folder_that_cannot_be_created(here, capsys, fresh_store):
+    uri = fresh_store(here / "m.db")
     start_sweep(check_tracking(uri), "bad", tiny_spec(name="bad"), str(here / "runs"))     # a sweep with no trial yet
     (here / "taken").write_text("a file, not a folder")
     before = files(here)
@@ -136,11 +135,11 @@ def test_eval_every_that_leaves_asha_nothing_to_judge_is_rejected_and_a_late_fir
     assert from_dict(tiny_spec()).advice() == []               # eval_every 1, grace period 1
 
 
-def test_train_warns_when_it_would_evaluate_only_at_the_end(here, capsys):
+def test_train_warns_when_it_would_evaluate_only_at_the_end(here, capsys, fresh_store):
     cfg = trial_spec.load(here / "trial.yaml", ["train.epochs=1", "train.eval_every=3"])
     assert cfg.advice() == ["train.eval_every (3) > train.epochs (1): the trial is evaluated, reported and "
                             "checkpointed only at its last epoch, and collapse_patience never applies"]
     assert trial_spec.load(here / "trial.yaml").advice() == []
     assert cli.main(["train", "trial.yaml", "--set", "train.epochs=1", "--set", "train.eval_every=3",
-                     "--tracking-uri", f"sqlite:///{here / 'm.db'}"]) == 0
+                     "--tracking-uri", fresh_store(here / "m.db")]) == 0
     assert "q3r-tune train: warning: trial.yaml: train.eval_every (3) > train.epochs (1)" in capsys.readouterr().err

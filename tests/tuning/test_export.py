@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,6 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 import pytest
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -22,12 +20,8 @@ from tuning.artifacts import export as sweep_export
 from tuning.artifacts.export import find_checkpoint, log_recommended_models, model_name
 from tuning.analysis.recommend import BUDGETS, recommend, recommendation_table
 from tuning.tracking.results import load_records, load_sweep
-from tuning.spec.sweep import from_dict
-from tuning.sweep.driver import run_sweep
 from tuning.trial import spec as config
 from tuning.trial.export import load_exported, read_export
-
-from tests.tuning.sweep_helpers import short_tmp, tiny_spec
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,24 +31,11 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """4 trials (2 AdamQ3R, 2 AdamW), 4 epochs each, all completed (FIFO), no confirmation runs."""
-    folder = tmp_path_factory.mktemp("export")
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        techniques = {"adamq3r": {"lr": {"loguniform": [3.0e-3, 1.0e-2]}, "lmbda": {"loguniform": [0.1, 1.0]},
-                                  "target_rank": 0.2, "period": 5},
-                      "adamw": {"lr": {"loguniform": [3.0e-3, 1.0e-2]}}}
-        spec = from_dict(tiny_spec(name="tiny-export", num_samples=4, techniques=techniques,
-                                   scheduler={"kind": "fifo"}), source="tiny.yaml")
-        uri = f"sqlite:///{folder / 'mlruns.db'}"
-        outcome = run_sweep(spec, tracking_uri=uri, storage=str(folder / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    return spec, uri, outcome, folder
+@pytest.fixture
+def sweep(tiny_sweep):
+    """The session's shared tiny sweep (tests/conftest.py): 8 trials (4 AdamQ3R, 4 AdamW) of up to 4 epochs under
+    ASHA, the best configuration of each budget confirmed with 2 new seeds."""
+    return tiny_sweep
 
 
 FRESH = textwrap.dedent("""
@@ -87,12 +68,12 @@ FRESH = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def exported(sweep, tmp_path_factory):
-    """``q3r-tune export tiny-export --budget 0.5 -o DIR --register tiny-export-model``: (folder, its output)."""
+def exported(tiny_sweep, tmp_path_factory):
+    """``q3r-tune export tiny --budget 0.5 -o DIR --register tiny-export-model``: (folder, its output)."""
     import contextlib
     import io
 
-    spec, uri, outcome, folder = sweep
+    spec, uri, outcome, folder = tiny_sweep
     out = tmp_path_factory.mktemp("exported") / "recommended"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -238,7 +219,7 @@ def test_the_models_tracking_uri_is_put_back_as_it_was(tmp_path, monkeypatch):
         mlflow.set_tracking_uri(before)
 
 
-def test_train_logs_to_mlflow_and_its_model_exports(tmp_path, capsys, monkeypatch):
+def test_train_logs_to_mlflow_and_its_model_exports(tmp_path, capsys, monkeypatch, fresh_store):
     spec = tmp_path / "t.yaml"
     spec.write_text(textwrap.dedent("""\
         data: {name: digits, limit: 400}
@@ -246,7 +227,7 @@ def test_train_logs_to_mlflow_and_its_model_exports(tmp_path, capsys, monkeypatc
         technique: {name: adamq3r, lr: 0.005, lmbda: 0.5, target_rank: 0.2, period: 3}
         train: {epochs: 2, batch_size: 32, eval_every: 1, retentions: [0.1, 0.5, 1.0], collapse_patience: 100}
         """))
-    uri, out = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "out"
+    uri, out = fresh_store(tmp_path / "m.db"), tmp_path / "out"
     assert cli.main(["train", str(spec), "--out", str(out), "--tracking-uri", uri]) == 0
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("train-t").experiment_id])

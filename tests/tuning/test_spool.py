@@ -3,7 +3,6 @@ kept on disk and sent later, in order and once (real MLflow stores, a real refus
 from __future__ import annotations
 
 import json
-import socket
 import time
 from types import SimpleNamespace
 
@@ -19,13 +18,9 @@ from tuning.trial.files import spool_folder
 from tuning.tracking.callback import TrialRuns
 from tuning.trial import spec as trial_spec
 
+from tests.conftest import free_port
+
 EPOCHS, TRIALS = 3, ("a1b2c3d4", "e5f6a7b8")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trial_config(config):
@@ -65,10 +60,11 @@ def assert_every_step_once(uri: str, parent: str, name: str) -> None:
 
 
 def test_a_refused_server_costs_the_callbacks_nothing_and_the_spool_is_sent_later_in_order_once(tmp_path,
-                                                                                                 monkeypatch):
+                                                                                                 monkeypatch,
+                                                                                                 fresh_store):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    store, name, folder = f"sqlite:///{tmp_path / 'mlruns.db'}", "spooled", tmp_path / "ray-state"
+    store, name, folder = fresh_store(tmp_path / "mlruns.db"), "spooled", tmp_path / "ray-state"
     parent = make_sweep(store, name, folder)
     dead = f"http://127.0.0.1:{free_port()}"                     # nothing listens there
     callback = TrialRuns(dead, name, parent, trial_config, max_t=EPOCHS, spool=spool_folder(folder))
@@ -105,8 +101,8 @@ def test_a_refused_server_costs_the_callbacks_nothing_and_the_spool_is_sent_late
     assert (spool_folder(folder) / "delivered").read_text() == "10"
 
 
-def test_an_operation_the_server_rejects_is_set_aside_and_the_rest_goes_on(tmp_path):
-    store, name, folder = f"sqlite:///{tmp_path / 'mlruns.db'}", "rejecting", tmp_path / "state"
+def test_an_operation_the_server_rejects_is_set_aside_and_the_rest_goes_on(tmp_path, fresh_store):
+    store, name, folder = fresh_store(tmp_path / "mlruns.db"), "rejecting", tmp_path / "state"
     parent = make_sweep(store, name, folder)
     logged = []
     spool = open_spool(spool_folder(folder), store, log=logged.append)

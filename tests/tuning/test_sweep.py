@@ -1,42 +1,39 @@
-"""A real sweep on tiny work: Ray Tune with ASHA, Optuna TPE, MLflow parent and child runs."""
+"""A real sweep on tiny work: Ray Tune with ASHA, Optuna TPE, MLflow parent and child runs; the grid and
+multi-objective searchers through the same driver on replayed trials."""
 from __future__ import annotations
 
 import json
-import shutil
+from typing import Callable
 
 import optuna
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from ray import tune
+
+from benchmarks.efficiency.replay import reports_of
+from benchmarks.efficiency.table import Run
+from benchmarks.efficiency.trainable import replay_trial
 
 from tuning.trial import spec as config
 from tuning import cli
 from tuning.analysis.records import outcome_lines
 from tuning.tracking.results import load_records
 from tuning.spec.sweep import from_dict
+from tuning.sweep import driver
 from tuning.sweep.driver import run_sweep
 from tuning.tracking.store import find_sweep
 
 from tests.dashboards.test_dashboards import report_rows
-from tests.tuning.sweep_helpers import short_tmp, tiny_spec
+from tests.tuning.sweep_helpers import tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep")
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        spec = from_dict(tiny_spec(confirm={"top": 1, "seeds": 2}), source="tiny.yaml")
-        uri = f"sqlite:///{folder / 'mlruns.db'}"
-        outcome = run_sweep(spec, tracking_uri=uri, storage=str(folder / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    return spec, uri, outcome, folder
+@pytest.fixture
+def sweep(tiny_sweep):
+    """The session's shared tiny sweep (tests/conftest.py): 8 trials with ASHA and TPE, 1 x 2 confirmation runs."""
+    return tiny_sweep
 
 
 def search(records):
@@ -135,20 +132,37 @@ def test_the_best_configurations_are_confirmed_with_new_seeds(sweep):
     assert any(line.startswith("confirmation: ") for line in outcome_lines(outcome.records))
 
 
+GRID_TECHNIQUES = {"adamw": {"lr": {"choice": [2.0e-3, 5.0e-3]}},
+                   "adamq3r": {"lr": 3.0e-3, "lmbda": {"choice": [0.5, 2.0]}, "target_rank": 0.2, "period": 5}}
+
+
+def replayed(spec) -> Callable:
+    """The sweep driver's ``trainable_of`` with the efficiency benchmark's replay trainable: each trial of
+    ``GRID_TECHNIQUES`` reports one hand-made epoch (accuracies that differ by configuration) instead of
+    training, so its Ray worker loads no torch. For the tests of what the searchers decide."""
+    configs = [("adamw", {"lr": lr}) for lr in (2.0e-3, 5.0e-3)] + \
+              [("adamq3r", {"lr": 3.0e-3, "lmbda": lmbda, "target_rank": 0.2, "period": 5}) for lmbda in (0.5, 2.0)]
+    runs = []
+    for i, (technique, params) in enumerate(configs):
+        row = {"epoch": 1, "seconds": 0.0, "acc": 0.9 - 0.01 * i}
+        for p in spec.retentions:
+            row[f"acc@{p:g}"], row[f"params@{p:g}"], row[f"targeted@{p:g}"] = 0.3 + 0.1 * i + p / 2, int(1000 * p), p
+        runs.append(Run(f"t{i}", technique, params, "trial", "", 0, "completed", [row]))
+    reports = reports_of(runs, spec.objective, spec.retentions)
+
+    def trainable_of(spec, spec_dict):
+        return tune.with_resources(tune.with_parameters(replay_trial, reports=reports),
+                                   {"cpu": spec.resources.cpu, "gpu": 0})
+    return trainable_of
+
+
 @pytest.mark.parametrize("searcher", ["grid", "multi"])
-def test_grid_and_multi_objective_searchers(searcher, tmp_path):
-    techniques = {"adamw": {"lr": {"choice": [2.0e-3, 5.0e-3]}},
-                  "adamq3r": {"lr": 3.0e-3, "lmbda": {"choice": [0.5, 2.0]}, "target_rank": 0.2, "period": 5}}
+def test_grid_and_multi_objective_searchers(searcher, tmp_path, ray_session, fresh_store, monkeypatch):
     spec = from_dict(tiny_spec(name=f"tiny-{searcher}", epochs=1, num_samples=1 if searcher == "grid" else 3,
-                               techniques=techniques, scheduler={"kind": "fifo"}, searcher={"kind": searcher}),
+                               techniques=GRID_TECHNIQUES, scheduler={"kind": "fifo"}, searcher={"kind": searcher}),
                      source="tiny.yaml")
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage=str(tmp_path / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    monkeypatch.setattr(driver, "trainable_of", replayed(spec))
+    outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "m.db"), storage=str(tmp_path / "runs"))
     seen = sorted((r.technique, tuple(sorted(r.params.items()))) for r in outcome.records)
     assert all(r.status == "completed" for r in outcome.records)
     if searcher == "grid":                               # every grid point exactly once

@@ -1,13 +1,8 @@
-"""Sweeps on a two-node local Ray cluster, and against a real ``mlflow server`` process."""
+"""Sweeps against a real ``mlflow server`` process, and on a two-node local Ray cluster."""
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 import ray
@@ -20,22 +15,28 @@ from tuning.spec.sweep import from_dict
 from tuning.sweep.driver import run_sweep
 from tuning.tracking.store import TrackingError, check_tracking, find_sweep
 
-from tests.tuning.sweep_helpers import short_tmp, tiny_spec, write_spec
+from tests.conftest import free_port
+from tests.tuning.sweep_helpers import tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_sweep_tracks_into_a_real_mlflow_server(mlflow_server, tmp_path, ray_session):
+    spec = from_dict(tiny_spec(name="served", epochs=2, num_samples=2, scheduler={"kind": "fifo"}), source="x")
+    outcome = run_sweep(spec, tracking_uri=mlflow_server.url, storage=str(tmp_path / "runs"))
+    client = MlflowClient(mlflow_server.url)
+    parent = find_sweep(client, "served")
+    records = load_records(client, parent.info.run_id)
+    assert len(records) == 2 and all(r.status == "completed" for r in records)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "pareto"}
+    assert outcome.parent_run_id == parent.info.run_id
 
 
-def test_two_node_cluster_survives_a_worker_node_removed_mid_trial(tmp_path):
+def test_two_node_cluster_survives_a_worker_node_removed_mid_trial(tmp_path, no_ray, fresh_store):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = fresh_store(tmp_path / "mlruns.db")
     spec = from_dict(tiny_spec(name="clustered", epochs=8, num_samples=3, scheduler={"kind": "fifo"},
                                searcher={"kind": "random"}), source="clustered.yaml")
     removed = threading.Event()
@@ -69,47 +70,7 @@ def test_two_node_cluster_survives_a_worker_node_removed_mid_trial(tmp_path):
         [(r.trial_id, r.status, r.epoch) for r in outcome.records]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def test_sweep_tracks_into_a_real_mlflow_server(mlflow_server, tmp_path):
-    ray_tmp = short_tmp()
-    spec = from_dict(tiny_spec(name="served", epochs=2, num_samples=2, scheduler={"kind": "fifo"}), source="x")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, tracking_uri=mlflow_server, storage=str(tmp_path / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    client = MlflowClient(mlflow_server)
-    parent = find_sweep(client, "served")
-    records = load_records(client, parent.info.run_id)
-    assert len(records) == 2 and all(r.status == "completed" for r in records)
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "pareto"}
-    assert outcome.parent_run_id == parent.info.run_id
-
-
-def test_unreachable_tracking_server_fails_before_any_trial(tmp_path, capsys):
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path, capsys, no_ray):
     url = f"http://127.0.0.1:{free_port()}"          # nothing listens there
     with pytest.raises(TrackingError, match=f"MLflow tracking server {url} is unreachable"):
         check_tracking(url, timeout=2)
@@ -119,10 +80,10 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path, capsys):
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()      # nothing was started
 
 
-def test_missing_dataset_fails_before_any_trial(tmp_path, capsys):
+def test_missing_dataset_fails_before_any_trial(tmp_path, capsys, no_ray, fresh_store):
     spec = tiny_spec(name="nodata", data={"name": "cifar10", "data_root": "no/such/folder"})
     path = write_spec(tmp_path, spec)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = fresh_store(tmp_path / "m.db")
     assert cli.main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "cifar10" in err and "no/such/folder" in err

@@ -1,4 +1,7 @@
-"""A driver killed mid-sweep, then ``q3r-tune resume``: every trial once, every MLflow run once."""
+"""A driver killed mid-sweep, then ``q3r-tune resume``: every trial once, every MLflow run once.
+
+Each driver is its own process with its own Ray (killed with it), as ``q3r-tune sweep`` runs on one machine.
+The work is the least that still has, at the kill, trials running halfway and trials not yet started."""
 from __future__ import annotations
 
 import shutil
@@ -27,11 +30,12 @@ def wait_for(predicate, timeout: float, what: str, proc=None):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
-    spec = tiny_spec(name="resumable", epochs=6, num_samples=4,
+def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, no_ray, fresh_store):
+    epochs, trials = 4, 3                         # two trials run at a time: one waits at the kill
+    spec = tiny_spec(name="resumable", epochs=epochs, num_samples=trials,
                      scheduler={"kind": "fifo"}, searcher={"kind": "random"})
     path = write_spec(tmp_path, spec)
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = fresh_store(tmp_path / "mlruns.db")
     ray_tmp = short_tmp()
     env = {"RAY_TMPDIR": str(ray_tmp)}
     args = ("--tracking-uri", uri, "--num-cpus", "2")
@@ -64,26 +68,27 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     assert resumed.returncode == 0, out
 
     after = load_records(client, parent.info.run_id)
-    assert len(after) == 4 and len({r.trial_id for r in after}) == 4          # no trial lost, none twice
+    assert len(after) == trials and len({r.trial_id for r in after}) == trials   # no trial lost, none twice
     assert {r.run_id for r in before} <= {r.run_id for r in after}             # runs kept, not duplicated
-    assert all(r.status == "completed" and r.epoch == 6 for r in after), [(r.status, r.epoch) for r in after]
+    assert all(r.status == "completed" and r.epoch == epochs for r in after), [(r.status, r.epoch) for r in after]
     for r in after:                                                             # each epoch logged once
         steps = [m.step for m in client.get_metric_history(r.run_id, "acc_at_0.1")]
-        assert steps == [1, 2, 3, 4, 5, 6]
+        assert steps == list(range(1, epochs + 1))
         assert client.get_run(r.run_id).info.status == "FINISHED"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
-    assert len(client.search_runs([parent.info.experiment_id])) == 5          # one parent + four children
+    assert len(client.search_runs([parent.info.experiment_id])) == 1 + trials  # one parent + one child per trial
     storage = parent.data.tags["q3r.storage"]
     url = f"sqlite:///{storage}/optuna.db"
     names = [n for n in optuna.get_all_study_names(url) if n.startswith("resumable/")]
-    assert sum(len(optuna.load_study(study_name=n, storage=url).trials) for n in names) == 4
+    assert sum(len(optuna.load_study(study_name=n, storage=url).trials) for n in names) == trials
 
 
-def test_an_interrupted_confirmation_resumes_without_running_a_seed_twice(tmp_path):
-    spec = tiny_spec(name="confirming", epochs=5, num_samples=2, techniques={"adamw": {"lr": {"choice": [3e-3, 6e-3]}}},
-                     scheduler={"kind": "fifo"}, searcher={"kind": "grid"}, confirm={"top": 2, "seeds": 2})
+def test_an_interrupted_confirmation_resumes_without_running_a_seed_twice(tmp_path, no_ray, fresh_store):
+    epochs, seeds = 4, 3                          # one configuration, 3 new seeds, two at a time: one waits at the kill
+    spec = tiny_spec(name="confirming", epochs=epochs, num_samples=1, techniques={"adamw": {"lr": {"choice": [3e-3]}}},
+                     scheduler={"kind": "fifo"}, searcher={"kind": "grid"}, confirm={"top": 1, "seeds": seeds})
     path = write_spec(tmp_path, spec)
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = fresh_store(tmp_path / "mlruns.db")
     ray_tmp = short_tmp()
     env = {"RAY_TMPDIR": str(ray_tmp)}
     args = ("--tracking-uri", uri, "--num-cpus", "2")
@@ -115,9 +120,9 @@ def test_an_interrupted_confirmation_resumes_without_running_a_seed_twice(tmp_pa
     assert resumed.returncode == 0, out
     assert "completing the confirmation runs" in out
     after = confirmations()
-    assert len(after) == 4 and len({(r.confirms, r.seed) for r in after}) == 4       # both configs x 2 seeds
+    assert len(after) == seeds and len({(r.confirms, r.seed) for r in after}) == seeds  # the config x 3 seeds
     assert {r.run_id for r in before} <= {r.run_id for r in after}
     for r in after:
-        assert r.status == "completed" and r.epoch == 5
+        assert r.status == "completed" and r.epoch == epochs
         steps = [m.step for m in client.get_metric_history(r.run_id, "acc_at_0.1")]
-        assert steps == [1, 2, 3, 4, 5]                                               # each epoch logged once
+        assert steps == list(range(1, epochs + 1))                                    # each epoch logged once

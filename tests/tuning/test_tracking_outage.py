@@ -3,15 +3,9 @@ the trials go on, Ray's loop never waits for it, and every trial's every metric 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,47 +24,6 @@ CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEO
 RETRY_BUDGET = 5.0
 OUTAGE = RETRY_BUDGET + 5.0
 KEYS = ("epoch", "acc", "acc_at_0.1", "objective", "train_loss")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``mlflow server`` on loopback, in its own process group (killed with everything it started)."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.port = folder, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-             "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        self.kill()
-        pytest.fail("mlflow server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=30)
-            self.proc = None
 
 
 class Output:
@@ -117,15 +70,8 @@ def ray_results(runs: Path) -> dict[str, list[dict]]:
     return out
 
 
-@pytest.fixture
-def server(tmp_path):
-    server = Server(tmp_path)
-    server.start()
-    yield server
-    server.kill()                             # also when the test fails half way
-
-
-def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp_path, server):
+def test_a_server_down_longer_than_the_retry_budget_loses_and_stalls_nothing(tmp_path, no_ray, mlflow_server):
+    server = mlflow_server
     runs, ray_tmp = tmp_path / "runs", short_tmp()
     spec = tiny_spec(name="outage", epochs=5, num_samples=3, scheduler={"kind": "fifo"}, searcher={"kind": "random"})
     driver = cli("sweep", str(write_spec(tmp_path, spec)), "--tracking-uri", server.url, "--storage", str(runs),
