@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import optuna
 import pytest
-import ray
+
 from mlflow.tracking import MlflowClient
 from optuna.study import StudyDirection
 
@@ -19,23 +18,19 @@ from tuning.sweep.driver import run_sweep
 from tuning.tracking.results import sweep_metric
 from tuning.tracking.store import find_sweep
 
-from tests.tuning.sweep_helpers import short_tmp, tiny_spec
+from tests.conftest import _start_ray
+from tests.tuning.sweep_helpers import tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, _ray_folder, fresh_store):
     folder = tmp_path_factory.mktemp("loss")
     spec = from_dict(tiny_spec(name="tiny-loss", epochs=2, num_samples=4, metric={"name": "val_loss"},
                                objective="val_loss@0.5"), source="tiny.yaml")
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, tracking_uri=f"sqlite:///{folder / 'mlruns.db'}", storage=str(folder / "runs"))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    _start_ray(_ray_folder)                            # the session's Ray (tests/conftest.py)
+    outcome = run_sweep(spec, tracking_uri=fresh_store(folder / "mlruns.db"), storage=str(folder / "runs"))
     return spec, outcome
 
 

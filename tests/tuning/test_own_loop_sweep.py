@@ -17,7 +17,7 @@ from tuning.sweep.driver import run_sweep
 from tuning.tracking.results import load_records
 from tuning.tracking.store import ERROR, find_sweep
 
-from tests.tuning.sweep_helpers import cli as cli_process, short_tmp, write_spec
+from tests.tuning.sweep_helpers import cli as cli_process, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -76,19 +76,13 @@ def failing_spec(folder: Path, name: str, **changes) -> Path:
     return write_spec(folder, spec)
 
 
-def test_a_raising_function_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+def test_a_raising_function_fails_its_trial_and_the_sweep_goes_on(tmp_path, ray_session, fresh_store):
     code = tmp_path / "code"
     code.mkdir()
     spec = load_spec(failing_spec(code, "failing"))
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    ray_tmp = short_tmp()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
-    try:
-        lines: list[str] = []
-        run_sweep(spec, tracking_uri=uri, storage=str(tmp_path / "runs"), log=lines.append)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    uri = fresh_store(tmp_path / "mlruns.db")
+    lines: list[str] = []
+    run_sweep(spec, tracking_uri=uri, storage=str(tmp_path / "runs"), log=lines.append)
     client, records = records_of(uri, "failing")
     status = {r.technique: r.status for r in records}
     assert status == {"adamq3r": "completed", "adamw": "failed", "lorita": "failed"}, status
@@ -99,7 +93,7 @@ def test_a_raising_function_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     assert any("trial failed: ValueError: boom in the user's loop" in line for line in lines), lines
 
 
-def test_a_function_that_does_not_import_fails_before_ray_starts(tmp_path, capsys):
+def test_a_function_that_does_not_import_fails_before_ray_starts(tmp_path, capsys, no_ray):
     path = write_spec(tmp_path, {"name": "noimport", "function": "not_there:train", "epochs": 2,
                                  "scheduler": {"kind": "fifo"}, "techniques": {"adamw": {"lr": 1.0e-3}}, "num_samples": 1})
     assert cli.main(["sweep", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
@@ -109,7 +103,7 @@ def test_a_function_that_does_not_import_fails_before_ray_starts(tmp_path, capsy
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
 
 
-def test_the_module_is_shipped_to_the_workers_of_a_two_node_cluster(tmp_path):
+def test_the_module_is_shipped_to_the_workers_of_a_two_node_cluster(tmp_path, no_ray):
     """The spec's folder is on no worker's path: the workers import the copy in Ray's runtime environment."""
     code = tmp_path / "code"
     code.mkdir()
