@@ -190,7 +190,7 @@ def _adopt(g, head, data: Tensor) -> None:
     flat = data.view(g.eps.dtype)
     for shape in _parts(g, cols, bool(answers)):
         n = math.prod(shape)
-        values.append(flat[at: at + n].view(shape).clone())
+        values.append(flat[at: at + n].view(shape))             # views of the received bytes: no copy
         at += n
     g.U, g.V, g.sigma, g.s, g.eps, g.eps_first = values[:6]
     g.width, g.k_apply = width, k_apply
