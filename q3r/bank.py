@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .bank_state import bank_state, load_bank_state
 from .decomposition import ritz_residual, warm_triplets
-from .distributed import check_same, exchange, split, workers
+from .distributed import check_same, exchange, plan, workers
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .packing import PackedWeights
@@ -182,9 +182,10 @@ class OperatorBank:
                              f"{sorted({str(t.param.device) for t in self.targets})}")
         if w.strategy == "broadcast":
             return
-        parts = [(_Group(members, g.rank, g.width, g.eps), r)
-                 for g in self.groups for members, r in split(g.targets, g.width, w.world)]
-        self.groups, self.owners = [g for g, _ in parts], [r for _, r in parts]
+        parts = plan([(g.targets, g.width) for g in self.groups], w.world)
+        self.groups = [_Group(members, self.groups[i].rank, self.groups[i].width, self.groups[i].eps)
+                       for i, members, _ in parts]
+        self.owners = [r for _, _, r in parts]
 
     @property
     def fitted(self) -> bool:

@@ -5,10 +5,10 @@ all-reduce, so every rank must apply exactly the same operator, or the replicas 
 the penalty's operator (``Q3RPenalty``) must be the same too, or the averaged gradient mixes
 different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it, two ways:
 
-- ``"share"``: the shape groups are split into parts by whole parameters (a fused qkv stays in
-  one part), the parts dealt out to the ranks to balance their cost (d1 d2 k per matrix, largest
-  first to the least loaded rank), each rank refreshes its own parts, and one all-gather gives
-  every rank every part's operators. The reweighting cost per rank falls with the number of ranks.
+- ``"share"``: the shape groups are cut into parts of whole parameters (a fused qkv stays in one
+  part), about the same cost for every rank (d1 d2 k per matrix) with as few cuts as may be
+  (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
+  operators. The reweighting cost per rank falls with the number of ranks.
 - ``"broadcast"``: rank 0 refreshes every group, the others receive the result (one broadcast).
 
 Either way the state that decides control flow (widths, the leading columns applied, the members
@@ -64,29 +64,32 @@ def workers(strategy: Optional[str], process_group=None) -> Optional[Workers]:
     return Workers(strategy, dist.get_rank(process_group), world, process_group)
 
 
-def deal(costs: Sequence[float], world: int) -> list[int]:
-    """The rank of each item: largest cost first, each to the least loaded rank (ties: lowest
-    index, lowest rank), so every rank computes the same answer."""
-    load, owner = [0.0] * world, [0] * len(costs)
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        r = min(range(world), key=lambda r: (load[r], r))
-        owner[i] = r
-        load[r] += costs[i]
-    return owner
+def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list, int]]:
+    """The parts of the shape groups ``(targets, width)``, as (group index, targets, rank).
 
-
-def split(members: list, width: int, world: int) -> list[tuple[list, int]]:
-    """One shape group's targets as (part, rank) pairs: whole parameters dealt out by ``deal``,
-    each rank's in their original order. Cost per target: d1 d2 width, the same for all."""
-    units: dict[int, list] = {}
-    for t in members:                                          # the targets of each parameter together
-        units.setdefault(id(t.param), []).append(t)
-    units_list = list(units.values())
-    d1, d2 = members[0].shape
-    owner = deal([len(u) * d1 * d2 * width for u in units_list], world)
-    mine = {id(t): owner[i] for i, u in enumerate(units_list) for t in u}
-    parts = [([t for t in members if mine[id(t)] == r], r) for r in range(world)]
-    return [(p, r) for p, r in parts if p]
+    McNaughton's wrap-around rule: the groups' parameters are laid end to end in order, each
+    weighing d1 d2 width per target (a warm refresh's cost), and the line is cut into ``world``
+    equal lengths; a parameter goes to the rank where its midpoint falls. So each rank holds a
+    run of whole parameters (a fused qkv stays together) of about the same cost, and at most
+    ``world - 1`` groups are split: fewer batched calls per rank than splitting every group.
+    Every rank computes the same answer.
+    """
+    units = []                                                 # (group index, the targets of one parameter)
+    for gi, (members, width) in enumerate(groups):
+        by_param: dict[int, list] = {}
+        for t in members:
+            by_param.setdefault(id(t.param), []).append(t)
+        d1, d2 = members[0].shape
+        units += [(gi, ts, len(ts) * d1 * d2 * width) for ts in by_param.values()]
+    total = sum(c for _, _, c in units)
+    parts: dict[tuple[int, int], list] = {}
+    done = 0.0
+    for gi, ts, cost in units:
+        rank = min(world - 1, int((done + cost / 2) * world // total))
+        parts.setdefault((gi, rank), []).extend(ts)
+        done += cost
+    order = {id(t): i for members, _ in groups for i, t in enumerate(members)}
+    return [(gi, sorted(ts, key=lambda t: order[id(t)]), rank) for (gi, rank), ts in sorted(parts.items())]
 
 
 def check_same(targets: Sequence, w: Workers) -> None:

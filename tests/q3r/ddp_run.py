@@ -25,12 +25,12 @@ Q3R = dict(target_rank=0.3, period=PERIOD)
 
 
 class Block(nn.Module):
-    """A fused qkv (3d x d: three d x d targets), a proj (d x d) and an MLP (2d x d, d x 2d)."""
+    """A fused qkv (3d x d: three d x d targets), a proj (d x d) and an MLP (3d x d, d x 3d)."""
 
     def __init__(self, d):
         super().__init__()
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 3 * d), nn.Linear(3 * d, d)
 
     def forward(self, x):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
