@@ -7,9 +7,12 @@ two operator banks over the same weights, one per strategy (``OperatorBank(distr
 broadcast; at one worker both are the plain bank), and a training step of AdamQ3R
 (distributed="share") at the same global batch split over the ranks. Between repetitions the
 weights move by that step, so every reweighting after the first is a warm one, as in training.
-The banks stack the weights (pack=False, the same for both). Prints each rank's median time,
-elapsed and CPU (this process's), and its ratio against one worker; a "round" runs every number
-of workers once, and rounds alternate so that machine load hits them alike.
+The banks stack the weights (pack=False, the same for both). Each rank also times, interleaved
+with them, a plain bank's reweighting of all the matrices (one worker's work), so the ratio can
+be read against the run with one worker and against that plain reweighting timed under the same
+load at the same moment. Prints each rank's median time, elapsed and CPU (this process's), the
+ratios, and the CPU time of the exchange; a "round" runs every number of workers once, and
+rounds alternate so that machine load hits them alike.
 
     python benchmarks/distributed.py                         # 1, 2, 4 workers, 1 thread per rank
     python benchmarks/distributed.py --workers 1 2 --rounds 3
@@ -34,6 +37,7 @@ import q3r
 import q3r.bank
 
 STRATEGIES = ("share", "broadcast")
+KEYS = ("plain", *STRATEGIES, "train")
 SPENT = {"wall": 0.0, "cpu": 0.0}                  # time in the exchange after a refresh (this rank)
 
 
@@ -84,6 +88,7 @@ def measure(rank: int, world: int, device: torch.device, args) -> dict:
                       period=10 ** 9, distributed="share")   # reweights at its first step only: timed apart
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     banks = {s: q3r.OperatorBank(targets, 0.2, distributed=s) for s in STRATEGIES}
+    banks["plain"] = q3r.OperatorBank(targets, 0.2)          # one worker's whole reweighting, in the same run
     g = torch.Generator().manual_seed(rank)
     per_rank = args.batch // world
     x = torch.randn(per_rank, 3, 32, 32, generator=g).to(device)
@@ -98,9 +103,9 @@ def measure(rank: int, world: int, device: torch.device, args) -> dict:
     train_step()                                              # first fits (full SVDs), then warm ones
     for bank in banks.values():
         bank.refresh()
-    times = {k: [] for k in (*STRATEGIES, "train")}
+    times = {k: [] for k in KEYS}
     for _ in range(args.reps):
-        for name in (*STRATEGIES, "train"):
+        for name in KEYS:
             dist.barrier()
             SPENT.update(wall=0.0, cpu=0.0)
             start = clock(device)
@@ -153,31 +158,33 @@ def median_over_rounds(rounds: list[list[dict]], rank: int, key: str, what: str)
 def report(results: dict, args) -> None:
     first = results[1][0][0]
     print(f"device: {first['device']} ({first['backend']}), {args.threads} thread(s) per rank, global batch "
-          f"{args.batch}, {args.rounds} round(s) of {args.reps} reps; medians, ms (ratio against 1 worker)")
-    base = {k: {m: median_over_rounds(results[1], 0, k, m) for m in ("wall", "cpu")} for k in (*STRATEGIES, "train")}
-    one = {m: statistics.median([base[s][m] for s in STRATEGIES]) for m in ("wall", "cpu")}   # both plain at 1
+          f"{args.batch}, {args.rounds} round(s) of {args.reps} reps; medians, ms wall/cpu (ratio against the run "
+          f"with 1 worker, wall/cpu) [ratio against the plain reweighting in the same run, cpu]")
+    base = {k: {m: median_over_rounds(results[1], 0, k, m) for m in ("wall", "cpu")} for k in KEYS}
     summary = []
     for w, rounds in results.items():
-        for key in (*STRATEGIES, "train"):
-            if w == 1 and key == "broadcast":
+        for key in KEYS:
+            if w == 1 and key in STRATEGIES:                   # at one worker these are the plain bank
                 continue
-            label = "reweight" if w == 1 and key == "share" else ("reweight " + key if key != "train" else "train step")
-            ref = one if key in STRATEGIES else base["train"]
-            cells, worst = [], {}
+            ref = base["train" if key == "train" else "plain"]
+            cells, worst, worst_same = [], {"wall": 0.0, "cpu": 0.0}, 0.0
             for r in range(w):
-                if w == 1 and key == "share":                  # both banks are the plain one here
-                    wall, cpu = one["wall"], one["cpu"]
-                else:
-                    wall, cpu = (median_over_rounds(rounds, r, key, m) for m in ("wall", "cpu"))
-                cells.append(f"r{r} {wall * 1e3:.1f}/{cpu * 1e3:.1f} ({wall / ref['wall']:.2f}/{cpu / ref['cpu']:.2f})")
-                worst = {"wall": max(worst.get("wall", 0), wall / ref["wall"]), "cpu": max(worst.get("cpu", 0), cpu / ref["cpu"])}
-            parts = f" [{rounds[0][0]['parts'][key]} parts]" if key in STRATEGIES else ""
-            if w > 1 and key in STRATEGIES:
+                wall, cpu = (median_over_rounds(rounds, r, key, m) for m in ("wall", "cpu"))
+                cell = f"r{r} {wall * 1e3:.1f}/{cpu * 1e3:.1f} ({wall / ref['wall']:.2f}/{cpu / ref['cpu']:.2f})"
+                if key in STRATEGIES:
+                    same = cpu / median_over_rounds(rounds, r, "plain", "cpu")
+                    cell += f" [{same:.2f}]"
+                    worst_same = max(worst_same, same)
+                cells.append(cell)
+                worst = {"wall": max(worst["wall"], wall / ref["wall"]), "cpu": max(worst["cpu"], cpu / ref["cpu"])}
+            label = {"plain": "reweight, plain", "train": "train step"}.get(key, "reweight " + key)
+            extra = ""
+            if key in STRATEGIES:
                 ex = [median_over_rounds(rounds, r, key, "exchange_cpu") * 1e3 for r in range(w)]
-                parts += " exchange cpu " + "/".join(f"{e:.1f}" for e in ex)
-            print(f"{w} worker(s) {label:<20} wall/cpu {' | '.join(cells)}{parts}")
-            if w > 1 and key in STRATEGIES:
-                summary.append(f"{w} workers {key}: slowest rank {worst['wall']:.2f} wall / {worst['cpu']:.2f} cpu")
+                extra = f" | {rounds[0][0]['parts'][key]} parts, exchange cpu " + "/".join(f"{e:.1f}" for e in ex)
+                summary.append(f"{w} workers {key}: slowest rank {worst['wall']:.2f} wall / {worst['cpu']:.2f} cpu "
+                               f"against 1 worker, {worst_same:.2f} cpu against the plain reweighting in the same run")
+            print(f"{w} worker(s) {label:<20} {' | '.join(cells)}{extra}")
     for line in summary:
         print("per-rank reweighting ratio, " + line)
 
