@@ -136,7 +136,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch, split over the ranks")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--cpu", action="store_true", help="gloo on CPU even where there are GPUs")
-    parser.add_argument("--smoke-test", action="store_true", help="a 2-block, 32-wide ViT, 1 round of 2 reps, 1 and 2 workers")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="a 2-block, 32-wide ViT, 1 round of 2 reps, 1 and 2 workers")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.workers, args.rounds, args.reps, args.batch = [1, 2], 1, 2, 4

@@ -46,9 +46,10 @@ class AdamQ3R(Adam):
             parameters, so the Q3R step updates them in place (default True; see ``q3r/packing.py``).
             The parameters stay the model's own ``nn.Parameter`` objects. Under DDP, build the
             optimizer (which packs) before wrapping the model.
-        distributed (str | None): under torch.distributed (DDP), "share" (each rank reweights a part
-            of the matrices, then all-gather) or "broadcast" (rank 0 reweights, then broadcast), so
-            every rank applies the same operators; None (default): each rank reweights alone.
+        distributed (str | bool | None): under torch.distributed (DDP), "share" (each rank reweights a
+            part of the matrices, then all-gather; also True) or "broadcast" (rank 0 reweights, then
+            broadcast), so every rank applies the same operators; None (default): each rank reweights
+            alone. Without a process group, or with one rank, it changes nothing.
         process_group: the ranks that share the reweighting (default: the default group).
 
     Paper: Ghosh, Nguyen, Kuemmerle, "Q3R: Quadratic Reweighted Rank Regularizer for
@@ -73,7 +74,7 @@ class AdamQ3R(Adam):
         oversample: int = 8,
         foreach: Optional[bool] = None,
         pack: bool = True,
-        distributed: Optional[str] = None,
+        distributed=None,
         process_group=None,
     ):
         if isinstance(lr, torch.Tensor):

@@ -115,8 +115,8 @@ class OperatorBank:
         pack: keep each shape group's weights in one buffer whose views are the parameters, so
             ``descend`` updates them in place instead of stacking and copying back (see ``packing.py``).
         distributed: under torch.distributed, "share" (each rank refreshes a part of the groups,
-            then all-gather) or "broadcast" (rank 0 refreshes, then broadcast), so that every rank
-            holds the same operators; None: each rank on its own (see ``distributed.py``).
+            then all-gather; also True) or "broadcast" (rank 0 refreshes, then broadcast), so that
+            every rank holds the same operators; None: each rank on its own (see ``distributed.py``).
         process_group: the ranks that share the reweighting (default: the default group).
     """
 
@@ -131,7 +131,7 @@ class OperatorBank:
         ritz_tol: float = 0.02,
         refine_iters: int = 2,
         pack: bool = False,
-        distributed: Optional[str] = None,
+        distributed=None,
         process_group=None,
     ):
         if svd not in SVD_MODES:

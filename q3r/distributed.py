@@ -31,8 +31,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 STRATEGIES = ("share", "broadcast")
+DEFAULT = "share"                           # what distributed=True means: chosen by measurement (docs/distributed.md)
 FITS = ("refresh", "refine", "svd")
 _META = 4                                   # width, columns, k_apply, has answers; then a fresh flag per member
+PER_MATRIX = 500_000                        # a refresh's fixed cost per matrix, in units of d1 d2 k (see ``cost``)
 _ALIGN = 8                                  # bytes: every group's payload starts where any float can be viewed
 
 
@@ -49,13 +51,16 @@ class Workers:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
 
-def workers(strategy: Optional[str], process_group=None) -> Optional[Workers]:
-    """The ranks for ``strategy`` ("share", "broadcast" or None: each rank on its own), read from
-    torch.distributed; None where there is nothing to share (no process group, or one rank)."""
-    if strategy is None:
+def workers(strategy, process_group=None) -> Optional[Workers]:
+    """The ranks for ``strategy`` ("share", "broadcast", True: the default, "share"; None or False:
+    each rank on its own), read from torch.distributed; None where there is nothing to share (no
+    process group, or one rank)."""
+    if strategy is None or strategy is False:
         return None
+    if strategy is True:
+        strategy = DEFAULT
     if strategy not in STRATEGIES:
-        raise ValueError(f"distributed must be one of {STRATEGIES} or None, but got distributed={strategy!r}")
+        raise ValueError(f"distributed must be one of {STRATEGIES}, True or None, but got distributed={strategy!r}")
     if not (dist.is_available() and dist.is_initialized()):
         return None
     world = dist.get_world_size(process_group)
@@ -68,7 +73,7 @@ def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list
     """The parts of the shape groups ``(targets, width)``, as (group index, targets, rank).
 
     McNaughton's wrap-around rule: the groups' parameters are laid end to end in order, each
-    weighing d1 d2 width per target (a warm refresh's cost), and the line is cut into ``world``
+    weighing ``cost`` (a warm refresh's), and the line is cut into ``world``
     equal lengths; a parameter goes to the rank where its midpoint falls. So each rank holds a
     run of whole parameters (a fused qkv stays together) of about the same cost, and at most
     ``world - 1`` groups are split: fewer batched calls per rank than splitting every group.
@@ -79,17 +84,25 @@ def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list
         by_param: dict[int, list] = {}
         for t in members:
             by_param.setdefault(id(t.param), []).append(t)
-        d1, d2 = members[0].shape
-        units += [(gi, ts, len(ts) * d1 * d2 * width) for ts in by_param.values()]
+        units += [(gi, ts, cost(ts, width)) for ts in by_param.values()]
     total = sum(c for _, _, c in units)
     parts: dict[tuple[int, int], list] = {}
     done = 0.0
-    for gi, ts, cost in units:
-        rank = min(world - 1, int((done + cost / 2) * world // total))
+    for gi, ts, weight in units:
+        rank = min(world - 1, int((done + weight / 2) * world // total))
         parts.setdefault((gi, rank), []).extend(ts)
-        done += cost
+        done += weight
     order = {id(t): i for members, _ in groups for i, t in enumerate(members)}
     return [(gi, sorted(ts, key=lambda t: order[id(t)]), rank) for (gi, rank), ts in sorted(parts.items())]
+
+
+def cost(targets: Sequence, width: int) -> float:
+    """A warm refresh's cost of same-shape targets: d1 d2 k per matrix for the products, plus
+    ``PER_MATRIX`` for what does not shrink with the matrix (QR and eigh are one LAPACK call per
+    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took as long as 12 of
+    768 x 192 at k = 39 (16 ms each, one thread), which d1 d2 k alone puts at 50M and 69M."""
+    d1, d2 = targets[0].shape
+    return len(targets) * (d1 * d2 * width + PER_MATRIX)
 
 
 def check_same(targets: Sequence, w: Workers) -> None:

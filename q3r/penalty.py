@@ -1,7 +1,7 @@
 """Q3R in the loss: a differentiable penalty that any optimizer can use (paper Table 8)."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable
 
 from torch import Tensor
 
@@ -27,7 +27,7 @@ class Q3RPenalty:
 
     def __init__(self, targets: Iterable, target_rank: float | int = 0.2, period: int = 5,
                  eps_schedule="paper", svd: str = "warm", power_iters: int = 1, oversample: int = 8,
-                 distributed: Optional[str] = None, process_group=None):
+                 distributed=None, process_group=None):
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"Invalid reweighting period: period={period!r} (an int >= 1)")
         self.targets = as_targets(targets)

@@ -15,16 +15,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from q3r.bank import OperatorBank
-from q3r.distributed import plan, workers
+from q3r.distributed import cost, plan, workers
 from q3r.targets import Target, select_targets
 
 from .ddp_run import STEPS, banks, build, launch, make, train
 
 # (technique, strategy, wrap the model before building the optimizer (which then packs a wrapped
-# model), bank options). "narrow" carries no spare columns: widths grow, laggards get full SVDs;
-# "lagged" takes an accelerator's path on CPU: answers read back at the next reweighting.
+# model), bank options); True is the default strategy. "narrow" carries no spare columns: widths
+# grow, laggards get full SVDs; "lagged" takes an accelerator's path on CPU: answers read back at
+# the next reweighting.
 CASES = [("adamq3r", "share", False, ""), ("adamq3r", "broadcast", False, ""), ("adamq3r", "share", True, ""),
-         ("adam_q3r_loss", "share", False, ""), ("adam_q3r_loss", "broadcast", False, ""),
+         ("adam_q3r_loss", True, False, ""), ("adam_q3r_loss", "broadcast", False, ""),
          ("adamq3r", "share", False, "narrow"), ("adamq3r", "broadcast", False, "narrow"),
          ("adamq3r", "share", False, "narrow-exact"), ("adamq3r", "share", False, "narrow-lagged")]
 OPTIONS = {"": {}, "narrow": {"oversample": 0}, "narrow-exact": {"oversample": 0, "svd": "exact"},
@@ -120,8 +121,8 @@ def test_replicas_and_banks_stay_bitwise_equal(runs, case):
     _equal(r0["fits"], r1["fits"], "fits")
     _equal(r0["host"], r1["host"], "host")                  # what decides the next refresh's path
     assert r0["views"] and r1["views"]                      # packing survived DDP
-    owners = r0["owners"][0]                                # the work really was split, fc1 across ranks
-    assert owners == ([0, 0, 1, 1] if case[1] == "share" else [0, 0, 0])
+    owners = r0["owners"][0]                                # the work really was split: the 8 x 8 group
+    assert owners == ([0, 1, 1, 1] if case[1] in ("share", True) else [0, 0, 0])   # True: the default, share
 
 
 # Not the lagged case: there an unconverged Ritz value holds eps back for a period, and which values
@@ -195,14 +196,14 @@ def test_plan_cuts_few_groups_into_runs_of_whole_parameters_of_equal_cost():
         load = [0] * world
         for _, ts, r in parts:
             assert all(sum(u.param is t.param for u in ts) == 3 for t in ts if "qkv" in t.name)  # qkv whole
-            load[r] += sum(t.numel for t in ts) * 5
-        biggest = max(t.numel * 5 * 3 for ts in groups.values() for t in ts)    # one parameter's cost
+            load[r] += cost(ts, 5)
+        biggest = max(cost(ts[:3], 5) for ts in groups.values())            # one parameter's cost, at most
         assert max(load) - min(load) <= biggest
 
 
 def test_without_a_process_group_a_distributed_bank_is_a_plain_one():
     assert not dist.is_initialized()
-    assert workers("share") is None and workers(None) is None
+    assert workers("share") is None and workers(True) is None and workers(None) is None
     a, b = make(), make()
     oa, _ = build("adamq3r", a, "share")
     ob, _ = build("adamq3r", b)
@@ -233,6 +234,6 @@ def test_targets_resolve_through_the_ddp_wrapper(tmp_path):
         assert all(t.param is u.param for t, u in zip(moved, select_targets(other)))
         bare = Target(model.blocks[0].fc2.weight, "fc2")
         assert bare.named_in(wrapped).param_name == "blocks.0.fc2.weight"
-        assert workers("share") is None                         # one rank: nothing to share
+        assert workers("share") is None and workers(True) is None   # one rank: nothing to share
     finally:
         dist.destroy_process_group()
