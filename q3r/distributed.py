@@ -6,8 +6,8 @@ the penalty's operator (``Q3RPenalty``) must be the same too, or the averaged gr
 different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it, two ways:
 
 - ``"share"``: the shape groups are cut into parts of whole parameters (a fused qkv stays in one
-  part), about the same cost for every rank (d1 d2 k per matrix) with as few cuts as may be
-  (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
+  part), about the same cost for every rank (``cost``: d1 d2 k per matrix and a fixed part) with
+  as few cuts as may be (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
   operators. The reweighting cost per rank falls with the number of ranks.
 - ``"broadcast"``: rank 0 refreshes every group, the others receive the result (one broadcast).
 
