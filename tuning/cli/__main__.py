@@ -1,0 +1,6 @@
+"""``python -m tuning.cli``: the ``q3r-tune`` command."""
+import sys
+
+from tuning.cli import main
+
+sys.exit(main())
