@@ -166,7 +166,7 @@ def test_train_cli_finds_the_function_next_to_the_spec(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli(["train", str(spec), "--out", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
     printed = capsys.readouterr().out
-    assert "retention   0.2: accuracy" in printed and "q3r-tune export" not in printed
+    assert "retention   0.2: accuracy" in printed and "q3r-tune export --run" in printed
     assert config.load(out / "config.yaml").code_dir == str(tmp_path)
 
 

@@ -4,14 +4,18 @@ to the workers of a two-node cluster."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
+import q3r
 from tuning import cli
+from tuning.analysis.recommend import recommend
 from tuning.spec.sweep import load_spec
 from tuning.sweep.driver import run_sweep
 from tuning.tracking.results import load_records
@@ -42,6 +46,25 @@ def test_the_example_sweeps_through_the_cli(tmp_path):
         [(r.technique, r.status, r.epoch) for r in records]
     for r in records:
         assert 0.0 <= r.metrics["acc@0.2"] <= r.metrics["acc@1"] + 0.2 and r.metrics["params@0.2"] < r.metrics["params@1"]
+    # the recommended models: logged as files on the parent run when the sweep ended, and exported on demand
+    client = MlflowClient(uri)
+    parent = find_sweep(client, "own-loop").info.run_id
+    logged = {a.path for a in client.list_artifacts(parent)}
+    assert {"model-budget-0_2", "model-budget-0_4"} <= logged, logged
+    assert cli.main(["export", "own-loop", "--budget", "0.2", "-o", str(tmp_path / "exported"), "--tracking-uri", uri,
+                     "--no-mlflow"]) == 0
+    rec = recommend(records, 0.2)
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import digits_loop
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    model = q3r.load_lowrank(digits_loop.MLP(), tmp_path / "exported" / "model.safetensors").eval()
+    assert sum(p.numel() for p in model.parameters()) == rec.point.parameters == rec.record.metrics["params@0.2"]
+    _, (x_val, y_val) = digits_loop.digits(rec.record.config["train"]["seed"])
+    with torch.no_grad():
+        right = int((model(x_val).argmax(-1) == y_val).sum())
+    assert abs(right - rec.record.metrics["acc@0.2"] * len(y_val)) <= 1 + 1e-9
 
 
 LOOP = '''

@@ -9,7 +9,8 @@ does the same for one run: a sweep trial or a ``q3r-tune train`` run (``q3r.chec
 ``log_model`` logs such a model with MLflow's PyTorch flavour (an MLflow 3 *logged model* whose
 source run is the sweep's parent run, with a validation batch as input example, optionally
 registered); ``log_recommended_models`` does it for every budget of the recommendation table when
-a sweep ends, and never fails the sweep.
+a sweep ends, and never fails the sweep. The model of a user's own loop (a ``function:`` spec) is
+of the user's class, which MLflow cannot rebuild: its exported files are logged as run artifacts.
 """
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def export_run(uri: str, run_id: str, out_dir, *, retention: Optional[float] = N
 
 
 def log_model(client, run_id: str, export: Export, name: str, register: Optional[str] = None):
-    """Log ``export``'s model on run ``run_id`` with MLflow's PyTorch flavour; returns MLflow's ModelInfo.
+    """Log ``export``'s model on run ``run_id`` with MLflow's PyTorch flavour; returns MLflow's ModelInfo
+    (a function trial's: its files as artifacts, ``log_files``).
 
     Image models are saved in MLflow's safe ``pt2`` format (``torch.export``; loading needs torch, not
     q3r-tune) with a validation batch as input example; others (text) as a pickled module with q3r's
@@ -164,6 +166,8 @@ def log_model(client, run_id: str, export: Export, name: str, register: Optional
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     result = export.result
+    if is_function(export):
+        return log_files(client, run_id, export, name, register)
     torch_req = f"torch=={torch.__version__.split('+')[0]}"
     tags = {"q3r.technique": export.record.technique, "q3r.trial_id": export.record.trial_id,
             "q3r.source_run_id": export.record.run_id, "q3r.retention": f"{export.retention:g}",
@@ -187,6 +191,29 @@ def log_model(client, run_id: str, export: Export, name: str, register: Optional
     finally:
         if status != "FINISHED":
             client.update_run(run_id, status=status)        # end_run marked it FINISHED
+
+
+def is_function(export: Export) -> bool:
+    """Whether ``export`` is the model of a user's own loop (a ``function:`` spec)."""
+    return bool(export.result.info.get("function"))
+
+
+@dataclass
+class LoggedFiles:
+    """Where ``log_files`` put an export's files (``model_uri``, as MLflow's ModelInfo names it)."""
+    model_uri: str
+    registered_model_version: None = None
+
+
+def log_files(client, run_id: str, export: Export, name: str, register: Optional[str] = None) -> LoggedFiles:
+    """Log the exported folder of a function trial (``model.safetensors``, ``spec.yaml``, ``export.json``) as
+    artifacts of run ``run_id`` under ``name/``: MLflow cannot rebuild the user's class, so no logged model."""
+    if register:
+        raise ValueError(f"the model of function {export.result.info['function']!r} is of the user's own class, "
+                         f"which MLflow cannot rebuild, so it cannot be registered; its files are in "
+                         f"{export.result.folder} (leave out --register to log them on the run)")
+    client.log_artifacts(run_id, str(export.result.folder), name)
+    return LoggedFiles(f"runs:/{run_id}/{name}")
 
 
 @contextlib.contextmanager
@@ -214,7 +241,7 @@ def log_recommended_models(client, parent: str, records: list, log: Callable[[st
     """Log the model of every budget of the recommendation table on the sweep's parent run, as
     ``model-budget-<budget>``. A model that cannot be exported or logged (its checkpoint is on
     another machine, say) is logged as such and does not fail the sweep."""
-    logged, failed, names = {}, {}, []
+    logged, failed, names, files = {}, {}, [], False
     try:
         storage = client.get_run(parent).data.tags.get(STORAGE, "")
         with tempfile.TemporaryDirectory() as tmp:
@@ -230,10 +257,15 @@ def log_recommended_models(client, parent: str, records: list, log: Callable[[st
                                                    parent_run_id=parent)
                     logged[f"{budget:g}"] = log_model(client, parent, export, name).model_uri
                     names.append(name)
+                    files = files or is_function(export)
                 except Exception as e:  # noqa: BLE001 - the sweep's results must not be lost to an export
                     failed[f"{budget:g}"] = f"{type(e).__name__}: {e}"
                     log(f"the model of budget {budget:g} could not be logged: {type(e).__name__}: {e}")
-        if names:
+        if names and files:
+            log(f"models logged on parent run {parent} as files: {', '.join(names)} (MLflow UI: its Artifacts; "
+                f"load one into a fresh instance of your model with q3r.load_lowrank(model, "
+                f"'<downloaded folder>/{WEIGHTS}'))")
+        elif names:
             log(f"models logged on parent run {parent}: {', '.join(names)} (MLflow UI: the experiment's Models; "
                 f"load one with mlflow.pytorch.load_model('runs:/{parent}/{names[0]}'))")
     except Exception as e:  # noqa: BLE001
@@ -263,5 +295,9 @@ def describe(export: Export) -> list[str]:
     if "accuracy" in r.info:
         lines.append(f"  accuracy of the exported model, measured now: {r.info['accuracy']:.4f}")
     lines.append(f"  files: {r.folder / WEIGHTS}, {r.folder / SPEC}, {r.folder / INFO}")
-    lines.append(f"  load: from tuning.trial.export import load_exported; model = load_exported({str(r.folder)!r})")
+    if is_function(export):
+        lines.append(f"  load: model = q3r.load_lowrank(<a fresh instance of the model that function "
+                     f"{r.info['function']} trains>, {str(r.folder / WEIGHTS)!r})")
+    else:
+        lines.append(f"  load: from tuning.trial.export import load_exported; model = load_exported({str(r.folder)!r})")
     return lines

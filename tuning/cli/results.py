@@ -81,7 +81,7 @@ def report_cmd(args: argparse.Namespace) -> int:
 
 
 def export_cmd(args: argparse.Namespace) -> int:
-    from tuning.artifacts.export import describe, export_run, export_sweep, log_model, model_name
+    from tuning.artifacts.export import describe, export_run, export_sweep, is_function, log_model, model_name
     from tuning.analysis.recommend import parse_budget
     from tuning.tracking.store import check_tracking, default_uri
     uri = args.tracking_uri or default_uri()
@@ -106,8 +106,11 @@ def export_cmd(args: argparse.Namespace) -> int:
             info = log_model(check_tracking(uri), export.run_id, export, label, register=args.register)
             registered = f"; registered as {args.register!r} version {info.registered_model_version}" \
                 if args.register else ""
-            print(f"MLflow: model {label!r} ({info.model_uri}) logged on run {export.run_id}{registered}; "
-                  f"load it with mlflow.pytorch.load_model('runs:/{export.run_id}/{label}')")
+            if is_function(export):
+                print(f"MLflow: the files logged on run {export.run_id} as artifacts {label}/ ({info.model_uri})")
+            else:
+                print(f"MLflow: model {label!r} ({info.model_uri}) logged on run {export.run_id}{registered}; "
+                      f"load it with mlflow.pytorch.load_model('runs:/{export.run_id}/{label}')")
     except sweep_errors() as e:
         return fail("export", e)
     except OSError as e:                        # the output folder cannot be written

@@ -67,8 +67,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     for p in sorted(levels(m, metric.key)):
         print(f"  retention {level_key(p):>5}: {metric.name} {m[metric.at(p)]:.4f}  parameters {m[params_key(p)]}")
     print(f"scores written to {out / SCORES}")
-    if cfg.function is None:                 # export rebuilds the built-in model; a function's is its own
-        print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
+    print(f"  export: q3r-tune export --run {tracked.run_id} --retention P -o DIR --tracking-uri {uri}")
     return 0 if result.status == "completed" else 1
 
 

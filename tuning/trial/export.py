@@ -11,6 +11,11 @@ every targeted matrix to rank r(p) and replaces its Linear by a factor pair
 
 ``load_exported(out_dir)`` builds the dense architecture from ``spec.yaml`` and loads the weights
 with ``q3r.load_lowrank``; nothing of the sweep layer is needed.
+
+A trial of the user's own loop (a ``function:`` spec) is exported from its checkpoint alone: the
+merged weights and targets that ``Trial`` saved there stand in for the user's model
+(``tuning.trial.ownmodel``), and the same truncation writes the same file, which
+``q3r.load_lowrank(fresh_instance_of_the_users_model, path)`` (or ``load_exported(out_dir, model)``) loads.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from .evaluation import accuracy
 from .files import INFO, SPEC, WEIGHTS
 from .metrics import level_key
 from .models import build_model
+from .ownmodel import stand_in_from_checkpoint
 from .recipe import eval_batch_size, load_data, make_technique
 from .spec import TrialSpec, dump, load
 
@@ -41,7 +47,7 @@ EXAMPLE_ROWS = 4          # validation rows kept as an input example (MLflow's s
 @dataclass
 class ExportResult:
     folder: Path
-    model: nn.Module                 # the factorized model (CPU, eval mode)
+    model: nn.Module                 # the factorized model (CPU, eval mode; a function trial's: a stand-in)
     retention: float
     parameters: int                  # what the folder holds: the factorized model's parameter count
     counted: int                     # q3r.parameter_counts(...)["model_kept"]: params@p as a sweep scores it
@@ -92,11 +98,18 @@ def export_model(cfg: TrialSpec, checkpoint: Union[str, Path], retention: float,
     retention = float(retention)
     if not 0 < retention <= 1:
         raise ValueError(f"retention must be in (0, 1], but got {retention!r}")
-    dense, epoch, val_set, info = dense_from_checkpoint(cfg, checkpoint)
+    if cfg.function is None:
+        dense, epoch, val_set, info = dense_from_checkpoint(cfg, checkpoint)
+        targets = select_targets(dense, tuple(cfg.model.modules))
+    else:
+        if verify:
+            raise ValueError(f"verify measures the built-in accuracy, but this trial is scored by function "
+                             f"{cfg.function!r}: load the export into your model (q3r.load_lowrank) and score it there")
+        dense, targets, epoch = stand_in_from_checkpoint(checkpoint)
+        val_set = info = None
     if expect_epoch is not None and epoch != expect_epoch:
         raise ValueError(f"the checkpoint {checkpoint} is of epoch {epoch}, but the scores it should reproduce "
                          f"were recorded at epoch {expect_epoch}")
-    targets = select_targets(dense, tuple(cfg.model.modules))
     with torch.no_grad():
         small = SpectralCache(targets).factorized_model(dense, retention).eval()
     counts = parameter_counts(dense, targets, retention)
@@ -106,8 +119,9 @@ def export_model(cfg: TrialSpec, checkpoint: Union[str, Path], retention: float,
     record = {"format": 1, "technique": cfg.technique.name, "retention": retention, "level": level_key(retention),
               "parameters": parameters, "params@p": counts["model_kept"], "dense_parameters": counts["model_dense"],
               "targeted_fraction": counts["targeted_kept"] / counts["targeted_dense"], "epoch": epoch,
-              "dataset": asdict(info), "checkpoint": str(Path(checkpoint).resolve()),
-              "files": {"weights": WEIGHTS, "spec": SPEC}, **(extra or {})}
+              "dataset": None if info is None else asdict(info), "checkpoint": str(Path(checkpoint).resolve()),
+              "files": {"weights": WEIGHTS, "spec": SPEC}, **({"function": cfg.function} if cfg.function else {}),
+              **(extra or {})}
     if verify:
         record["accuracy"] = accuracy(small, DataLoader(val_set, batch_size=eval_batch_size(cfg)), torch.device("cpu"))
     save_lowrank(small, folder / WEIGHTS, metadata={"retention": retention, "technique": cfg.technique.name,
@@ -115,7 +129,7 @@ def export_model(cfg: TrialSpec, checkpoint: Union[str, Path], retention: float,
     dump(cfg, folder / SPEC)
     (folder / INFO).write_text(json.dumps(record, indent=2) + "\n")
     return ExportResult(folder, small, retention, parameters, counts["model_kept"], counts["model_dense"], epoch,
-                        record, example_batch(val_set))
+                        record, None if val_set is None else example_batch(val_set))
 
 
 def read_export(folder: Union[str, Path]) -> tuple[TrialSpec, dict]:
@@ -126,9 +140,14 @@ def read_export(folder: Union[str, Path]) -> tuple[TrialSpec, dict]:
     return load(folder / SPEC), json.loads((folder / INFO).read_text())
 
 
-def load_exported(folder: Union[str, Path]) -> nn.Module:
-    """The exported model, ready to run (CPU, eval mode): the spec's dense architecture with its
-    truncated Linears replaced by the stored factor pairs (``q3r.load_lowrank``)."""
+def load_exported(folder: Union[str, Path], model: Optional[nn.Module] = None) -> nn.Module:
+    """The exported model, ready to run (CPU, eval mode): the spec's dense architecture (or ``model``, a
+    fresh instance of it: needed for a function trial's, whose class is the user's) with its truncated
+    Linears replaced by the stored factor pairs (``q3r.load_lowrank``)."""
     cfg, info = read_export(folder)
-    model = build_model(cfg.model, DatasetInfo(**info["dataset"]))
+    if model is None:
+        if cfg.function is not None:
+            raise ValueError(f"{folder} holds the model of function {cfg.function!r}, whose class q3r-tune does not "
+                             f"know: pass a fresh instance of it, load_exported(folder, model)")
+        model = build_model(cfg.model, DatasetInfo(**info["dataset"]))
     return load_lowrank(model, Path(folder) / WEIGHTS).eval()

@@ -30,6 +30,7 @@ from q3r.targets import select_targets
 from .evaluation import score_metric
 from .files import CHECKPOINT
 from .metrics import ACC, COLLAPSED, COMPLETED, DIVERGED, RUNNING, TrialReport, acc_key, level_key, levels
+from .ownmodel import export_state
 from .spec import TrialSpec
 
 Report = Callable[[TrialReport], None]
@@ -224,13 +225,16 @@ class Trial:
         return metrics
 
     def _save(self, epoch: int) -> None:
-        """Model, optimizer with its Q3R operators, scheduler, RNG states; written atomically."""
+        """Model, optimizer with its Q3R operators, scheduler, RNG states; written atomically. A function
+        trial's also carries the merged weights and the targets of its model (``ownmodel.export_state``)."""
         path = self._checkpoint
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "technique": self._tech.state_dict(),
                  "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                  "epoch": epoch, "history": self.history,
                  "rng": {"torch": torch.get_rng_state(), "python": _to_list(random.getstate())}}
+        if self.spec.function is not None:       # the user's model: its merged weights, for q3r-tune export
+            state["export"] = export_state(self._tech, self.spec.model.modules)
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)
