@@ -190,3 +190,19 @@ def tiny_sweep(tmp_path_factory, _ray_folder, fresh_store):
     uri = fresh_store(folder / "mlruns.db")
     outcome = run_sweep(spec, tracking_uri=uri, storage=str(folder / "runs"))
     return spec, uri, outcome, folder
+
+
+# --- the user's own loop (examples/own_loop) ------------------------------------------------------------
+
+OWN_LOOP = Path(__file__).resolve().parents[1] / "examples" / "own_loop"
+
+
+@pytest.fixture
+def own_loop_example():
+    """The example's module (digits_loop.py), imported as the user would: its folder on sys.path."""
+    sys.path.insert(0, str(OWN_LOOP))
+    try:
+        import digits_loop
+        yield digits_loop
+    finally:
+        sys.path.remove(str(OWN_LOOP))

@@ -1,7 +1,6 @@
 """The export of a trial of the user's own loop (a ``function:`` spec): written from the checkpoint alone,
 loaded into a fresh instance of the example's own model class with ``q3r.load_lowrank``: its parameter
 count is the params@p the trial recorded, its accuracy (the example's own metric) the acc@p."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,9 @@ from tuning.trial.recipe import CHECKPOINT, run_trial
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own_loop"
 
 
-@pytest.fixture(scope="module")
-def example():
-    """The example's module (digits_loop.py), imported as the user would."""
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import digits_loop
-        yield digits_loop
-    finally:
-        sys.path.remove(str(EXAMPLE))
+@pytest.fixture
+def example(own_loop_example):
+    return own_loop_example
 
 
 def own_spec(technique: str, **extra):

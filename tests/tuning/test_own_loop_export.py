@@ -4,7 +4,6 @@ into a fresh instance of the example's model class; the recommended spec of that
 ``q3r-tune train`` and scores the same."""
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own_loop"
 
 
 @pytest.fixture
-def example():
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import digits_loop
-        yield digits_loop
-    finally:
-        sys.path.remove(str(EXAMPLE))
+def example(own_loop_example):
+    return own_loop_example
 
 
 def train(spec: Path, out: Path, uri: str, capsys) -> tuple[dict, str]:

@@ -29,7 +29,19 @@ from tuning.sweep.trainable import DIVERGED_OBJECTIVE
 logger = logging.getLogger(__name__)
 
 
-class StudySearch(Searcher):
+class PickledState:
+    """Ray's Searcher save/restore (a resumed sweep continues each study) as the pickled ``__dict__``."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class StudySearch(PickledState, Searcher):
     """One technique's Optuna study as a Ray searcher (see the module docstring).
 
     ``study`` is the ``optuna.Study`` (``study_name`` in ``storage``, in memory without one; an existing
@@ -85,16 +97,8 @@ class StudySearch(Searcher):
                 logger.warning("Optuna could not record trial %s: %s", trial_id, e)
         self.finished.add(trial_id)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-class TechniqueSearch(Searcher):
+class TechniqueSearch(PickledState, Searcher):
     """One searcher per technique, each given its share of the trials (see the module docstring).
 
     ``suggest`` asks the technique furthest behind its share (issued / budget), so techniques are
@@ -128,14 +132,6 @@ class TechniqueSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self.owner:
             self.searchers[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 def make_sampler(kind: str, seed: int, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
