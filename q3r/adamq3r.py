@@ -44,7 +44,13 @@ class AdamQ3R(Adam):
         power_iters, oversample: accuracy knobs of the warm start (see ``OperatorBank``).
         pack (bool): keep each shape group's regularized weights in one buffer whose views are the
             parameters, so the Q3R step updates them in place (default True; see ``q3r/packing.py``).
-            The parameters stay the model's own ``nn.Parameter`` objects.
+            The parameters stay the model's own ``nn.Parameter`` objects. Under DDP, build the
+            optimizer (which packs) before wrapping the model.
+        distributed (str | bool | None): under torch.distributed (DDP), "share" (each rank reweights a
+            part of the matrices, then all-gather; also True) or "broadcast" (rank 0 reweights, then
+            broadcast), so every rank applies the same operators; None (default): each rank reweights
+            alone. Without a process group, or with one rank, it changes nothing.
+        process_group: the ranks that share the reweighting (default: the default group).
 
     Paper: Ghosh, Nguyen, Kuemmerle, "Q3R: Quadratic Reweighted Rank Regularizer for
     Effective Low-Rank Training", NeurIPS 2025, https://arxiv.org/abs/2511.04485
@@ -68,6 +74,8 @@ class AdamQ3R(Adam):
         oversample: int = 8,
         foreach: Optional[bool] = None,
         pack: bool = True,
+        distributed=None,
+        process_group=None,
     ):
         if isinstance(lr, torch.Tensor):
             raise ValueError(f"AdamQ3R takes a float learning rate, but got lr={lr!r}")
@@ -75,7 +83,8 @@ class AdamQ3R(Adam):
                          foreach=foreach, decoupled_weight_decay=True)
         self.defaults.update(target_rank=target_rank, lmbda=lmbda, period=period)
         self._bank_options = dict(eps_schedule=eps_schedule, svd=svd, power_iters=power_iters,
-                                  oversample=oversample, pack=pack)
+                                  oversample=oversample, pack=pack, distributed=distributed,
+                                  process_group=process_group)
         for group in self.param_groups:
             for key in _Q3R_DEFAULTS:
                 group.setdefault(key, self.defaults[key])

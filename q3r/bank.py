@@ -42,7 +42,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .bank_state import bank_state, load_bank_state
 from .decomposition import ritz_residual, warm_triplets
+from .distributed import check_same, exchange, plan, workers
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .packing import PackedWeights
@@ -66,6 +68,7 @@ class _Group:
     s: Optional[Tensor] = None      # (G, width)
     k_apply: int = 0                # leading columns with s < 0 somewhere in the group (host int)
     pending: Optional[tuple] = field(default=None, repr=False)  # host (r_env max, unconverged, eps = inf), event
+    answers: Optional[tuple] = field(default=None, repr=False)  # the same on the device, from this refresh
     fresh: list[int] = field(default_factory=list)  # members with eps = +inf: no operator yet (host)
     packed: Optional[PackedWeights] = field(default=None, repr=False)  # the weights in one buffer, if packed
 
@@ -111,6 +114,10 @@ class OperatorBank:
             those fall back to a full SVD (CPU; an accelerator refits them at the next reweighting).
         pack: keep each shape group's weights in one buffer whose views are the parameters, so
             ``descend`` updates them in place instead of stacking and copying back (see ``packing.py``).
+        distributed: under torch.distributed, "share" (each rank refreshes a part of the groups,
+            then all-gather; also True) or "broadcast" (rank 0 refreshes, then broadcast), so that
+            every rank holds the same operators; None: each rank on its own (see ``distributed.py``).
+        process_group: the ranks that share the reweighting (default: the default group).
     """
 
     def __init__(
@@ -124,6 +131,8 @@ class OperatorBank:
         ritz_tol: float = 0.02,
         refine_iters: int = 2,
         pack: bool = False,
+        distributed=None,
+        process_group=None,
     ):
         if svd not in SVD_MODES:
             raise ValueError(f"svd must be one of {SVD_MODES}, but got svd={svd!r}")
@@ -136,6 +145,7 @@ class OperatorBank:
         if refine_iters < 0:
             raise ValueError(f"refine_iters must be >= 0, but got refine_iters={refine_iters}")
         self.targets = list(targets)
+        self.workers = workers(distributed, process_group)
         self.schedule: EpsSchedule = make_schedule(eps_schedule)
         self.svd, self.power_iters, self.oversample = svd, power_iters, oversample
         self.ritz_tol, self.refine_iters = float(ritz_tol), refine_iters
@@ -154,11 +164,28 @@ class OperatorBank:
                 by_key[key] = _Group([], rank, width, w.new_full((0,), math.inf))
                 self.groups.append(by_key[key])
             by_key[key].targets.append(t)
+        self.owners = [0] * len(self.groups)    # the rank that refreshes each group
+        if self.workers is not None:
+            self._share_out()
         for g in self.groups:
             g.packed = PackedWeights(g.targets) if pack else None  # packed by the first stacked(): views from here on
             g.eps = g.stacked().new_full((len(g.targets),), math.inf)
             g.eps_first = g.eps.clone()
             g.fresh = list(range(len(g.targets)))
+
+    def _share_out(self) -> None:
+        """Split the groups into parts, one per rank (or give every group to rank 0)."""
+        w = self.workers
+        check_same(self.targets, w)
+        if len({t.param.device for t in self.targets}) > 1:
+            raise ValueError("distributed Q3R needs every target on one device, but got "
+                             f"{sorted({str(t.param.device) for t in self.targets})}")
+        if w.strategy == "broadcast":
+            return
+        parts = plan([(g.targets, g.width) for g in self.groups], w.world)
+        self.groups = [_Group(members, self.groups[i].rank, self.groups[i].width, self.groups[i].eps)
+                       for i, members, _ in parts]
+        self.owners = [r for _, _, r in parts]
 
     @property
     def fitted(self) -> bool:
@@ -167,15 +194,22 @@ class OperatorBank:
     # ---- Algorithm 1, batched ------------------------------------------------------------
     @torch.no_grad()
     def refresh(self) -> None:
-        """Reweight every operator at the current weights (Algorithm 1)."""
-        for g in self.groups:
-            self._refresh_group(g)
+        """Reweight every operator at the current weights (Algorithm 1); under ``distributed``, each
+        rank its own groups, then every rank receives the others'."""
+        rank = 0 if self.workers is None else self.workers.rank
+        before = dict(self.fits)
+        for g, owner in zip(self.groups, self.owners):
+            if owner == rank:
+                self._refresh_group(g)
+        if self.workers is not None:
+            exchange(self, before)
         self.reweightings += 1
 
     def _refresh_group(self, g: _Group) -> None:
         W = g.stacked()                                            # (G, d1, d2)
         self.fits["refresh"] += len(g.targets)
         now = self._reads_now(W)
+        g.answers = None
         full = self.svd == "exact" or g.U is None
         redo = set()
         if g.pending is not None:                                  # an accelerator's answers from last time
@@ -240,11 +274,8 @@ class OperatorBank:
             k_apply = max(1, int(r_env_max))
             g.fresh = _infinite(eps)
         else:                                                      # read back without blocking, used next time
-            answers = [t.to("cpu", non_blocking=True) for t in (r_env_max, ~ok, torch.isinf(eps))]
-            event = torch.cuda.Event() if W.device.type == "cuda" else _Done()
-            if isinstance(event, torch.cuda.Event):
-                event.record()
-            g.pending = (*answers, event)
+            g.answers = (r_env_max, ~ok, torch.isinf(eps))
+            g.pending = read_later(g.answers, W.device)
             k_apply = g.width
         g.U, g.sigma, g.V, g.eps = U, S, V, eps
         g.eps_first = torch.where(torch.isinf(g.eps_first), eps, g.eps_first)
@@ -346,55 +377,28 @@ class OperatorBank:
                 ops[t.name] = ReweightingOperator(g.U[i, :, :r], g.sigma[i, :r], g.V[i, :, :r], float(g.eps[i]))
         return ops
 
-    # ---- persistence ------------------------------------------------------------------------
+    # ---- persistence (bank_state.py) -----------------------------------------------------------
     def state_dict(self) -> dict:
         """Every target's operator (U, sigma, V, eps, eps_first) by target name, plus its group's width."""
-        state = {}
-        for g in self.groups:
-            lagged, unconverged = None, [False] * len(g.targets)
-            if g.pending is not None:                              # keep the answers, so a resume is identical
-                host, flags, _, event = g.pending
-                event.synchronize()
-                lagged, unconverged = int(host), flags.tolist()
-            for i, t in enumerate(g.targets):
-                entry = {"eps": g.eps[i].clone(), "eps_first": g.eps_first[i].clone(), "width": g.width,
-                         "reweightings": self.reweightings,
-                         "k_apply": g.k_apply, "pending": lagged, "unconverged": unconverged[i]}
-                if g.U is not None:
-                    entry.update(U=g.U[i].clone(), sigma=g.sigma[i].clone(), V=g.V[i].clone())
-                state[t.name] = entry
-        return state
+        return bank_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        missing = [t.name for t in self.targets if t.name not in state]
-        if missing:
-            raise KeyError(f"Q3R state has no operator for targets {missing}")
-        self.reweightings = int(state[self.targets[0].name].get("reweightings", 0)) if self.targets else 0
-        for g in self.groups:
-            entries = [state[t.name] for t in g.targets]
-            ref = g.stacked()
-            g.width = int(entries[0]["width"])
-            g.eps = torch.stack([torch.as_tensor(e["eps"]) for e in entries]).to(ref.device, ref.dtype)
-            g.eps_first = torch.stack([torch.as_tensor(e.get("eps_first", math.inf)) for e in entries]
-                                      ).to(ref.device, ref.dtype)
-            lagged = entries[0].get("pending")
-            flags = torch.tensor([bool(e.get("unconverged", False)) for e in entries])
-            infinite = torch.isinf(g.eps).cpu()
-            g.pending = None if lagged is None else (torch.tensor(lagged), flags, infinite, _Done())
-            g.fresh = torch.nonzero(infinite).flatten().tolist()
-            g.k_apply = int(entries[0].get("k_apply", g.width))
-            if all("U" in e for e in entries):
-                g.U, g.sigma, g.V = (
-                    torch.stack([e[k] for e in entries]).to(ref.device, ref.dtype) for k in ("U", "sigma", "V")
-                )
-                g.s = shift(g.sigma, g.eps)
-            else:
-                g.U = g.sigma = g.V = g.s = None
+        """Load a ``state_dict``, also one saved with its targets grouped otherwise (another number of ranks)."""
+        load_bank_state(self, state)
 
 
 def _infinite(eps: Tensor) -> list[int]:
     """Members whose eps is still +inf (no operator yet), as a host list."""
     return torch.nonzero(torch.isinf(eps)).flatten().tolist()
+
+
+def read_later(answers: Sequence[Tensor], device: torch.device) -> tuple:
+    """Device answers copied to the host without blocking, with the event that says they arrived."""
+    host = [a.to("cpu", non_blocking=True) for a in answers]
+    event = torch.cuda.Event() if device.type == "cuda" else _Done()
+    if isinstance(event, torch.cuda.Event):
+        event.record()
+    return (*host, event)
 
 
 class _Done:

@@ -20,16 +20,20 @@ class Q3RPenalty:
         targets: the regularized matrices (``select_targets(model)``, Linears or weights).
         target_rank: fraction p in (0, 1] per matrix, or an int rank.
         period: reweighting period T, in calls of ``penalty()``.
-        eps_schedule, svd, power_iters, oversample: as for ``AdamQ3R``.
+        eps_schedule, svd, power_iters, oversample, distributed, process_group: as for ``AdamQ3R``.
+            Under DDP the penalty's gradient is averaged with the loss's, so with ``distributed``
+            every rank's penalty uses the same operators.
     """
 
     def __init__(self, targets: Iterable, target_rank: float | int = 0.2, period: int = 5,
-                 eps_schedule="paper", svd: str = "warm", power_iters: int = 1, oversample: int = 8):
+                 eps_schedule="paper", svd: str = "warm", power_iters: int = 1, oversample: int = 8,
+                 distributed=None, process_group=None):
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"Invalid reweighting period: period={period!r} (an int >= 1)")
         self.targets = as_targets(targets)
         self.period = period
-        self.bank = OperatorBank(self.targets, target_rank, eps_schedule, svd, power_iters, oversample)
+        self.bank = OperatorBank(self.targets, target_rank, eps_schedule, svd, power_iters, oversample,
+                                 distributed=distributed, process_group=process_group)
         self.step = 0
 
     def penalty(self) -> Tensor:

@@ -1,4 +1,9 @@
-"""Which matrices of a model Q3R regularizes: chosen once, by module-name pattern."""
+"""Which matrices of a model Q3R regularizes: chosen once, by module-name pattern.
+
+Names are those of the model itself: a model inside DistributedDataParallel or DataParallel
+(whose parameter names start with ``module.``) gives the same targets, names and parameter
+names, so a checkpoint's operators load whichever way the model was wrapped.
+"""
 from __future__ import annotations
 
 import fnmatch
@@ -66,7 +71,7 @@ class Target:
         has none (a target built from a plain nn.Linear or tensor)."""
         if self.param_name is not None:
             return self
-        for name, p in model.named_parameters(remove_duplicate=False):
+        for name, p in unwrap(model)[0].named_parameters(remove_duplicate=False):
             if p is self.param:
                 return Target(self.param, self.name, name, self.row_start, self.row_end)
         raise ValueError(f"target {self.name!r} (shape {self.shape}) is not a parameter of {type(model).__name__}")
@@ -75,13 +80,22 @@ class Target:
         """The same matrix in another instance of the model (for example a deep copy)."""
         if self.param_name is None:
             raise ValueError(f"target {self.name!r} has no param_name, so it cannot be found in another model")
-        params = dict(model.named_parameters(remove_duplicate=False))
+        params = dict(unwrap(model)[0].named_parameters(remove_duplicate=False))
         if self.param_name not in params:
             raise KeyError(f"target {self.name!r}: no parameter {self.param_name!r} in {type(model).__name__}")
         return Target(params[self.param_name], self.name, self.param_name, self.row_start, self.row_end)
 
     def __repr__(self) -> str:
         return f"Target({self.name!r}, shape={self.shape})"
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model inside DistributedDataParallel / DataParallel wrappers, and the prefix their
+    parameter names carry ("module.", once per wrapper)."""
+    prefix = ""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model, prefix = model.module, prefix + "module."
+    return model, prefix
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -133,10 +147,12 @@ def select_targets(
     yields three d x d targets Q, K, V (views into the same weight). ``modules`` may also name
     a preset: "vit" or "hf-encoder" (see ``PRESETS``). ``modules=None`` (or empty, or the name
     "all-but-head") selects every nn.Linear except the classifier head (``classifier_head``): for a
-    timm ViT, the same matrices as "vit".
+    timm ViT, the same matrices as "vit". A DDP-wrapped model gives the targets of the model inside
+    (a glob may be written with or without the ``module.`` prefix).
     """
     if isinstance(modules, str):
         modules = (modules,)
+    model, prefix = unwrap(model)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if modules and ALL_BUT_HEAD in modules:
         others = tuple(m for m in modules if m != ALL_BUT_HEAD)
@@ -154,14 +170,13 @@ def select_targets(
                              f"it has none")
     else:
         modules = tuple(p for m in modules for p in PRESETS.get(m, (m,)))
-        chosen = [(n, m) for n, m in linears if _matches(n, modules)]
+        chosen = [(n, m) for n, m in linears if _matches(n, modules) or prefix and _matches(prefix + n, modules)]
         if not chosen:
             raise ValueError(
                 f"no nn.Linear in {type(model).__name__} matches modules={tuple(modules)}; "
                 f"Linear layers present: {[n for n, _ in linears][:12]}"
             )
     return [t for name, module in chosen for t in linear_targets(name, module, split_fused)]
-
 
 
 def as_targets(items: Iterable[Union[Target, nn.Linear, Tensor]]) -> list[Target]:

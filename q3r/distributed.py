@@ -1,0 +1,219 @@
+"""The reweighting under data parallelism (torch.distributed): every rank ends with the same operators.
+
+Under DistributedDataParallel the Q3R step of ``AdamQ3R`` is applied outside the gradient
+all-reduce, so every rank must apply exactly the same operator, or the replicas drift apart;
+the penalty's operator (``Q3RPenalty``) must be the same too, or the averaged gradient mixes
+different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it, two ways:
+
+- ``"share"``: the shape groups are cut into parts of whole parameters (a fused qkv stays in one
+  part), about the same cost for every rank (d1 d2 k per matrix) with as few cuts as may be
+  (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
+  operators. The reweighting cost per rank falls with the number of ranks.
+- ``"broadcast"``: rank 0 refreshes every group, the others receive the result (one broadcast).
+
+Either way the state that decides control flow (widths, the leading columns applied, the members
+with no operator yet, an accelerator's answers for the next reweighting) travels with the
+operators, and the refit counts are summed over the ranks, so the banks stay identical, state_dict
+included. A part is a group of its own: it sets its width from its own members, so with the
+warm start a run on N ranks can differ from a one-rank run by the warm start's accuracy where the
+widths differ (``svd="exact"`` agrees to rounding). Without an initialized process group (or with
+one rank) a bank behaves exactly as without ``distributed``. ``docs/distributed.md`` gives the
+measurements that chose ``"share"``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+STRATEGIES = ("share", "broadcast")
+DEFAULT = "share"                           # what distributed=True means: chosen by measurement (docs/distributed.md)
+FITS = ("refresh", "refine", "svd")
+_META = 4                                   # width, columns, k_apply, has answers; then a fresh flag per member
+PER_MATRIX = 500_000                        # a refresh's fixed cost per matrix, in units of d1 d2 k (see ``cost``)
+_ALIGN = 8                                  # bytes: every group's payload starts where any float can be viewed
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The ranks that share a bank's reweighting: ``rank`` of ``world`` in ``group``."""
+
+    strategy: str
+    rank: int
+    world: int
+    group: Any = None                       # a ProcessGroup, None for the default one
+
+    def global_rank(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+
+def workers(strategy, process_group=None) -> Optional[Workers]:
+    """The ranks for ``strategy`` ("share", "broadcast", True: the default, "share"; None or False:
+    each rank on its own), read from torch.distributed; None where there is nothing to share (no
+    process group, or one rank)."""
+    if strategy is None or strategy is False:
+        return None
+    if strategy is True:
+        strategy = DEFAULT
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed must be one of {STRATEGIES}, True or None, but got distributed={strategy!r}")
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.get_world_size(process_group)
+    if world == 1:
+        return None
+    return Workers(strategy, dist.get_rank(process_group), world, process_group)
+
+
+def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list, int]]:
+    """The parts of the shape groups ``(targets, width)``, as (group index, targets, rank).
+
+    McNaughton's wrap-around rule: the groups' parameters are laid end to end in order, each
+    weighing ``cost`` (a warm refresh's), and the line is cut into ``world``
+    equal lengths; a parameter goes to the rank where its midpoint falls. So each rank holds a
+    run of whole parameters (a fused qkv stays together) of about the same cost, and at most
+    ``world - 1`` groups are split: fewer batched calls per rank than splitting every group.
+    Every rank computes the same answer.
+    """
+    units = []                                                 # (group index, the targets of one parameter)
+    for gi, (members, width) in enumerate(groups):
+        by_param: dict[int, list] = {}
+        for t in members:
+            by_param.setdefault(id(t.param), []).append(t)
+        units += [(gi, ts, cost(ts, width)) for ts in by_param.values()]
+    total = sum(c for _, _, c in units)
+    parts: dict[tuple[int, int], list] = {}
+    done = 0.0
+    for gi, ts, weight in units:
+        rank = min(world - 1, int((done + weight / 2) * world // total))
+        parts.setdefault((gi, rank), []).extend(ts)
+        done += weight
+    order = {id(t): i for members, _ in groups for i, t in enumerate(members)}
+    return [(gi, sorted(ts, key=lambda t: order[id(t)]), rank) for (gi, rank), ts in sorted(parts.items())]
+
+
+def cost(targets: Sequence, width: int) -> float:
+    """A warm refresh's cost of same-shape targets: d1 d2 k per matrix for the products, plus
+    ``PER_MATRIX`` for what does not shrink with the matrix (QR and eigh are one LAPACK call per
+    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took as long as 12 of
+    768 x 192 at k = 39 (16 ms each, one thread), which d1 d2 k alone puts at 50M and 69M."""
+    d1, d2 = targets[0].shape
+    return len(targets) * (d1 * d2 * width + PER_MATRIX)
+
+
+def check_same(targets: Sequence, w: Workers) -> None:
+    """Every rank must hold the same targets in the same order, or the parts would not line up."""
+    sig = [len(targets), sum((i + 1) * (7 * t.shape[0] + 13 * t.shape[1]) for i, t in enumerate(targets))]
+    device = targets[0].param.device if targets else torch.device("cpu")
+    lo = torch.tensor(sig, dtype=torch.int64, device=device)
+    hi = lo.clone()
+    dist.all_reduce(lo, dist.ReduceOp.MIN, group=w.group)
+    dist.all_reduce(hi, dist.ReduceOp.MAX, group=w.group)
+    if not torch.equal(lo, hi):
+        raise ValueError(f"the ranks disagree on the Q3R targets (count, shape signature): "
+                         f"between {lo.tolist()} and {hi.tolist()}; build the same model on every rank")
+
+
+# ---- the exchange after a refresh ---------------------------------------------------------------
+def exchange(bank, fits_before: dict) -> None:
+    """Give every rank every group's state from the rank that refreshed it, and sum the refit counts."""
+    w: Workers = bank.workers
+    groups, owners = bank.groups, bank.owners
+    meta = _meta(groups, owners, w.rank) + [bank.fits[k] - fits_before[k] for k in FITS]
+    meta_t = torch.tensor(meta, dtype=torch.int64, device=groups[0].eps.device)
+    dist.all_reduce(meta_t, group=w.group)
+    meta = meta_t.tolist()
+    for k, delta in zip(FITS, meta[-len(FITS):]):
+        bank.fits[k] = fits_before[k] + delta
+    heads, at = [], 0
+    for g in groups:                                           # each group's host values
+        heads.append(meta[at: at + _META + len(g.targets)])
+        at += _META + len(g.targets)
+    sizes = [_nbytes(g, h) for g, h in zip(groups, heads)]
+    mine = [_payload(g) for g, o in zip(groups, owners) if o == w.rank]
+    send = torch.cat(mine) if mine else groups[0].eps.new_empty(0, dtype=torch.uint8)
+    received = _gather(send, sizes, owners, w)                  # {group index: bytes}
+    for i, (g, head) in enumerate(zip(groups, heads)):
+        if owners[i] != w.rank:
+            _adopt(g, head, received[i])
+
+
+def _meta(groups, owners, rank) -> list[int]:
+    out = []
+    for g, o in zip(groups, owners):
+        n = len(g.targets)
+        if o != rank:
+            out += [0] * (_META + n)
+            continue
+        fresh = set(g.fresh)
+        out += [g.width, g.U.shape[-1], g.k_apply, int(g.answers is not None)] + [int(i in fresh) for i in range(n)]
+    return out
+
+
+def _parts(g, cols: int, answers: bool) -> list[tuple[int, ...]]:
+    """The shapes sent for group g: U, V, sigma, s, eps, eps_first (and r_env max, unconverged, infinite)."""
+    n, (d1, d2) = len(g.targets), g.targets[0].shape
+    shapes = [(n, d1, cols), (n, d2, cols), (n, cols), (n, cols), (n,), (n,)]
+    return shapes + ([(), (n,), (n,)] if answers else [])
+
+
+def _nbytes(g, head) -> int:
+    width, cols, k_apply, answers = head[:_META]
+    n = sum(math.prod(s) for s in _parts(g, cols, bool(answers))) * g.eps.element_size()
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _payload(g) -> Tensor:
+    """Group g's operator state as bytes (padded to _ALIGN)."""
+    tensors = [g.U, g.V, g.sigma, g.s, g.eps, g.eps_first]
+    if g.answers is not None:
+        tensors += [a.to(g.eps.dtype) for a in g.answers]
+    flat = torch.cat([t.reshape(-1) for t in tensors]).view(torch.uint8)
+    pad = -flat.numel() % _ALIGN
+    return torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
+
+
+def _gather(send: Tensor, sizes: list[int], owners: list[int], w: Workers) -> dict[int, Tensor]:
+    """Every group's bytes on every rank: one broadcast when one rank owns all, else one all-gather."""
+    if len(set(owners)) == 1:
+        src = owners[0]
+        buf = send if w.rank == src else send.new_empty(sum(sizes))
+        dist.broadcast(buf, src=w.global_rank(src), group=w.group)
+        chunks, at = {}, 0
+        for i, n in enumerate(sizes):
+            chunks[i], at = buf[at: at + n], at + n
+        return chunks
+    per_rank = [sum(n for n, o in zip(sizes, owners) if o == r) for r in range(w.world)]
+    most = max(per_rank)
+    send = torch.cat([send, send.new_zeros(most - send.numel())]) if send.numel() < most else send
+    out = send.new_empty(w.world * most)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, send, group=w.group)
+    chunks, at = {}, [r * most for r in range(w.world)]
+    for i, (n, o) in enumerate(zip(sizes, owners)):
+        chunks[i], at[o] = out[at[o]: at[o] + n], at[o] + n
+    return chunks
+
+
+def _adopt(g, head, data: Tensor) -> None:
+    """Set group g from the owner's bytes and host values."""
+    width, cols, k_apply, answers = head[:_META]
+    values, at = [], 0
+    flat = data.view(g.eps.dtype)
+    for shape in _parts(g, cols, bool(answers)):
+        n = math.prod(shape)
+        values.append(flat[at: at + n].view(shape))             # views of the received bytes: no copy
+        at += n
+    g.U, g.V, g.sigma, g.s, g.eps, g.eps_first = values[:6]
+    g.width, g.k_apply = width, k_apply
+    g.fresh = [i for i, f in enumerate(head[_META:]) if f]
+    g.answers, g.pending = None, None
+    if answers:                                                # an accelerator's answers, read next time
+        r_env, unconverged, infinite = values[6].long(), values[7] > 0.5, values[8] > 0.5
+        g.answers = (r_env, unconverged, infinite)
+        from .bank import read_later                           # bank imports this module
+        g.pending = read_later(g.answers, g.eps.device)

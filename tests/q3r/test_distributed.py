@@ -1,0 +1,239 @@
+"""The reweighting shared out over DDP ranks (q3r/distributed.py), run for real: two processes
+on gloo (see ddp_run.py), a tiny float64 model, nine steps with five reweightings.
+
+Checked: the replicas and their banks stay bitwise equal across ranks for AdamQ3R (both
+strategies; packed before or after wrapping) and for Adam + Q3RPenalty; a two-rank run at the
+same global batch matches a one-process run (losses, eps, weights); a bank's state_dict
+round-trips under the distributed mode and loads into a one-process bank; targets resolve
+through the DDP wrapper."""
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from q3r.bank import OperatorBank
+from q3r.distributed import cost, plan, workers
+from q3r.targets import Target, select_targets
+
+from .ddp_run import STEPS, banks, build, launch, make, train
+
+# (technique, strategy, wrap the model before building the optimizer (which then packs a wrapped
+# model), bank options); True is the default strategy. "narrow" carries no spare columns: widths
+# grow, laggards get full SVDs; "lagged" takes an accelerator's path on CPU: answers read back at
+# the next reweighting.
+CASES = [("adamq3r", "share", False, ""), ("adamq3r", "broadcast", False, ""), ("adamq3r", "share", True, ""),
+         ("adam_q3r_loss", True, False, ""), ("adam_q3r_loss", "broadcast", False, ""),
+         ("adamq3r", "share", False, "narrow"), ("adamq3r", "broadcast", False, "narrow"),
+         ("adamq3r", "share", False, "narrow-exact"), ("adamq3r", "share", False, "narrow-lagged")]
+OPTIONS = {"": {}, "narrow": {"oversample": 0}, "narrow-exact": {"oversample": 0, "svd": "exact"},
+           "narrow-lagged": {"oversample": 0}}
+
+
+def _build(technique, model, strategy, options):
+    opt, penalty = build(technique, model, strategy, **OPTIONS[options])
+    if options.endswith("lagged"):
+        for bank in banks(opt, penalty):
+            bank._reads_now = lambda W: False
+    return opt, penalty
+RESUME_AT = 5
+
+
+def _snapshot(model, opt, penalty, losses):
+    return {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "banks": [b.state_dict() for b in banks(opt, penalty)],
+            "owners": [list(b.owners) for b in banks(opt, penalty)],
+            "fits": [dict(b.fits) for b in banks(opt, penalty)],
+            "host": [[(g.width, g.U.shape[-1], g.k_apply, list(g.fresh), g.pending is None) for g in b.groups]
+                     for b in banks(opt, penalty)],
+            "views": all(g.packed is None or all(_inside(t.param, g.packed.buffer()) for t in g.targets)
+                         for b in banks(opt, penalty) for g in b.groups),
+            "losses": losses}
+
+
+def _inside(p, buffer):
+    start = buffer.data_ptr()
+    return start <= p.data_ptr() < start + buffer.numel() * buffer.element_size()
+
+
+def _worker(rank, world, out):
+    results = {}
+    for technique, strategy, wrap_first, options in CASES:
+        model = make()
+        if wrap_first:
+            ddp = DDP(model)
+            opt, penalty = _build(technique, model, strategy, options)
+        else:
+            opt, penalty = _build(technique, model, strategy, options)
+            ddp = DDP(model)
+        losses = train(ddp, opt, penalty, STEPS, rank, world)
+        results[(technique, strategy, wrap_first, options)] = _snapshot(model, opt, penalty, losses)
+    # resume: save at RESUME_AT, load into another model and optimizer, go on side by side
+    model = make()
+    opt, _ = build("adamq3r", model, "share")
+    ddp = DDP(model)
+    train(ddp, opt, None, RESUME_AT, rank, world)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})   # state_dicts share tensors
+    other = make(seed=1)
+    other_opt, _ = build("adamq3r", other, "share")
+    other_ddp = DDP(other)
+    other.load_state_dict(saved["model"])
+    other_opt.load_state_dict(saved["opt"])
+    train(ddp, opt, None, STEPS - RESUME_AT, rank, world, start=RESUME_AT)
+    train(other_ddp, other_opt, None, STEPS - RESUME_AT, rank, world, start=RESUME_AT)
+    results["resume"] = {"saved": saved["opt"]["q3r"], "model": saved["model"],
+                         "same": [torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters())]}
+    torch.save(results, f"{out}/rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch(_worker, 2, str(out))
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _equal(a, b, path=""):
+    """Bitwise equality of nested dicts/lists of tensors; the first difference as a message."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _equal(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{path}: max |diff| {(a - b).abs().max().item()}"
+    else:
+        assert a == b, f"{path}: {a} != {b}"
+
+
+# Not the lagged case: there an unconverged Ritz value holds eps back for a period, and which values
+# converge depends on the width, so eps may be one period behind the one-process run's (by design).
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] != "narrow-lagged"], ids=lambda c: "-".join(map(str, c)))
+def test_replicas_and_banks_stay_bitwise_equal(runs, case):
+    r0, r1 = runs[0][case], runs[1][case]
+    _equal(r0["params"], r1["params"], "params")
+    _equal(r0["banks"], r1["banks"], "banks")               # U, sigma, V, eps, widths, pending
+    _equal(r0["fits"], r1["fits"], "fits")
+    _equal(r0["host"], r1["host"], "host")                  # what decides the next refresh's path
+    assert r0["views"] and r1["views"]                      # packing survived DDP
+    owners = r0["owners"][0]                                # the work really was split: the 8 x 8 group
+    assert owners == ([0, 1, 1, 1] if case[1] in ("share", True) else [0, 0, 0])   # True: the default, share
+
+
+# Not the lagged case: there an unconverged Ritz value holds eps back for a period, and which values
+# converge depends on the width, so eps may be one period behind the one-process run's (by design).
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] != "narrow-lagged"], ids=lambda c: "-".join(map(str, c)))
+def test_two_ranks_match_one_process_at_the_same_global_batch(runs, case):
+    """To rounding, except where a shared-out part's width differs from its whole group's (a narrow
+    warm start): the parts refit other members by full SVD, so eps agrees to the Ritz values'
+    accuracy (at most ritz_tol / 2 = 1% in general, see OperatorBank) and loss and weights to
+    what that moves."""
+    technique, strategy, _, options = case
+    model = make()
+    opt, penalty = _build(technique, model, None, options)
+    losses = train(model, opt, penalty, STEPS)
+    loose = (strategy, options) == ("share", "narrow")
+    tol = dict(eps=1e-2, loss=1e-3, weights=1e-2) if loose else dict(eps=1e-8, loss=1e-9, weights=1e-8)
+    ranks_mean = [(a + b) / 2 for a, b in zip(runs[0][case]["losses"], runs[1][case]["losses"])]
+    assert ranks_mean == pytest.approx(losses, rel=tol["loss"], abs=0)
+    for name, p in model.named_parameters():                   # relative to the weight's norm
+        gap = (runs[0][case]["params"][name] - p.detach()).norm() / p.detach().norm()
+        assert gap <= tol["weights"], f"{name}: ||diff|| / ||W|| = {gap:.2e}"
+    ref = banks(opt, penalty)[0].state_dict()
+    got = runs[0][case]["banks"][0]
+    assert got.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name]["eps"], ref[name]["eps"], rtol=tol["eps"], atol=0, msg=name)
+    assert runs[0][case]["fits"][0]["refresh"] == banks(opt, penalty)[0].fits["refresh"]   # summed over ranks
+
+
+def test_state_dict_round_trips_under_the_distributed_mode(runs):
+    assert all(runs[0]["resume"]["same"]) and all(runs[1]["resume"]["same"])
+    _equal(runs[0]["resume"]["saved"], runs[1]["resume"]["saved"], "saved")
+
+
+def test_two_rank_checkpoint_loads_into_a_one_process_optimizer(runs):
+    """The shared-out bank's parts regroup on load (padded to the widest): the operators are the saved ones."""
+    saved = runs[0]["resume"]
+    model = make(seed=1)
+    model.load_state_dict(saved["model"])
+    opt, _ = build("adamq3r", model)
+    opt.load_state_dict({**opt.state_dict(), "q3r": saved["saved"]})
+    ops = opt.operators()
+    bank_state = saved["saved"]["banks"][0]
+    for name, entry in bank_state.items():
+        r = int((entry["sigma"] > entry["eps"]).sum())
+        assert ops[name].rank == r
+        torch.testing.assert_close(ops[name].U, entry["U"][:, :r], rtol=0, atol=0)
+        assert ops[name].eps == float(entry["eps"])
+    train(model, opt, None, 3, start=RESUME_AT)                # and it trains on
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---- without other processes --------------------------------------------------------------------
+def test_plan_cuts_few_groups_into_runs_of_whole_parameters_of_equal_cost():
+    flat = [[Target(nn.Parameter(torch.zeros(4, 4)), f"g{g}.{i}") for i in range(4)] for g in range(3)]
+    parts = plan([(ts, 2) for ts in flat], 2)                  # three equal groups: the middle one cut in half
+    assert [(gi, [t.name for t in ts], r) for gi, ts, r in parts] == [
+        (0, ["g0.0", "g0.1", "g0.2", "g0.3"], 0), (1, ["g1.0", "g1.1"], 0), (1, ["g1.2", "g1.3"], 1),
+        (2, ["g2.0", "g2.1", "g2.2", "g2.3"], 1)]
+    assert [r for _, _, r in plan([(ts, 2) for ts in flat], 4)] == [0, 1, 1, 2, 2, 3]
+
+    model = make()
+    groups = {}
+    for t in select_targets(model):
+        groups.setdefault(t.shape, []).append(t)
+    for world in (2, 3, 4):
+        parts = plan([(ts, 5) for ts in groups.values()], world)
+        seen = [t for _, ts, _ in parts for t in ts]
+        assert sorted(map(id, seen)) == sorted(id(t) for ts in groups.values() for t in ts)   # each once
+        assert [r for _, _, r in parts] == sorted(r for _, _, r in parts)                   # runs, in order
+        load = [0] * world
+        for _, ts, r in parts:
+            assert all(sum(u.param is t.param for u in ts) == 3 for t in ts if "qkv" in t.name)  # qkv whole
+            load[r] += cost(ts, 5)
+        biggest = max(cost(ts[:3], 5) for ts in groups.values())            # one parameter's cost, at most
+        assert max(load) - min(load) <= biggest
+
+
+def test_without_a_process_group_a_distributed_bank_is_a_plain_one():
+    assert not dist.is_initialized()
+    assert workers("share") is None and workers(True) is None and workers(None) is None
+    a, b = make(), make()
+    oa, _ = build("adamq3r", a, "share")
+    ob, _ = build("adamq3r", b)
+    train(a, oa, None, STEPS)
+    train(b, ob, None, STEPS)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_unknown_strategy_is_refused():
+    w = nn.Parameter(torch.randn(6, 4))
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        OperatorBank([Target(w, "w")], distributed="allreduce")
+
+
+def test_targets_resolve_through_the_ddp_wrapper(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = make()
+        wrapped = DDP(model)
+        plain, through = select_targets(model), select_targets(wrapped)
+        assert [(t.name, t.param_name, t.rows) for t in through] == [(t.name, t.param_name, t.rows) for t in plain]
+        assert all(t.param is u.param for t, u in zip(through, plain))
+        for pattern in ("blocks.*.fc1", "module.blocks.*.fc1"):
+            assert [t.name for t in select_targets(wrapped, (pattern,))] == [f"blocks.{i}.fc1" for i in range(3)]
+        other = DDP(make(seed=1))
+        moved = [t.rebind(other) for t in plain]
+        assert all(t.param is u.param for t, u in zip(moved, select_targets(other)))
+        bare = Target(model.blocks[0].fc2.weight, "fc2")
+        assert bare.named_in(wrapped).param_name == "blocks.0.fc2.weight"
+        assert workers("share") is None and workers(True) is None   # one rank: nothing to share
+    finally:
+        dist.destroy_process_group()
