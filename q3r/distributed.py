@@ -6,8 +6,8 @@ the penalty's operator (``Q3RPenalty``) must be the same too, or the averaged gr
 different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it, two ways:
 
 - ``"share"``: the shape groups are cut into parts of whole parameters (a fused qkv stays in one
-  part), about the same cost for every rank (d1 d2 k per matrix) with as few cuts as may be
-  (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
+  part), about the same cost for every rank (``cost``: d1 d2 k per matrix and a fixed part) with
+  as few cuts as may be (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
   operators. The reweighting cost per rank falls with the number of ranks.
 - ``"broadcast"``: rank 0 refreshes every group, the others receive the result (one broadcast).
 
@@ -134,9 +134,14 @@ def exchange(bank, fits_before: dict) -> None:
         heads.append(meta[at: at + _META + len(g.targets)])
         at += _META + len(g.targets)
     sizes = [_nbytes(g, h) for g, h in zip(groups, heads)]
-    mine = [_payload(g) for g, o in zip(groups, owners) if o == w.rank]
-    send = torch.cat(mine) if mine else groups[0].eps.new_empty(0, dtype=torch.uint8)
-    received = _gather(send, sizes, owners, w)                  # {group index: bytes}
+    one = len(set(owners)) == 1                                # broadcast from that rank, else all-gather
+    length = sum(sizes) if one else max(sum(n for n, o in zip(sizes, owners) if o == r) for r in range(w.world))
+    send, at = groups[0].eps.new_empty(length, dtype=torch.uint8), 0
+    for g, n, o in zip(groups, sizes, owners):                 # each tensor copied once, into the message
+        if o == w.rank:
+            _write(g, send[at: at + n])
+            at += n
+    received = _gather(send, sizes, owners, w, one)             # {group index: bytes}
     for i, (g, head) in enumerate(zip(groups, heads)):
         if owners[i] != w.rank:
             _adopt(g, head, received[i])
@@ -167,29 +172,26 @@ def _nbytes(g, head) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
-def _payload(g) -> Tensor:
-    """Group g's operator state as bytes (padded to _ALIGN)."""
+def _write(g, buf: Tensor) -> None:
+    """Group g's operator state into ``buf`` (bytes, _nbytes long)."""
     tensors = [g.U, g.V, g.sigma, g.s, g.eps, g.eps_first]
     if g.answers is not None:
         tensors += [a.to(g.eps.dtype) for a in g.answers]
-    flat = torch.cat([t.reshape(-1) for t in tensors]).view(torch.uint8)
-    pad = -flat.numel() % _ALIGN
-    return torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
+    flat, at = buf.view(g.eps.dtype), 0
+    for t in tensors:
+        flat[at: at + t.numel()].view(t.shape).copy_(t)
+        at += t.numel()
 
 
-def _gather(send: Tensor, sizes: list[int], owners: list[int], w: Workers) -> dict[int, Tensor]:
+def _gather(send: Tensor, sizes: list[int], owners: list[int], w: Workers, one: bool) -> dict[int, Tensor]:
     """Every group's bytes on every rank: one broadcast when one rank owns all, else one all-gather."""
-    if len(set(owners)) == 1:
-        src = owners[0]
-        buf = send if w.rank == src else send.new_empty(sum(sizes))
-        dist.broadcast(buf, src=w.global_rank(src), group=w.group)
+    if one:
+        dist.broadcast(send, src=w.global_rank(owners[0]), group=w.group)
         chunks, at = {}, 0
         for i, n in enumerate(sizes):
-            chunks[i], at = buf[at: at + n], at + n
+            chunks[i], at = send[at: at + n], at + n
         return chunks
-    per_rank = [sum(n for n, o in zip(sizes, owners) if o == r) for r in range(w.world)]
-    most = max(per_rank)
-    send = torch.cat([send, send.new_zeros(most - send.numel())]) if send.numel() < most else send
+    most = send.numel()
     out = send.new_empty(w.world * most)
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(out, send, group=w.group)
