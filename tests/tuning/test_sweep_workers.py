@@ -3,7 +3,7 @@ with real Ray, Optuna and MLflow on tiny work.
 
 Checked: a digits sweep of every technique on two workers completes through ``q3r-tune sweep``, one
 MLflow child run per trial, each trial's checkpoints in its Ray Train run, found by export; in a sweep
-of the user's own loop (``trial.loader``), a worker killed mid-trial makes Tune retry the trial, which
+of the user's own loop (``trial.loader``), a worker killed mid-trial is replaced by the trainer and the trial
 continues from its last checkpoint; a trial that ASHA stops ends its trainer (its workers' CPUs come
 back: the next trial runs) and the sweep goes on. What the CPU-only runs do not show: docs/distributed.md.
 """
@@ -66,7 +66,7 @@ def test_a_digits_sweep_on_two_workers_completes_with_every_technique_through_th
 
 
 LOOP = '''
-import os, signal
+import os, signal, time
 import torch, torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from digits_loop import MLP, digits
@@ -82,7 +82,8 @@ def train(trial):
     loader = trial.loader(TensorDataset(x, y))
     for epoch in trial.epochs():
         if epoch == 2 and trial.rank == 1 and trial.params["lr"] == 0.02 and trial.start_epoch == 0:
-            os.kill(os.getpid(), signal.SIGKILL)          # a worker dies in the middle of its trial
+            time.sleep(10)                                # Ray Train has taken in epoch 1's report and checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)          # then a worker dies in the middle of its trial
         total = n = 0
         for xb, yb in loader:
             loss = F.cross_entropy(model(xb), yb)

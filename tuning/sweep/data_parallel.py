@@ -10,8 +10,10 @@ scoring on rank 0. Every rank calls ``ray.train.report`` at every evaluation (Ra
 rank 0 alone attaches the checkpoint, so a trial makes one report and one checkpoint per evaluation.
 
 The trainer's run is named after the Tune trial and kept in the sweep's storage (``train/<trial
-id>``, ``tuning.trial.files``): when a worker dies the trainer fails, Tune retries the trial (``FailureConfig``), and the new
-trainer finds the run's last checkpoint (``ray.train.get_checkpoint``), as does a resumed sweep.
+id>``, ``tuning.trial.files``): when a worker dies the trainer starts a new group of workers, which
+continue from the run's last checkpoint (``ray.train.get_checkpoint``); a trainer that fails more
+often fails its trial, which Tune retries (its ``FailureConfig``): the new trainer, like that of a
+resumed sweep, finds the same run and its last checkpoint.
 When ASHA stops a trial, Tune ends the trial's actor, which owns the trainer: its workers end with it.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tuning.trial.recipe import run_trial
 
 from .trainable import shipped_modules, trial_metrics, trial_of
 
+WORKER_FAILURES = 2             # a trainer restarts its workers from the last checkpoint this often, then fails
 DRIVER_MEMORY = 2 ** 20         # bytes: what a trial's Tune function reserves (it only waits on its trainer)
 
 
@@ -55,7 +58,7 @@ def train_trial_workers(config: dict, spec: dict, storage: str) -> None:
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=storage,
                                        callbacks=[TuneReportCallback()],
-                                       failure_config=ray.train.FailureConfig(max_failures=0),   # Tune retries
+                                       failure_config=ray.train.FailureConfig(max_failures=WORKER_FAILURES),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
     trainer.fit()
 
