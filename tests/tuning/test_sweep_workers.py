@@ -9,6 +9,7 @@ back: the next trial runs) and the sweep goes on. What the CPU-only runs do not 
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tuning.tracking.results import load_records
 from tuning.tracking.store import find_sweep
 from tuning.trial.registry import TECHNIQUES
 
-from tests.tuning.sweep_helpers import cli, tiny_spec, write_spec
+from tests.tuning.sweep_helpers import cli, short_tmp, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,8 @@ import torch, torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from digits_loop import MLP, digits
 
-LOG = os.environ.get("Q3R_TEST_LOG") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "starts.log")
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOG, KILL = os.path.join(HERE, "starts.log"), os.path.join(HERE, "kill")
 
 
 def train(trial):
@@ -81,7 +83,7 @@ def train(trial):
         f.write(f"{trial.params['lr']} {trial.rank} {trial.world_size} {trial.start_epoch}\\n")
     loader = trial.loader(TensorDataset(x, y))
     for epoch in trial.epochs():
-        if epoch == 2 and trial.rank == 1 and trial.params["lr"] == 0.02 and trial.start_epoch == 0:
+        if epoch == 2 and trial.rank == 1 and trial.start_epoch == 0 and os.path.exists(KILL):
             time.sleep(10)                                # Ray Train has taken in epoch 1's report and checkpoint
             os.kill(os.getpid(), signal.SIGKILL)          # then a worker dies in the middle of its trial
         total = n = 0
@@ -95,33 +97,55 @@ def train(trial):
 '''
 
 
-def test_a_killed_worker_resumes_a_stopped_trial_ends_its_trainer_and_the_sweep_goes_on(tmp_path, ray_session,
-                                                                                         fresh_store):
+def own_loop_spec(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: bool):
     code = tmp_path / "code"
     code.mkdir()
     examples = Path(__file__).resolve().parents[2] / "examples" / "own_loop"
     (code / "digits_loop.py").write_text((examples / "digits_loop.py").read_text())
     (code / "my_loop.py").write_text(LOOP)
+    if kill:
+        (code / "kill").write_text("")
+    lr = {"choice": lrs} if len(lrs) > 1 else lrs[0]
+    return code, from_dict({"name": name, "function": "my_loop:train", "code_dir": str(code), "epochs": 3,
+                            "retentions": [0.5, 1.0], "train": {"eval_every": 1, "batch_size": 64},
+                            "techniques": {"adamq3r": {"lr": lr, "lmbda": 0.1, "target_rank": 0.5, "period": 5}},
+                            "scheduler": scheduler, "searcher": {"kind": "grid"}, "num_samples": 1,
+                            "max_concurrent": 1, "resources": TWO, "confirm": {"top": 0, "seeds": 0}},
+                           source=f"{name}.yaml")
+
+
+def starts(code: Path) -> list:
+    """(lr, rank, world size, start epoch) of every worker start, sorted."""
+    return sorted(tuple(line.split()) for line in (code / "starts.log").read_text().splitlines())
+
+
+def test_a_killed_worker_is_replaced_and_its_trial_continues_from_the_last_checkpoint(tmp_path, no_ray, fresh_store):
+    code, spec = own_loop_spec(tmp_path, "worker-killed", [0.02], {"kind": "fifo"}, kill=True)
+    ray_tmp = short_tmp()                     # a Ray of its own: see docs/distributed.md on a killed worker
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
+    try:
+        outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "mlruns.db"), storage=str(tmp_path / "runs"))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    [record] = outcome.records                                          # one MLflow run for the trial
+    assert record.status == "completed" and [h["epoch"] for h in record.history] == [1, 2, 3]
+    assert starts(code) == [("0.02", "0", "2", "0"), ("0.02", "0", "2", "1"),     # the new workers start
+                            ("0.02", "1", "2", "0"), ("0.02", "1", "2", "1")]     # from epoch 1's checkpoint
+
+
+def test_a_trial_asha_stops_ends_its_trainer_and_the_sweep_goes_on(tmp_path, ray_session, fresh_store):
     # lr 0.02 learns in an epoch, 1e-9 never: ASHA (rung at epoch 1, reduction 2) stops the second;
     # the third, after it, needs the CPUs the stopped trainer held
-    spec = from_dict({"name": "workers-faults", "function": "my_loop:train", "code_dir": str(code), "epochs": 3,
-                      "retentions": [0.5, 1.0], "train": {"eval_every": 1, "batch_size": 64},
-                      "techniques": {"adamq3r": {"lr": {"choice": [0.02, 1.0e-9, 0.021]}, "lmbda": 0.1,
-                                                 "target_rank": 0.5, "period": 5}},
-                      "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-                      "searcher": {"kind": "grid"}, "num_samples": 1, "max_concurrent": 1, "resources": TWO,
-                      "confirm": {"top": 0, "seeds": 0}}, source="faults.yaml")
-    uri = fresh_store(tmp_path / "mlruns.db")
-    outcome = run_sweep(spec, tracking_uri=uri, storage=str(tmp_path / "runs"))
+    code, spec = own_loop_spec(tmp_path, "worker-asha", [0.02, 1.0e-9, 0.021],
+                               {"kind": "asha", "grace_period": 1, "reduction_factor": 2}, kill=False)
+    outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "mlruns.db"), storage=str(tmp_path / "runs"))
     by_lr = {r.params["lr"]: r for r in outcome.records}
     assert sorted(by_lr) == [1.0e-9, 0.02, 0.021] and len(outcome.records) == 3   # one run per trial
-    killed, stopped, after = by_lr[0.02], by_lr[1.0e-9], by_lr[0.021]
-    assert killed.status == "completed" and [h["epoch"] for h in killed.history] == [1, 2, 3]
-    assert stopped.status == "stopped" and stopped.epoch == 1
-    assert after.status == "completed" and after.epoch == 3
-    starts = sorted(tuple(line.split()) for line in (code / "starts.log").read_text().splitlines())
-    assert [s for s in starts if s[0] == "0.02"] == [("0.02", "0", "2", "0"), ("0.02", "0", "2", "1"),
-                                                     ("0.02", "1", "2", "0"), ("0.02", "1", "2", "1")]
+    assert by_lr[0.02].status == "completed" and [h["epoch"] for h in by_lr[0.02].history] == [1, 2, 3]
+    assert by_lr[1.0e-9].status == "stopped" and by_lr[1.0e-9].epoch == 1
+    assert by_lr[0.021].status == "completed" and by_lr[0.021].epoch == 3
+    assert {s[3] for s in starts(code)} == {"0"}
     for _ in range(60):                                  # no trainer outlives its trial: every CPU comes back
         if ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]:
             break
