@@ -4,8 +4,8 @@ with real Ray, Optuna and MLflow on tiny work.
 Checked: a digits sweep of every technique on two workers completes through ``q3r-tune sweep``, one
 MLflow child run per trial, each trial's checkpoints in its Ray Train run, found by export; in a sweep
 of the user's own loop (``trial.loader``), a worker killed mid-trial is replaced by the trainer and the trial
-continues from its last checkpoint; a trial that ASHA stops ends its trainer (its workers' CPUs come
-back: the next trial runs) and the sweep goes on. What the CPU-only runs do not show: docs/distributed.md.
+continues from its last checkpoint; ASHA with several workers is refused by the spec (a stopped trial's
+trainer keeps its resources: the test that shows it is an expected failure). What the CPU-only runs do not show: docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -119,6 +119,11 @@ def starts(code: Path) -> list:
     return sorted(tuple(line.split()) for line in (code / "starts.log").read_text().splitlines())
 
 
+def test_asha_with_several_workers_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="scheduler.kind must be fifo with resources.workers > 1"):
+        from_dict(tiny_spec(resources=TWO, train={"batch_size": 40, "eval_every": 1}))
+
+
 def test_a_killed_worker_is_replaced_and_its_trial_continues_from_the_last_checkpoint(tmp_path, no_ray, fresh_store):
     code, spec = own_loop_spec(tmp_path, "worker-killed", [0.02], {"kind": "fifo"}, kill=True)
     ray_tmp = short_tmp()                     # a Ray of its own: see docs/distributed.md on a killed worker
@@ -134,11 +139,13 @@ def test_a_killed_worker_is_replaced_and_its_trial_continues_from_the_last_check
                             ("0.02", "1", "2", "0"), ("0.02", "1", "2", "1")]     # from epoch 1's checkpoint
 
 
+@pytest.mark.xfail(run=False, reason="known gap (docs/distributed.md): a trial Tune stops leaves its trainer's "
+                                     "placement group reserved, and the next trial's trainer waits forever")
 def test_a_trial_asha_stops_ends_its_trainer_and_the_sweep_goes_on(tmp_path, ray_session, fresh_store):
     # lr 0.02 learns in an epoch, 1e-9 never: ASHA (rung at epoch 1, reduction 2) stops the second;
     # the third, after it, needs the CPUs the stopped trainer held
     code, spec = own_loop_spec(tmp_path, "worker-asha", [0.02, 1.0e-9, 0.021],
-                               {"kind": "asha", "grace_period": 1, "reduction_factor": 2}, kill=False)
+                               {"kind": "asha", "grace_period": 1, "reduction_factor": 2}, kill=False)   # refused now
     outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "mlruns.db"), storage=str(tmp_path / "runs"))
     by_lr = {r.params["lr"]: r for r in outcome.records}
     assert sorted(by_lr) == [1.0e-9, 0.02, 0.021] and len(outcome.records) == 3   # one run per trial

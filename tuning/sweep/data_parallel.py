@@ -14,7 +14,8 @@ id>``, ``tuning.trial.files``): when a worker dies the trainer starts a new grou
 continue from the run's last checkpoint (``ray.train.get_checkpoint``); a trainer that fails more
 often fails its trial, which Tune retries (its ``FailureConfig``): the new trainer, like that of a
 resumed sweep, finds the same run and its last checkpoint.
-When ASHA stops a trial, Tune ends the trial's actor, which owns the trainer: its workers end with it.
+When Tune stops a trial (ASHA), it ends the trial's actor, which owns the trainer: its workers end with
+it, but their placement group stays reserved (docs/distributed.md), so the spec allows only fifo for now.
 """
 from __future__ import annotations
 
