@@ -128,7 +128,7 @@ def test_asha_with_several_workers_is_refused_in_one_line():
 
 def test_a_killed_worker_is_replaced_and_its_trial_continues_from_the_last_checkpoint(tmp_path, no_ray, fresh_store):
     code, spec = own_loop_spec(tmp_path, "worker-killed", [0.02], {"kind": "fifo"}, kill=True)
-    ray_tmp = short_tmp()                     # a Ray of its own: see docs/distributed.md on a killed worker
+    ray_tmp = short_tmp()                     # a Ray of its own: nothing a failed trainer leaves reaches other tests
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp), log_to_driver=False)
     try:
         outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "mlruns.db"), storage=str(tmp_path / "runs"))
