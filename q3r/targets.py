@@ -179,7 +179,6 @@ def select_targets(
     return [t for name, module in chosen for t in linear_targets(name, module, split_fused)]
 
 
-
 def as_targets(items: Iterable[Union[Target, nn.Linear, Tensor]]) -> list[Target]:
     """Normalise what users pass as ``targets``: Targets, nn.Linear modules or weight tensors."""
     out = []

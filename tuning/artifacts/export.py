@@ -27,7 +27,8 @@ from typing import Callable, Optional
 from tuning.analysis.recommend import BUDGETS, Recommendation, _budget, is_fraction, recommend
 from tuning.analysis.records import SEARCH, TrialRecord
 from tuning.tracking.store import CHECKPOINT, PARENT, ROLE, STORAGE, TRAIN, TrackingError, check_tracking
-from tuning.trial.files import CHECKPOINT as CHECKPOINT_FILE, INFO, SPEC, WEIGHTS, confirmation_folder
+from tuning.trial.files import (CHECKPOINT as CHECKPOINT_FILE, INFO, SPEC, WEIGHTS, confirmation_folder,
+                                 train_runs_folder)
 from tuning.trial.metrics import DEFAULT_METRIC, Metric, level_key, params_key
 
 
@@ -60,10 +61,14 @@ def model_name(budget=None, retention: Optional[float] = None) -> str:
 
 def find_checkpoint(trial_id: str, storage: str) -> Path:
     """The latest ``checkpoint.pt`` of Ray trial ``trial_id`` under a sweep's storage folder (search
-    trials) or its ``-confirm`` sibling (confirmation runs); a FileNotFoundError naming the folders."""
+    trials) or its ``-confirm`` sibling (confirmation runs), in its Ray Train run (``train/<trial id>``)
+    when it ran on several workers; a FileNotFoundError naming the folders."""
     folders = [Path(storage), confirmation_folder(storage)] if storage else []
     pattern = re.compile(rf"_{re.escape(trial_id)}_\d+_")      # <trainable>_<trial id>_<index>_<params>...
     trial_dirs = [d for f in folders if f.is_dir() for d in sorted(f.iterdir()) if d.is_dir() and pattern.search(d.name)]
+    runs = [d for f in folders if (d := train_runs_folder(f) / trial_id).is_dir()]
+    if runs:                          # a trial on several workers: its checkpoints are in its Ray Train run
+        trial_dirs = runs
     if len(trial_dirs) > 1:
         raise FileNotFoundError(f"trial {trial_id}: several trial folders match: {[str(d) for d in trial_dirs]}")
     checkpoints = [c for d in trial_dirs for c in d.glob("checkpoint_*") if (c / CHECKPOINT_FILE).is_file()

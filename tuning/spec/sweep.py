@@ -65,11 +65,13 @@ class SearcherSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    """What each trial gets."""
+    """What each trial gets: ``workers`` processes of ``cpu`` CPUs and ``gpu`` GPUs each."""
 
-    cpu: Annotated[float, Field(gt=0)] = Field(1.0, description="CPUs per trial; its torch threads: the "
+    workers: Positive = Field(1, description="processes that train one trial together, data-parallel (Ray Train, "
+                                             "DistributedDataParallel: NCCL on GPUs, gloo on CPUs); 1: one process")
+    cpu: Annotated[float, Field(gt=0)] = Field(1.0, description="CPUs per worker; its torch threads: the "
                                                                                  "whole part, at least 1")
-    gpu: Annotated[float, Field(ge=0)] = Field(0.0, description="GPUs per trial; a fraction (0.25) shares one GPU")
+    gpu: Annotated[float, Field(ge=0)] = Field(0.0, description="GPUs per worker; a fraction (0.25) shares one GPU")
 
     @model_validator(mode="after")
     def _whole_or_fraction(self):
@@ -181,6 +183,17 @@ class SweepSpec(Strict):
         if unknown:
             raise ValueError(f"samples_per_technique names technique(s) {unknown} that the sweep does not search; "
                              f"its techniques: {list(self.spaces)}")
+        workers = self.resources.workers
+        if workers > 1 and self.train.batch_size % workers:
+            raise ValueError(f"train.batch_size must be a multiple of resources.workers ({workers}): the global batch "
+                             f"is split evenly over the workers, but got batch_size={self.train.batch_size}")
+        if workers > 1 and sch.kind == "asha":
+            raise ValueError(f"scheduler.kind must be fifo with resources.workers > 1 ({workers}) for now: a trial that "
+                             f"ASHA stops leaves its Ray Train workers' resources held (docs/distributed.md), "
+                             f"but got scheduler.kind={sch.kind!r}")
+        if workers > 1 and 0 < self.resources.gpu < 1:
+            raise ValueError(f"resources.gpu must be 0 or whole GPUs with resources.workers > 1 (NCCL needs a GPU of "
+                             f"its own per worker), but got {self.resources.gpu!r}")
         self.train = self.train.model_copy(update={
             "epochs": self.epochs, "retentions": list(self.retentions), "metric": self.metric, "seed": self.seed,
             "threads": max(1, int(self.resources.cpu)), "device": "cuda" if self.resources.gpu > 0 else "cpu"})

@@ -44,6 +44,7 @@ from tuning.tracking.store import (SPEC_ARTIFACT, STATUS, STORAGE, TrackingError
 from tuning.tracking.callback import TrialRuns
 from tuning.tracking.sync import TRACKING_WAIT, settle
 from tuning.sweep.trainable import train_trial, trial_config
+from tuning.sweep.data_parallel import workers_trainable
 
 PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("data", "code"), ("model", "path"), ("model", "init"),
                ("model", "code"))
@@ -134,9 +135,12 @@ def shipped_code(spec: SweepSpec) -> list[str]:
 def check_resources(spec: SweepSpec) -> None:
     total = ray.cluster_resources()
     cpu, gpu = total.get("CPU", 0), total.get("GPU", 0)
-    if spec.resources.cpu > cpu or spec.resources.gpu > gpu:
-        raise TrackingError(f"{spec.source}: a trial asks for resources {{cpu: {spec.resources.cpu}, gpu: "
-                            f"{spec.resources.gpu}}} but the Ray cluster has {{cpu: {cpu:g}, gpu: {gpu:g}}}")
+    res = spec.resources
+    if res.workers * res.cpu > cpu or res.workers * res.gpu > gpu:
+        asks = f"{{workers: {res.workers}, cpu: {res.cpu}, gpu: {res.gpu}}}" if res.workers > 1 else \
+            f"{{cpu: {res.cpu}, gpu: {res.gpu}}}"
+        raise TrackingError(f"{spec.source}: a trial asks for resources {asks} but the Ray cluster has "
+                            f"{{cpu: {cpu:g}, gpu: {gpu:g}}}")
 
 
 def progress_reporter(metric: Metric = DEFAULT_METRIC) -> tune.CLIReporter:
@@ -212,12 +216,19 @@ class Sweep:
         callback = TrialRuns(self.uri, self.spec.experiment_name, self.parent,
                              functools.partial(trial_config, self.spec_dict), max_t, spool_folder(self.folder),
                              self.spec.score)
-        return tune.Tuner(trainable_of(self.spec, self.spec_dict), param_space=param_space, tune_config=tune_config,
+        return tune.Tuner(self.trainable(folder), param_space=param_space, tune_config=tune_config,
                           run_config=run_config(folder.name, folder.parent, [callback], self.spec.score))
+
+    def trainable(self, folder):
+        """One process per trial (``trainable_of``), or ``resources.workers`` through Ray Train, their runs kept
+        under ``folder`` (``data_parallel``)."""
+        if self.spec.resources.workers > 1:
+            return workers_trainable(self.spec, self.spec_dict, folder)
+        return trainable_of(self.spec, self.spec_dict)
 
     def restore(self, folder) -> tune.Tuner:
         """The Tuner of the Ray state in ``folder``: finished trials kept, the others continued."""
-        return tune.Tuner.restore(str(folder), trainable_of(self.spec, self.spec_dict), resume_unfinished=True,
+        return tune.Tuner.restore(str(folder), self.trainable(folder), resume_unfinished=True,
                                   resume_errored=True)
 
     def drive(self, search: Optional[tune.Tuner]) -> SweepOutcome:

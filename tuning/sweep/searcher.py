@@ -152,7 +152,9 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
     """
     kind = spec.searcher.kind
     if kind == "grid":
-        return BasicVariantGenerator(random_state=spec.seed), {"point": tune.grid_search(grid_points(spec.spaces))}
+        # trials on several workers reserve no CPU in Tune (their trainers do): max_concurrent alone limits them
+        limit = {"max_concurrent": spec.max_concurrent} if spec.resources.workers > 1 else {}
+        return BasicVariantGenerator(random_state=spec.seed, **limit), {"point": tune.grid_search(grid_points(spec.spaces))}
     metrics = spec.objective_metrics()
     direction = spec.score.mode                # the metric's: max (accuracy) or min (a loss)
     metric, mode = (metrics, [direction] * len(metrics)) if kind == "multi" else ("objective", direction)

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from . import parallel
 from .spec import TrialSpec
 from .data import load_dataset
 from .evaluation import builtin_evaluate, forward_batch, task_loss
@@ -59,7 +60,8 @@ def technique_options(t, total_steps: int) -> dict:
     (ceil(total_steps / period) - 1), so eps reaches 1e-5 at the last one. "auto" is "warmup" when
     fine-tuning (Delta W starts at zero) and the paper's rule otherwise; "warmup" lets eps follow
     sigma_{r+1} for ``t.eps_warmup`` optimizer steps (unset: the whole trial), that is for
-    ceil(eps_warmup / period) reweightings, and then falls back to the paper's running minimum."""
+    ceil(eps_warmup / period) reweightings, and then falls back to the paper's running minimum. Under
+    torch.distributed the ranks share the reweighting out (``q3r.distributed``, "share")."""
     if t.name in ("adamq3r", "adam_q3r_loss"):
         schedule = t.eps_schedule
         if schedule == "auto":
@@ -69,7 +71,8 @@ def technique_options(t, total_steps: int) -> dict:
         elif schedule == "warmup":
             warmup = t.eps_warmup if t.eps_warmup is not None else total_steps
             schedule = {"name": "warmup", "reweightings": math.ceil(warmup / t.period)}
-        return {"eps_schedule": schedule, "svd": t.svd}
+        shared = {"distributed": parallel.SHARE} if parallel.active() else {}     # the same operators on every rank
+        return {"eps_schedule": schedule, "svd": t.svd, **shared}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
 
 
@@ -122,11 +125,16 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
 
 def train_epoch(cfg: TrialSpec, trial: Trial, train_set, epoch: int) -> float:
     """One pass over ``train_set`` (shuffled by seed and epoch, so a resumed trial sees the same
-    batches); the mean task loss."""
+    batches); the mean task loss (this rank's, over its part of each batch, with several workers)."""
     device, on_gpu = trial.device, trial.device.type == "cuda"
-    order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch - 1)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=order,
-                        pin_memory=on_gpu, drop_last=False)
+    if parallel.active():               # this rank's part of each of the batches below
+        batches = parallel.RankBatches(len(train_set), cfg.train.batch_size, cfg.train.seed)
+        batches.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_sampler=batches, pin_memory=on_gpu)
+    else:
+        order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch - 1)
+        loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=order,
+                            pin_memory=on_gpu, drop_last=False)
     trial.model.train()
     loss_sum, n = torch.zeros((), device=device), 0
     for batch in loader:

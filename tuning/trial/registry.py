@@ -83,7 +83,7 @@ MODEL_KINDS: Registry[ModelKindInfo] = Registry("model kind")
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 Q3R = ("lmbda", "target_rank", "period", "eps_schedule", "eps_steps", "eps_warmup", "svd")
-Q3R_EXTRAS = ("eps_schedule", "svd", "power_iters", "oversample")
+Q3R_EXTRAS = ("eps_schedule", "svd", "power_iters", "oversample", "distributed")
 # lmbda 5 in the demo: see the README's seed-averaged comparison
 for _info in (
     TechniqueInfo("adamq3r", "AdamQ3R (the paper's Algorithm 2)", Q3R, Q3R_EXTRAS,

@@ -11,6 +11,12 @@ at every retention level with ``evaluate`` (one SVD per matrix), adds the Q3R di
 the trial's status (running, completed, diverged: a non-finite loss, collapsed: ``collapse_below``),
 writes the checkpoint and hands the flat metrics dict to the ``report`` callback (Ray, MLflow).
 ``epochs()`` stops yielding once the trial has ended.
+
+Under ``torch.distributed`` (several ranks: Ray Train in a sweep with ``resources.workers`` > 1, or
+torchrun) the same loop runs on every rank: ``prepare`` wraps the model in DistributedDataParallel,
+``loader`` gives each rank its part of every global batch, ``report`` averages the ranks' losses,
+scores on rank 0 alone and hands the result to every rank, and rank 0 writes the checkpoint
+(``tuning.trial.parallel``).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from torch import nn
 from q3r.diagnostics import diagnostics, flatten
 from q3r.targets import select_targets
 
+from . import parallel
 from .evaluation import score_metric
 from .files import CHECKPOINT
 from .metrics import ACC, COLLAPSED, COMPLETED, DIVERGED, RUNNING, TrialReport, acc_key, level_key, levels
@@ -46,11 +53,12 @@ class TrialResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """The trial's device; under torch.distributed, a CUDA rank's own GPU (``torch.cuda.current_device``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return parallel.local_device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(name)
+    return parallel.local_device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -101,6 +109,7 @@ class Trial:
         self._tech = None
         self._base: Optional[dict] = None
         self._chance_evals = 0
+        self._samplers: list = []
         self._started = time.perf_counter()
 
     # ---- what a loop reads ------------------------------------------------------------------------
@@ -117,6 +126,16 @@ class Trial:
     @property
     def seed(self) -> int:
         return self.spec.train.seed
+
+    @property
+    def rank(self) -> int:
+        """This process's rank among the trial's workers (0 with one worker)."""
+        return parallel.rank()
+
+    @property
+    def world_size(self) -> int:
+        """The trial's workers (``resources.workers`` in a sweep; 1 outside torch.distributed)."""
+        return parallel.world_size()
 
     # ---- the loop's calls -------------------------------------------------------------------------
     def prepare(self, model: nn.Module, steps_per_epoch: int = 1,
@@ -139,6 +158,7 @@ class Trial:
         self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
         if self._resume and self._checkpoint is not None and self._checkpoint.is_file():
             self._restore()
+        self.model = parallel.wrap(self._tech.model, self.device)     # itself with one worker
         self._started = time.perf_counter()
         return self.model, self.optimizer
 
@@ -148,7 +168,20 @@ class Trial:
         for epoch in range(self.start_epoch + 1, self.spec.train.epochs + 1):
             if self.status != RUNNING:
                 return
+            for sampler in self._samplers:
+                sampler.set_epoch(epoch)
             yield epoch
+
+    def loader(self, dataset, batch_size: Optional[int] = None, shuffle: bool = True, **kw):
+        """A DataLoader over ``dataset`` for training: ``batch_size`` (default ``train.batch_size``) is the
+        global batch; with one worker its batches are ``DataLoader(dataset, batch_size, shuffle=True)``'s
+        shuffled afresh each epoch from the trial's seed, with N workers each rank gets its part of every
+        one of those batches (``parallel.RankBatches``). ``kw`` goes to the DataLoader (num_workers, ...)."""
+        batch_size = self.spec.train.batch_size if batch_size is None else batch_size
+        sampler = parallel.RankBatches(len(dataset), batch_size, self.seed, shuffle)
+        sampler.set_epoch(self.last_epoch + 1)
+        self._samplers.append(sampler)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kw)
 
     def extra_loss(self):
         """lmbda * Q3R penalty for adam_q3r_loss (counts one step of the penalty's period); 0.0 otherwise.
@@ -162,27 +195,21 @@ class Trial:
         tech = self._prepared()
         self._check_epoch(epoch)
         train = self.spec.train
-        loss = None if loss is None else float(loss)
+        loss = None if loss is None else parallel.mean(float(loss), self.device)    # the workers' mean
         status = DIVERGED if loss is not None and not math.isfinite(loss) else RUNNING
         is_eval = epoch % train.eval_every == 0 or epoch == train.epochs or status != RUNNING
         if not is_eval:
-            self._log(f"epoch {epoch}/{train.epochs}" + (f"  loss {loss:.4f}" if loss is not None else ""))
+            if self.rank == 0:
+                self._log(f"epoch {epoch}/{train.epochs}" + (f"  loss {loss:.4f}" if loss is not None else ""))
             return None
-        metrics = {"epoch": epoch, **({"train_loss": loss} if loss is not None else {}),
-                   "time_s": time.perf_counter() - self._started}
-        if status == RUNNING:
-            metrics.update(self._score(tech, evaluate))
-            at_chance = self.collapse_below is not None and metrics[ACC] < self.collapse_below
-            self._chance_evals = self._chance_evals + 1 if at_chance else 0
-            if self._chance_evals >= train.collapse_patience and epoch >= train.collapse_after * train.epochs:
-                status = COLLAPSED          # at chance for collapse_patience evaluations, late enough to be lost
-        if status == RUNNING and epoch == train.epochs:
-            status = COMPLETED
-        metrics["status"] = self.status = status
+        # rank 0 scores; every rank gets its metrics (the same status, so they stop together)
+        metrics = parallel.from_main(self._evaluate(tech, epoch, loss, status, evaluate) if self.rank == 0 else None)
+        self.status = metrics["status"]
         self.history.append(metrics)
-        self._log(progress_line(metrics, train.epochs))
-        if self._checkpoint is not None and status != DIVERGED:
-            self._save(epoch)
+        if self.rank == 0:
+            self._log(progress_line(metrics, train.epochs))
+            if self._checkpoint is not None and self.status != DIVERGED:
+                self._save(epoch)
         if self._report is not None:
             self._report(metrics)
         return metrics
@@ -199,6 +226,22 @@ class Trial:
         if self._tech is None:
             raise RuntimeError("call model, optimizer = trial.prepare(model) before training or reporting")
         return self._tech
+
+    def _evaluate(self, tech, epoch: int, loss: Optional[float], status: str, evaluate: Metric) -> dict:
+        """The metrics of an evaluation epoch, with the trial's status."""
+        train = self.spec.train
+        metrics = {"epoch": epoch, **({"train_loss": loss} if loss is not None else {}),
+                   "time_s": time.perf_counter() - self._started}
+        if status == RUNNING:
+            metrics.update(self._score(tech, evaluate))
+            at_chance = self.collapse_below is not None and metrics[ACC] < self.collapse_below
+            self._chance_evals = self._chance_evals + 1 if at_chance else 0
+            if self._chance_evals >= train.collapse_patience and epoch >= train.collapse_after * train.epochs:
+                status = COLLAPSED          # at chance for collapse_patience evaluations, late enough to be lost
+        if status == RUNNING and epoch == train.epochs:
+            status = COMPLETED
+        metrics["status"] = status
+        return metrics
 
     def _check_epoch(self, epoch) -> None:
         total = self.spec.train.epochs
@@ -229,7 +272,7 @@ class Trial:
         trial's also carries the merged weights and the targets of its model (``ownmodel.export_state``)."""
         path = self._checkpoint
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.model.state_dict(), "technique": self._tech.state_dict(),
+        state = {"model": self._tech.model.state_dict(), "technique": self._tech.state_dict(),
                  "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                  "epoch": epoch, "history": self.history,
                  "rng": {"torch": torch.get_rng_state(), "python": _to_list(random.getstate())}}
@@ -241,7 +284,7 @@ class Trial:
 
     def _restore(self) -> None:
         state = torch.load(self._checkpoint, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+        self._tech.model.load_state_dict(state["model"])
         self._tech.load_state_dict(state["technique"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
