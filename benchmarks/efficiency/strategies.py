@@ -6,7 +6,7 @@ ASHA's first rung falls at the same fraction of training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from tuning.spec.sweep import SearcherSpec
