@@ -39,35 +39,38 @@ def task_loss(logits, y, reduction: str = "mean"):
 
 
 @torch.no_grad()
-def accuracy_and_loss(model: nn.Module, loader: Iterable, device: torch.device,
-                      amp: bool = False) -> tuple[float, float]:
-    """(top-1 accuracy, mean ``task_loss`` per example) in one pass; for a one-output regression head the
-    accuracy is the Pearson correlation."""
+def accuracy_and_loss(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
+                      with_loss: bool = True) -> tuple[float, Optional[float]]:
+    """(top-1 accuracy, mean ``task_loss`` per example, or None without ``with_loss``) in one pass; for a
+    one-output regression head the accuracy is the Pearson correlation. Sums stay on the device: one
+    host sync per pass."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    total = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     preds, golds = [], []
     for batch in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, y = forward_batch(model, batch, device)
-        loss_sum += task_loss(logits, y, reduction="sum").double().cpu()
+        if with_loss:
+            loss_sum += task_loss(logits, y, reduction="sum").double()
         total += len(y)
         if logits.shape[-1] == 1:
             preds.append(logits.float().squeeze(-1).cpu())
             golds.append(y.float().cpu())
             continue
-        correct += (logits.argmax(-1) == y).sum().item()
+        correct += (logits.argmax(-1) == y).sum()
     model.train(was_training)
-    loss = float(loss_sum) / max(total, 1)
+    loss = float(loss_sum) / max(total, 1) if with_loss else None
     if preds:
         return float(torch.corrcoef(torch.stack([torch.cat(preds), torch.cat(golds)]))[0, 1]), loss
-    return correct / max(total, 1), loss
+    return int(correct) / max(total, 1), loss
 
 
 def accuracy(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False) -> float:
     """Top-1 accuracy (for a one-output regression head: Pearson correlation)."""
-    return accuracy_and_loss(model, loader, device, amp)[0]
+    return accuracy_and_loss(model, loader, device, amp, with_loss=False)[0]
 
 
 def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retentions: Sequence[float],
@@ -87,8 +90,8 @@ def builtin_evaluate(loader: Iterable, device: torch.device, amp: bool = False,
     """The built-in recipe's ``evaluate``: ``model -> {"acc": accuracy}``, plus ``"val_loss"`` (from the
     same pass) when that is the sweep's metric."""
     def evaluate(model: nn.Module) -> dict:
-        acc, loss = accuracy_and_loss(model, loader, device, amp)
-        return {ACC: acc, VAL_LOSS: loss} if metric.name == VAL_LOSS else {ACC: acc}
+        acc, loss = accuracy_and_loss(model, loader, device, amp, with_loss=metric.name == VAL_LOSS)
+        return {ACC: acc} if loss is None else {ACC: acc, VAL_LOSS: loss}
     return evaluate
 
 
