@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	-@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium could not be installed: the browser test of the report will be skipped"
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_overhead.py

@@ -206,3 +206,15 @@ def own_loop_example():
         yield digits_loop
     finally:
         sys.path.remove(str(OWN_LOOP))
+
+
+# --- order and grouping under pytest-xdist (``make test`` runs two workers) -----------------------------
+
+@pytest.hookimpl(tryfirst=True)                 # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (real sweeps, subprocesses) first, so that the two workers end together; the tests that read
+    the shared tiny sweep in one worker, which builds it once (a module's shared fixtures: its own group)."""
+    for item in items:
+        if "tiny_sweep" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("tiny_sweep"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

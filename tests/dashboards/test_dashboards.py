@@ -22,6 +22,9 @@ from tuning.trial.metrics import DEFAULT_METRIC, mlflow_key
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
+pytestmark = pytest.mark.xdist_group("dashboards_store")        # under pytest-xdist, one worker builds the module's fixtures
+
+
 
 def make(trial_id, technique, status, objective=None, levels=None, params=None, history=(), acc=None):
     """levels: {retention: (parameters, targeted, accuracy)}; history: [(epoch, objective)]."""

@@ -25,6 +25,9 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"MLflow UI for \S+: (http://\S+) \(server pid (\d+)\)")
 
+pytestmark = pytest.mark.xdist_group("ui_store")        # under pytest-xdist, one worker builds the module's fixtures
+
+
 
 def get(url: str, timeout: float = 30):
     with urllib.request.urlopen(url, timeout=timeout) as reply:

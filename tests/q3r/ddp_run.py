@@ -88,10 +88,18 @@ def banks(opt, penalty):
     return [penalty.bank] if penalty is not None else opt.banks
 
 
+PRELOAD = ["torch", __name__, "tuning.trial.recipe", "tuning.trial.parallel", "tests.q3r.test_distributed",
+           "tests.trial.test_parallel"]                  # what the processes of every launch import
+
+
 def launch(fn, world: int, *args) -> None:
+    """``fn(rank, world, *args)`` in ``world`` processes joined in a gloo group. The processes are forked from a
+    fork server that has imported ``fn``'s module and torch, but never run autograd (a fork of this process is
+    refused once autograd has run in it, as it has under pytest-xdist; spawning imports torch again per process)."""
+    mp.get_context("forkserver").set_forkserver_preload(PRELOAD + [fn.__module__])    # read once, at its start
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_join, args=(fn, world, os.path.join(tmp, "rendezvous"), args), nprocs=world,
-                           start_method="fork")
+                           start_method="forkserver")
 
 
 def _join(rank, fn, world, rendezvous, args):

@@ -31,6 +31,9 @@ CASES = [("adamq3r", "share", False, ""), ("adamq3r", "broadcast", False, ""), (
 OPTIONS = {"": {}, "narrow": {"oversample": 0}, "narrow-exact": {"oversample": 0, "svd": "exact"},
            "narrow-lagged": {"oversample": 0}}
 
+pytestmark = pytest.mark.xdist_group("ddp_runs")        # under pytest-xdist, one worker builds the module's fixtures
+
+
 
 def _build(technique, model, strategy, options):
     opt, penalty = build(technique, model, strategy, **OPTIONS[options])

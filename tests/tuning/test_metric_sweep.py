@@ -21,7 +21,7 @@ from tuning.tracking.store import find_sweep
 from tests.conftest import _start_ray
 from tests.tuning.sweep_helpers import tiny_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("metric_sweep")]   # one worker builds the module's sweep
 
 
 @pytest.fixture(scope="module")
