@@ -139,7 +139,7 @@ def test_write_spec_loads_and_carries_the_technique(tmp_path):
     header = [line for line in text.splitlines() if line.startswith("#")]
     assert header[0] == "# q3r-tune recommendation for a budget of 0.2 of the targeted parameters"
     assert header[1] == "# technique: adamq3r (lmbda=0.5 lr=0.001)"
-    assert header[2] == ("# expected accuracy: 0.8800 after truncation at retention 0.2 "
+    assert header[2] == ("# expected accuracy: 0.8800 (1 seed) after truncation at retention 0.2 "
                          "(250 parameters, 20.0% of the targeted parameters)")
     assert header[3] == "# source trial: q1 (MLflow run run-q1)"
     assert yaml.safe_load(text) == recommended_config(recommend(RECORDS, 0.2))
@@ -162,3 +162,10 @@ def test_recommendation_table():
     assert recommendation_table([], [0.2]) == []
     with pytest.raises(ValueError, match="text='lots'"):
         recommendation_table(RECORDS, ["lots"])
+
+
+def test_accuracy_text_gives_the_spread_and_the_number_of_seeds():
+    from tuning.analysis.recommend import accuracy_text
+
+    assert accuracy_text(0.93061, 0.01204, 3) == "0.9306 +- 0.0120 (3 seeds)"
+    assert accuracy_text(0.88, float("nan"), 1) == "0.8800 (1 seed)"

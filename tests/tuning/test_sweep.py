@@ -3,6 +3,7 @@ multi-objective searchers through the same driver on replayed trials."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable
 
 import optuna
@@ -99,6 +100,7 @@ def test_pareto_and_recommend_commands_read_the_sweep(sweep, tmp_path, capsys):
                      "--out", str(target)]) == 0
     out = capsys.readouterr().out
     assert "best within budget 0.5" in out
+    assert re.search(r"accuracy \d\.\d{4} \+- \d\.\d{4} \(3 seeds\)", out), out   # the trial and its 2 confirmations
     cfg = config.load(target)                       # q3r-tune train runs it as is
     assert cfg.technique.name in ("adamq3r", "adamw") and cfg.train.epochs == spec.epochs
     assert cli.main(["recommend", spec.experiment_name, "--tracking-uri", uri, "--budget", "1e-9"]) == 2
@@ -179,3 +181,11 @@ def test_grid_and_multi_objective_searchers(searcher, tmp_path, ray_session, fre
         assert len(trials) == 3
         for t in trials:
             assert t.state == TrialState.COMPLETE and len(t.values) == 2
+
+
+def test_rays_status_tables_go_to_the_sweeps_progress_log(sweep):
+    spec, uri, outcome, folder = sweep
+    logs = sorted((folder / "runs").rglob("progress.log"))
+    assert logs, "no progress.log under the sweep's storage"
+    text = logs[0].read_text()
+    assert "objective" in text and "technique" in text and ("adamq3r" in text or "adamw" in text)

@@ -104,6 +104,12 @@ class Recommendation:
     metric: Metric = DEFAULT_METRIC                            # what the points' ``accuracy`` holds
 
 
+def accuracy_text(accuracy: float, std: float, seeds: int) -> str:
+    """"0.9306 +- 0.0120 (3 seeds)", or "0.9306 (1 seed)" for a single run."""
+    spread = f" +- {std:.4f}" if seeds > 1 else ""
+    return f"{accuracy:.4f}{spread} ({seeds} seed{'s' if seeds != 1 else ''})"
+
+
 def recommend(records: Iterable[TrialRecord], budget, statuses: Iterable[str] = (COMPLETED,),
               *, n_alternatives: int = 4, metric: Metric = DEFAULT_METRIC) -> Recommendation:
     """The point within ``budget`` best by ``metric`` (ties: fewer parameters, then trial_id)."""
@@ -157,7 +163,8 @@ def write_spec(rec: Recommendation, path: Union[str, Path]) -> Path:
     header = [
         f"# q3r-tune recommendation for a budget of {budget}",
         f"# technique: {p.technique}" + (f" ({hyper})" if hyper else ""),
-        f"# expected {rec.metric.name}: {p.accuracy:.4f} after truncation at retention {p.retention:g}"
+        f"# expected {rec.metric.name}: {accuracy_text(p.accuracy, p.std, p.seeds)} after truncation at retention"
+        f" {p.retention:g}"
         f" ({p.parameters:,} parameters, {p.targeted:.1%} of the targeted parameters)",
         f"# source trial: {p.trial_id}" + (f" (MLflow run {p.run_id})" if p.run_id else ""),
         f"# run: q3r-tune train {path}",

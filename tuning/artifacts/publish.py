@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 from tuning.artifacts.export import log_recommended_models
 from tuning.analysis.pareto import format_table, front_table, fronts
-from tuning.analysis.recommend import BUDGETS, recommend, recommendation_table, write_spec
+from tuning.analysis.recommend import BUDGETS, accuracy_text, recommend, recommendation_table, write_spec
 from tuning.analysis.records import outcome_lines
 from tuning.tracking.results import results_table
 from tuning.trial.metrics import DEFAULT_METRIC, Metric
@@ -34,12 +34,6 @@ def to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def accuracy_text(accuracy: float, std: float, seeds: int) -> str:
-    """"0.9306 +- 0.0120 (3 seeds)", or "0.9306 (1 seed)" for a single run."""
-    spread = f" +- {std:.4f}" if seeds > 1 else ""
-    return f"{accuracy:.4f}{spread} ({seeds} seed{'s' if seeds != 1 else ''})"
 
 
 def shown_row(row: dict, metric: Metric = DEFAULT_METRIC) -> dict:

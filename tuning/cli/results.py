@@ -30,7 +30,7 @@ def pareto_cmd(args: argparse.Namespace) -> int:
 
 
 def recommend_cmd(args: argparse.Namespace) -> int:
-    from tuning.analysis.recommend import parse_budget, recommend, write_spec
+    from tuning.analysis.recommend import accuracy_text, parse_budget, recommend, write_spec
     from tuning.tracking.results import load_sweep, sweep_metric
     from tuning.tracking.store import default_uri
     try:
@@ -46,10 +46,11 @@ def recommend_cmd(args: argparse.Namespace) -> int:
     hp = "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
     print(f"best within budget {args.budget}: {p.technique}  {hp}")
     name = rec.metric.name
-    print(f"  retention {p.retention:g}: {name} {p.accuracy:.4f}, {p.parameters:,} parameters "
+    print(f"  retention {p.retention:g}: {name} {accuracy_text(p.accuracy, p.std, p.seeds)}, {p.parameters:,} parameters "
           f"({p.targeted:.1%} of the targeted matrices), trial {p.trial_id}")
     for alt in rec.alternatives:
-        print(f"  runner-up: {alt.technique} at retention {alt.retention:g}: {name} {alt.accuracy:.4f}, "
+        print(f"  runner-up: {alt.technique} at retention {alt.retention:g}: {name} "
+              f"{accuracy_text(alt.accuracy, alt.std, alt.seeds)}, "
               f"{alt.parameters:,} parameters")
     print(f"trial spec written to {out}; run it with: q3r-tune train {out}")
     return 0

@@ -45,6 +45,7 @@ from tuning.tracking.callback import TrialRuns
 from tuning.tracking.sync import TRACKING_WAIT, settle
 from tuning.sweep.trainable import train_trial, trial_config
 from tuning.sweep.data_parallel import workers_trainable
+from tuning.sweep.progress import PROGRESS_LOG, Progress, TableLog
 
 # A trial's process is kept for the next trial of the same resources (Tune resets the function's session
 # instead of starting a worker that imports torch, timm and the harness again: about 6 core-seconds a trial).
@@ -148,23 +149,17 @@ def check_resources(spec: SweepSpec) -> None:
                             f"{{cpu: {cpu:g}, gpu: {gpu:g}}}")
 
 
-def progress_reporter(metric: Metric = DEFAULT_METRIC) -> tune.CLIReporter:
-    """A status table every 30 s: trial, state, technique, epoch, objective, the full model's metric."""
-    return tune.CLIReporter(metric_columns={"epoch": "epoch", "objective": "objective", metric.key: metric.key},
-                            parameter_columns={"technique": "technique"}, max_report_frequency=30,
-                            max_progress_rows=30, sort_by_metric=False)
-
-
 def trainable_of(spec: SweepSpec, spec_dict: dict):
     return tune.with_resources(tune.with_parameters(train_trial, spec=spec_dict),
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def run_config(name: str, storage: Path, callbacks: list, metric: Metric = DEFAULT_METRIC) -> tune.RunConfig:
+    """Ray's status tables go to ``<storage>/<name>/progress.log``; the terminal gets ``Progress``'s lines."""
     return tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
                           failure_config=tune.FailureConfig(max_failures=2),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-                          progress_reporter=progress_reporter(metric))
+                          progress_reporter=TableLog(Path(storage) / name / PROGRESS_LOG, metric))
 
 
 def search_config(spec: SweepSpec, optuna_storage: Optional[str]) -> tuple[tune.TuneConfig, dict]:
@@ -216,13 +211,16 @@ class Sweep:
     def settle(self) -> None:
         settle(self.spec.experiment_name, self.uri, self.folder, self.wait, self.log)
 
-    def tuner(self, folder: Path, param_space: dict, tune_config: tune.TuneConfig, max_t: int) -> tune.Tuner:
-        """A Tuner of this sweep's trials, its Ray state in ``folder``, every trial mirrored into MLflow."""
+    def tuner(self, folder: Path, param_space: dict, tune_config: tune.TuneConfig, max_t: int,
+              total: int) -> tune.Tuner:
+        """A Tuner of this sweep's ``total`` trials, its Ray state in ``folder``, every trial mirrored into MLflow,
+        its progress printed by ``self.log``."""
         callback = TrialRuns(self.uri, self.spec.experiment_name, self.parent,
                              functools.partial(trial_config, self.spec_dict), max_t, spool_folder(self.folder),
                              self.spec.score)
+        progress = Progress(total, max_t, self.spec.score.mode, log=self.log)
         return tune.Tuner(self.trainable(folder), param_space=param_space, tune_config=tune_config,
-                          run_config=run_config(folder.name, folder.parent, [callback], self.spec.score))
+                          run_config=run_config(folder.name, folder.parent, [callback, progress], self.spec.score))
 
     def trainable(self, folder):
         """One process per trial (``trainable_of``), or ``resources.workers`` through Ray Train, their runs kept
@@ -261,7 +259,7 @@ class Sweep:
                  f"{len({p['confirms'] for p in points})} distinct configuration(s) x {seeds} new seeds = "
                  f"{len(points)} runs of {spec.epochs} epochs")
         once = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent, reuse_actors=REUSE_ACTORS)
-        return list(self.tuner(folder, {POINT: tune.grid_search(points)}, once, spec.epochs).fit())
+        return list(self.tuner(folder, {POINT: tune.grid_search(points)}, once, spec.epochs, len(points)).fit())
 
     def finish(self, grid: list) -> SweepOutcome:
         """Close leftover runs, publish the results on the parent run, close it."""
@@ -302,7 +300,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, tracking_uri: O
     folder.mkdir(parents=True, exist_ok=True)
     tune_config, param_space = search_config(spec, f"sqlite:///{optuna_db(folder)}")
     sweep = Sweep(spec, spec_dict, client, uri, parent, str(folder), tracking_wait, log)
-    return sweep.drive(sweep.tuner(folder, param_space, tune_config, spec.max_t))
+    return sweep.drive(sweep.tuner(folder, param_space, tune_config, spec.max_t, spec.total_samples))
 
 
 def resume_sweep(name: str, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
