@@ -10,9 +10,9 @@ stores its factor pairs as ``blocks.0.attn.qkv.A.<i>`` (d_out_seg, r) and ``.B.<
 its dense row segments as ``.dense.<i>`` and its bias as ``.bias``. ``load_lowrank`` reads the
 segment shapes from those tensors, replaces each named nn.Linear of a freshly built dense model by
 a ``LowRankLinear`` of exactly those shapes and loads every weight: the loaded model has the
-file's parameter count and computes what the saved one did. A Linear the file holds without a
-bias (a layer trained without one, such as the paper code's LoRA) loses the dense model's. Needs ``safetensors`` (imported here
-only, so that ``import q3r`` stays torch-only).
+file's parameter count and computes what the saved one did. A Linear whose weight the file holds
+without a bias (a layer trained without one, such as the paper code's LoRA) loses the dense
+model's bias. Needs ``safetensors`` (imported here only, so that ``import q3r`` stays torch-only).
 """
 from __future__ import annotations
 
