@@ -10,8 +10,9 @@ stores its factor pairs as ``blocks.0.attn.qkv.A.<i>`` (d_out_seg, r) and ``.B.<
 its dense row segments as ``.dense.<i>`` and its bias as ``.bias``. ``load_lowrank`` reads the
 segment shapes from those tensors, replaces each named nn.Linear of a freshly built dense model by
 a ``LowRankLinear`` of exactly those shapes and loads every weight: the loaded model has the
-file's parameter count and computes what the saved one did. Needs ``safetensors`` (imported here
-only, so that ``import q3r`` stays torch-only).
+file's parameter count and computes what the saved one did. A Linear whose weight the file holds
+without a bias (a layer trained without one, such as the paper code's LoRA) loses the dense
+model's bias. Needs ``safetensors`` (imported here only, so that ``import q3r`` stays torch-only).
 """
 from __future__ import annotations
 
@@ -93,6 +94,15 @@ def _empty_lowrank(linear: nn.Linear, segments) -> LowRankLinear:
     return out
 
 
+def _drop_absent_biases(model: nn.Module, state: dict, factorized: set) -> None:
+    """A Linear (or LowRankLinear) whose weight the file holds but whose bias it does not has none."""
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, LowRankLinear)) or module.bias is None or f"{name}.bias" in state:
+            continue
+        if name in factorized or f"{name}.weight" in state:
+            module.bias = None
+
+
 def load_lowrank(model: nn.Module, path: Union[str, Path], strict: bool = True) -> nn.Module:
     """Load a file written by ``save_lowrank`` into ``model``, a fresh instance of the DENSE
     architecture: each nn.Linear the file factorizes becomes a ``LowRankLinear`` with the stored
@@ -118,5 +128,6 @@ def load_lowrank(model: nn.Module, path: Union[str, Path], strict: bool = True) 
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, leaf, _empty_lowrank(linear, layer["segments"]))
+    _drop_absent_biases(model, state, set(lowrank_layers(state)))
     model.load_state_dict(state, strict=strict)
     return model

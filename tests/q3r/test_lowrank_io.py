@@ -95,3 +95,26 @@ def test_mismatched_architecture_is_a_clear_error(tmp_path):
         q3r.load_lowrank(wrong, path)
     with pytest.raises(TypeError, match="not an nn.Linear"):
         q3r.load_lowrank(nn.Sequential(nn.ReLU(), nn.ReLU()), path)
+
+
+@pytest.mark.parametrize("p", [0.1, 1.0])
+def test_a_layer_saved_without_bias_loads_without_bias(tmp_path, p):
+    """A model trained with bias-free targeted Linears (the paper code's LoRA) loads into the dense
+    architecture, whose Linears have biases: those the file holds no bias for lose theirs, no other."""
+    model = tiny_sequential()
+    model[0] = nn.Linear(12, 36, bias=False).double()
+    model[2] = nn.Linear(36, 20, bias=False).double()
+    targets = q3r.select_targets(model, ("0", "2"))
+    small = q3r.SpectralCache(targets).factorized_model(model, p)
+    path = q3r.save_lowrank(small, tmp_path / "m.safetensors")
+    loaded = q3r.load_lowrank(tiny_sequential(seed=1), path)
+    assert loaded[0].bias is None and loaded[2].bias is None and loaded[4].bias is not None
+    assert_same_weights(loaded, small)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x), small(x), rtol=1e-12, atol=1e-12)
+    state = small.state_dict()               # a layer the file does not hold keeps its bias: a strict error
+    del state["4.weight"], state["4.bias"]
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "4.weight", "4.bias"'):
+        q3r.load_lowrank(tiny_sequential(seed=2), tmp_path / "partial.safetensors")

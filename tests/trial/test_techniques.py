@@ -246,3 +246,25 @@ def test_finetuning_a_hugging_face_encoder(name):
     query = base.encoder.layer[0].attention.self.query
     assert torch.equal(query.base_layer.weight, frozen)
     assert not torch.equal(dense.classifier.out_proj.weight, classifier0)   # the head trains
+
+
+START_AT_PRETRAINED = [("adamq3r", {}), ("adam_q3r_loss", {}), ("lorita", {"lorita_form": "output", "depth": 3}),
+                       ("lora", {"lora_rank": 2})]
+
+
+@pytest.mark.parametrize("name, options", START_AT_PRETRAINED, ids=[n for n, _ in START_AT_PRETRAINED])
+def test_a_fresh_finetuning_model_computes_what_the_pretrained_model_computes(name, options):
+    """Issue 23: the update starts at zero (Delta W = 0, identity factors, peft's B = 0), so before any
+    step the fine-tuning model and its merged dense model give the pretrained outputs, in float64."""
+    model = vit().double().eval()
+    x = batch()[0].double()
+    with torch.no_grad():
+        expected = model(x)
+        tech = build_technique(name, model, target_rank=2, finetune=True, **options)
+        replaced = [tech.model.get_submodule(n) for n, _ in tech.model.named_modules()
+                    if n.endswith(tuple(TARGETED))]
+        assert replaced and not any(type(m) is nn.Linear for m in replaced)     # the layers were replaced
+        if name != "lora":
+            assert all(isinstance(m, DeltaLinear if name != "lorita" else ProductLinear) for m in replaced)
+        torch.testing.assert_close(tech.model(x), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(tech.dense_model()(x), expected, rtol=0, atol=1e-12)

@@ -98,6 +98,63 @@ class ProductLinear(nn.Module):
                 f"depth={len(self.products[0])}, segments={len(self.segments)}, form={self.form}")
 
 
+class PaperLoRALinear(nn.Module):
+    """The LoRA baseline of the Q3R paper's published code (its ``Functions/Lora.py``, ``LoRALinear``),
+    for replication: y = x A B (alpha / r), A (d_in, r) and B (r, d_out) drawn from N(0, 0.01^2),
+    alpha <= 1, NO bias and no dense weight. Its outputs start near zero (a product of two 0.01-scale
+    factors, scaled down by alpha / r), unlike ``lora_form: factorized``, which starts at the best
+    rank-r part of a fresh init. A Linear whose rows hold several matrices (a fused qkv) gets one
+    factor pair per row segment ``(row_start, row_end, r)``, each scaled by alpha over its own r.
+    """
+
+    STD = 0.01
+
+    def __init__(self, linear: nn.Linear, segments: Sequence[tuple[int, int, int]], alpha: float = 1.0):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+            raise ValueError(f"lora_alpha must be in (0, 1] for lora_form paper (the paper's code), but got "
+                             f"lora_alpha={alpha!r}")
+        self.in_features, self.out_features, self.alpha = linear.in_features, linear.out_features, float(alpha)
+        self.segments = [(int(s), int(e), int(r)) for s, e, r in segments]
+        if [(s, e) for s, e, _ in self.segments] != [(s, e) for s, e in _cover(self.segments)] or \
+                self.segments[-1][1] != self.out_features or any(r < 1 for _, _, r in self.segments):
+            raise ValueError(f"segments {self.segments} must cover the {self.out_features} rows in order, "
+                             f"each with a rank >= 1")
+        kw = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        self.A = nn.ParameterList([nn.Parameter(torch.randn(self.in_features, r, **kw) * self.STD)
+                                   for _, _, r in self.segments])          # (d_in, r)
+        self.B = nn.ParameterList([nn.Parameter(torch.randn(r, e - s, **kw) * self.STD)
+                                   for s, e, r in self.segments])          # (r, d_out_seg)
+        self.bias = None
+
+    def scales(self) -> list[float]:
+        """alpha / r of each segment."""
+        return [self.alpha / r for _, _, r in self.segments]
+
+    def merged_weight(self) -> Tensor:
+        """(A B alpha / r)^T per segment, stacked: (d_out, d_in)."""
+        return torch.cat([(A @ B).mT * c for A, B, c in zip(self.A, self.B, self.scales())])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([(x @ A @ B) * c for A, B, c in zip(self.A, self.B, self.scales())], dim=-1)
+
+    def to_linear(self) -> nn.Linear:
+        return plain_linear(self.merged_weight().detach(), None)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"ranks={[r for _, _, r in self.segments]}, alpha={self.alpha}, bias=False")
+
+
+def _cover(segments) -> list[tuple[int, int]]:
+    """The contiguous row ranges from 0 that segments of these lengths would cover."""
+    out, row = [], 0
+    for s, e, _ in segments:
+        out.append((row, row + (e - s)))
+        row += e - s
+    return out
+
+
 class DeltaLinear(nn.Module):
     """Fine-tuning with Q3R (paper Section 5.2): y = x (W0 + Delta W)^T + b, W0 and b frozen.
 

@@ -55,8 +55,8 @@ def make_schedule(cfg: TrialSpec, optimizer, steps_per_epoch: int):
 
 def technique_options(t, total_steps: int) -> dict:
     """The technique-specific options of the spec: the operator bank's for the Q3R techniques, the
-    product form for LoRITa. The "linear" eps schedule decays over ``t.eps_steps`` reweightings (the
-    published code's N); unset, over this trial's reweightings after the first
+    form (and alpha) for LoRA, the product form for LoRITa. The "linear" eps schedule decays over
+    ``t.eps_steps`` reweightings (the published code's N); unset, over this trial's reweightings after the first
     (ceil(total_steps / period) - 1), so eps reaches 1e-5 at the last one. "auto" is "warmup" when
     fine-tuning (Delta W starts at zero) and the paper's rule otherwise; "warmup" lets eps follow
     sigma_{r+1} for ``t.eps_warmup`` optimizer steps (unset: the whole trial), that is for
@@ -73,6 +73,8 @@ def technique_options(t, total_steps: int) -> dict:
             schedule = {"name": "warmup", "reweightings": math.ceil(warmup / t.period)}
         shared = {"distributed": parallel.SHARE} if parallel.active() else {}     # the same operators on every rank
         return {"eps_schedule": schedule, "svd": t.svd, **shared}
+    if t.name == "lora":
+        return {"lora_form": t.lora_form, **({} if t.lora_alpha is None else {"lora_alpha": t.lora_alpha})}
     return {"lorita_form": t.lorita_form} if t.name == "lorita" else {}
 
 

@@ -92,7 +92,8 @@ for _info in (
                   {"lmbda": 5.0, "target_rank": 0.1, "period": 5}),
     TechniqueInfo("adamw", "the unregularized baseline", (), (), {"weight_decay": 0.05}),
     TechniqueInfo("lora", "rank-r(p) factors from scratch, or peft LoRA adapters when fine-tuning",
-                  ("target_rank", "lora_rank"), ("lora_alpha", "lora_dropout"), {"target_rank": 0.2}),
+                  ("target_rank", "lora_rank", "lora_form", "lora_alpha"), ("lora_form", "lora_alpha", "lora_dropout"),
+                  {"target_rank": 0.2}),
     TechniqueInfo("lorita", "products of depth matrices with weight decay alpha", ("depth", "alpha", "lorita_form"),
                   ("lorita_form",), {"depth": 2, "alpha": 0.1}),
 ):

@@ -39,6 +39,8 @@ Lr = Annotated[float, Field(gt=0)]
 EpsScheduleName = Literal["auto", "paper", "geometric", "linear", "warmup"]
 SvdMode = Literal["warm", "exact"]
 LoritaForm = Literal["input", "output"]
+LoraForm = Literal["factorized", "paper"]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 def _dataset(name: str) -> str:
@@ -177,6 +179,13 @@ class TechniqueSpec(Strict):
                                                          "that start at the weight")
     lora_rank: Optional[Positive] = Field(None, description="lora: adapter rank when fine-tuning; null: "
                                                             "r(target_rank) (pre-training always uses it)")
+    lora_form: LoraForm = Field("factorized", description="lora pre-training: factorized (the default: factors "
+                                                          "that start at the best rank-r part of a fresh init, "
+                                                          "with the bias) or paper (the paper code's LoRALinear: "
+                                                          "x A B alpha / r, A and B from N(0, 0.01^2), no bias)")
+    lora_alpha: Optional[PositiveFloat] = Field(None, description="lora: alpha of the scaling alpha / r; "
+                                                                  "lora_form paper: in (0, 1], null: 1; peft "
+                                                                  "adapters (finetune): null: 2 * rank")
     finetune: bool = Field(False, description="fine-tune pretrained weights: the Q3R techniques regularize "
                                               "the update Delta W on frozen weights, lora trains peft "
                                               "adapters, adamw and lorita train every weight")
@@ -191,6 +200,17 @@ class TechniqueSpec(Strict):
                                                              "whole trial")
     svd: SvdMode = Field("warm", description="Q3R techniques: warm (warm-started subspace iteration) or "
                                              "exact (a full SVD at every reweighting)")
+
+    @model_validator(mode="after")
+    def _lora_form(self):
+        if self.name == "lora" and self.lora_form == "paper":
+            if self.finetune:
+                raise ValueError("lora_form paper is a pre-training form (it keeps no dense weight); fine-tuning "
+                                 "trains peft adapters: use lora_form factorized")
+            if self.lora_alpha is not None and self.lora_alpha > 1:
+                raise ValueError(f"lora_alpha must be in (0, 1] for lora_form paper (the paper's code), but got "
+                                 f"lora_alpha={self.lora_alpha!r}")
+        return self
 
 
 class MetricSpec(Strict):

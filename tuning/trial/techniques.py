@@ -5,8 +5,8 @@ Q3R penalty, and ``dense_model()``: the same architecture with plain nn.Linear l
 the one truncation code scores for every technique alike.
 
 - ``adamq3r``: AdamQ3R (Algorithm 2).          - ``adam_q3r_loss``: Adam on loss + lmbda * Q3R.
-- ``adamw``: the unregularized baseline.        - ``lora``: rank-r(p) factors from scratch, or
-- ``lorita``: products of ``depth`` matrices       peft LoRA adapters when fine-tuning.
+- ``adamw``: the unregularized baseline.        - ``lora``: rank-r(p) factors from scratch (``lora_form``:
+- ``lorita``: products of ``depth`` matrices       factorized, or the paper code's), or peft adapters when fine-tuning.
   with weight decay ``alpha`` (input-side factors as the LoRITa authors build them; ``lorita_form``).
 With ``finetune=True``, ``adamq3r`` and ``adam_q3r_loss`` regularize an additive Delta W on
 frozen pretrained weights (paper Section 5.2); ``lora`` uses peft adapters; ``adamw`` and
@@ -29,9 +29,10 @@ from q3r.targets import Target, linear_targets, select_targets
 from q3r.truncation import LowRankLinear
 
 from . import registry
-from .layers import DeltaLinear, ProductLinear, merge_layers, replace_modules
+from .layers import DeltaLinear, PaperLoRALinear, ProductLinear, merge_layers, replace_modules
 
 HEADS = ("head", "classifier")     # trained in fine-tuning: timm's and Hugging Face's classifier
+LORA_FORMS = ("factorized", "paper")
 
 
 @dataclass
@@ -162,8 +163,16 @@ def build_adamw(model, *, lr, weight_decay, **_):
 
 @register("lora")
 def build_lora(model, *, modules, lr, weight_decay, target_rank, lora_rank, finetune, extra, **_):
+    form = extra.get("lora_form", "factorized")
+    if form not in LORA_FORMS:
+        raise ValueError(f"lora_form must be one of {LORA_FORMS}, but got lora_form={form!r}")
     if finetune:
+        if form == "paper":
+            raise ValueError("lora_form paper is a pre-training form (it keeps no dense weight); fine-tuning "
+                             "trains peft adapters: use lora_form factorized")
         return _peft_lora(model, modules, lr, weight_decay, lora_rank or 8, extra)
+    if form == "paper":
+        return _paper_lora(model, modules, lr, weight_decay, target_rank, extra.get("lora_alpha", 1.0))
 
     def factorize(lname: str, lin: nn.Linear) -> LowRankLinear:
         segments = []
@@ -175,6 +184,17 @@ def build_lora(model, *, modules, lr, weight_decay, target_rank, lora_rank, fine
         return LowRankLinear.from_linear(lin, segments)
 
     replace_modules(model, _targeted_linears(model, modules), factorize)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return Technique("lora", model, opt, merge=merge_layers)
+
+
+def _paper_lora(model, modules, lr, weight_decay, target_rank, alpha):
+    """The paper code's LoRALinear on every targeted Linear, rank r(target_rank) per row segment."""
+    def build(lname: str, lin: nn.Linear) -> PaperLoRALinear:
+        segments = [(t.row_start, t.row_end, resolve_rank(t.shape, target_rank)) for t in linear_targets(lname, lin)]
+        return PaperLoRALinear(lin, segments, alpha)
+
+    replace_modules(model, _targeted_linears(model, modules), build)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     return Technique("lora", model, opt, merge=merge_layers)
 
@@ -222,8 +242,9 @@ def build_technique(name: str, model: nn.Module, *, modules=("qkv", "proj", "fc1
         lora_rank: peft LoRA rank when fine-tuning (default 8); LoRA pre-training uses r(target_rank).
         finetune: train on top of frozen pretrained weights (see the module docstring).
         extra: Q3R bank options (eps_schedule, svd, power_iters, oversample) for the Q3R techniques;
-            lora_alpha (default 2 * rank), lora_dropout (default 0) for peft LoRA; lorita_form
-            ("input", the reference, or "output") for LoRITa.
+            lora_form ("factorized", the default, or "paper": the paper code's LoRALinear) for LoRA
+            pre-training; lora_alpha (paper form: in (0, 1], default 1; peft: default 2 * rank) and
+            lora_dropout (default 0) for peft LoRA; lorita_form ("input", the reference, or "output") for LoRITa.
     """
     if name not in TECHNIQUES:
         raise ValueError(f"unknown technique {name!r}; known: {list_techniques()}")
