@@ -4,8 +4,9 @@ with real Ray, Optuna and MLflow on tiny work.
 Checked: a digits sweep of every technique on two workers completes through ``q3r-tune sweep``, one
 MLflow child run per trial, each trial's checkpoints in its Ray Train run, found by export; in a sweep
 of the user's own loop (``trial.loader``), a worker killed mid-trial is replaced by the trainer and the trial
-continues from its last checkpoint; ASHA with several workers is refused by the spec (a stopped trial's
-trainer keeps its resources: the test that shows it is an expected failure). What the CPU-only runs do not show: docs/distributed.md.
+continues from its last checkpoint; a trial ASHA stops gives its trainer's CPUs back (``TrainerGroups``) and
+the next trial runs; a driver killed mid-trial resumes and its trial continues from its last checkpoint.
+What the CPU-only runs do not show: docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -101,14 +102,16 @@ def train(trial):
 '''
 
 
-def own_loop_spec(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: bool, slow: bool = False):
+def own_loop_spec(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: bool, slow: bool = False,
+                  epochs: int = 3):
     """(code folder, spec) of a sweep of ``my_loop.train`` on two workers; ``kill``: its first worker 1 dies
     in epoch 2; ``slow``: its first workers wait two minutes in epoch 2."""
-    code, spec = own_loop_dict(tmp_path, name, lrs, scheduler, kill, slow)
+    code, spec = own_loop_dict(tmp_path, name, lrs, scheduler, kill, slow, epochs)
     return code, from_dict(spec, source=f"{name}.yaml")
 
 
-def own_loop_dict(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: bool, slow: bool = False):
+def own_loop_dict(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: bool, slow: bool = False,
+                  epochs: int = 3):
     code = tmp_path / "code"
     code.mkdir()
     examples = Path(__file__).resolve().parents[2] / "examples" / "own_loop"
@@ -118,7 +121,7 @@ def own_loop_dict(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: b
         if on:
             (code / flag).write_text("")
     lr = {"choice": lrs} if len(lrs) > 1 else lrs[0]
-    return code, {"name": name, "function": "my_loop:train", "code_dir": str(code), "epochs": 3,
+    return code, {"name": name, "function": "my_loop:train", "code_dir": str(code), "epochs": epochs,
                             "retentions": [0.5, 1.0], "train": {"eval_every": 1, "batch_size": 64},
                             "techniques": {"adamq3r": {"lr": lr, "lmbda": 0.1, "target_rank": 0.5, "period": 5}},
                             "scheduler": scheduler, "searcher": {"kind": "grid"}, "num_samples": 1,
@@ -151,16 +154,17 @@ def test_a_killed_worker_is_replaced_and_its_trial_continues_from_the_last_check
 
 
 def test_a_trial_asha_stops_ends_its_trainer_and_the_sweep_goes_on(tmp_path, ray_session, fresh_store):
-    # lr 0.02 learns in an epoch, 1e-9 never: ASHA (rung at epoch 1, reduction 2) stops the second;
-    # the third, after it, needs the CPUs the stopped trainer held
+    # lr 0.02 learns in an epoch, 1e-9 never: ASHA (one rung, at epoch 1, reduction 2) stops the second;
+    # the third, after it, needs the CPUs the stopped trainer held, and passes the rung (the median of the
+    # three); the first and third end at max_t = 2, where Tune ends their actors too
     code, spec = own_loop_spec(tmp_path, "worker-asha", [0.02, 1.0e-9, 0.021],
-                               {"kind": "asha", "grace_period": 1, "reduction_factor": 2}, kill=False)
+                               {"kind": "asha", "grace_period": 1, "reduction_factor": 2}, kill=False, epochs=2)
     outcome = run_sweep(spec, tracking_uri=fresh_store(tmp_path / "mlruns.db"), storage=str(tmp_path / "runs"))
     by_lr = {r.params["lr"]: r for r in outcome.records}
     assert sorted(by_lr) == [1.0e-9, 0.02, 0.021] and len(outcome.records) == 3   # one run per trial
-    assert by_lr[0.02].status == "completed" and [h["epoch"] for h in by_lr[0.02].history] == [1, 2, 3]
+    assert by_lr[0.02].status == "completed" and [h["epoch"] for h in by_lr[0.02].history] == [1, 2]
     assert by_lr[1.0e-9].status == "stopped" and by_lr[1.0e-9].epoch == 1
-    assert by_lr[0.021].status == "completed" and by_lr[0.021].epoch == 3
+    assert by_lr[0.021].status == "completed" and [h["epoch"] for h in by_lr[0.021].history] == [1, 2]
     assert {s[3] for s in starts(code)} == {"0"}
     for _ in range(60):                                  # no trainer outlives its trial: every CPU comes back
         if ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]:
