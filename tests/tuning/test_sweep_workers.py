@@ -116,7 +116,8 @@ def own_loop_dict(tmp_path: Path, name: str, lrs: list, scheduler: dict, kill: b
     code.mkdir()
     examples = Path(__file__).resolve().parents[2] / "examples" / "own_loop"
     (code / "digits_loop.py").write_text((examples / "digits_loop.py").read_text())
-    (code / "my_loop.py").write_text(LOOP)
+    here = "os.path.dirname(os.path.abspath(__file__))"         # the code folder, also when shipped to Ray
+    (code / "my_loop.py").write_text(LOOP.replace(here, repr(str(code))))
     for flag, on in (("kill", kill), ("slow", slow)):
         if on:
             (code / flag).write_text("")
