@@ -187,10 +187,6 @@ class SweepSpec(Strict):
         if workers > 1 and self.train.batch_size % workers:
             raise ValueError(f"train.batch_size must be a multiple of resources.workers ({workers}): the global batch "
                              f"is split evenly over the workers, but got batch_size={self.train.batch_size}")
-        if workers > 1 and sch.kind == "asha":
-            raise ValueError(f"scheduler.kind must be fifo with resources.workers > 1 ({workers}) for now: a trial that "
-                             f"ASHA stops leaves its Ray Train workers' resources held (docs/distributed.md), "
-                             f"but got scheduler.kind={sch.kind!r}")
         if workers > 1 and 0 < self.resources.gpu < 1:
             raise ValueError(f"resources.gpu must be 0 or whole GPUs with resources.workers > 1 (NCCL needs a GPU of "
                              f"its own per worker), but got {self.resources.gpu!r}")

@@ -15,7 +15,9 @@ continue from the run's last checkpoint (``ray.train.get_checkpoint``); a traine
 often fails its trial, which Tune retries (its ``FailureConfig``): the new trainer, like that of a
 resumed sweep, finds the same run and its last checkpoint.
 When Tune stops a trial (ASHA), it ends the trial's actor, which owns the trainer: its workers end with
-it, but their placement group stays reserved (docs/distributed.md), so the spec allows only fifo for now.
+it, but their placement group, scoped to the job, would stay reserved (Ray Train's own cleaner needs the
+dashboard's State API); the sweep's ``TrainerGroups`` (``trainer_groups``) sees the actor die and removes
+it, so the next trial's trainer gets those resources.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import ray
 import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
@@ -34,6 +37,7 @@ from tuning.trial.metrics import DIVERGED, TrialReport
 from tuning.trial.recipe import run_trial
 
 from .trainable import shipped_modules, trial_metrics, trial_of
+from .trainer_groups import TrainerGroups
 
 WORKER_FAILURES = 2             # a trainer restarts its workers from the last checkpoint this often, then fails
 DRIVER_MEMORY = 2 ** 20         # bytes: what a trial's Tune function reserves (it only waits on its trainer)
@@ -43,18 +47,24 @@ def workers_trainable(spec, spec_dict: dict, folder):
     """The Tune trainable of a sweep whose trials span ``resources.workers`` workers: the Tune function
     takes no CPU of its own (the trainer's workers hold them; Tune places a trial by some resource, so it
     asks for ``DRIVER_MEMORY``), its trainers' runs under ``folder``."""
+    keeper = TrainerGroups.remote()                  # gives back the placement group of a trial Tune ended
     return tune.with_resources(tune.with_parameters(train_trial_workers, spec=spec_dict,
-                                                    storage=str(train_runs_folder(folder))),
+                                                    storage=str(train_runs_folder(folder)), groups=keeper),
                                {"cpu": 0, "memory": DRIVER_MEMORY})
 
 
-def train_trial_workers(config: dict, spec: dict, storage: str) -> None:
+def train_trial_workers(config: dict, spec: dict, storage: str, groups=None) -> None:
     """Ray Tune function of a trial on ``resources.workers`` workers; ``storage``: the sweep's
-    ``train_runs_folder``, where the trainer's run is named by the trial's id."""
+    ``train_runs_folder``, where the trainer's run is named by the trial's id; ``groups``: the sweep's
+    ``TrainerGroups``, which removes the trainer's placement group if this trial's actor dies first."""
     res = from_dict(spec).resources
+    context = ray.get_runtime_context()
+    attempt = context.get_actor_id()
+    if groups is not None:
+        ray.get(groups.watch.remote(attempt, context.current_actor))
     per_worker = {"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu > 0 else {})}
     trainer = TorchTrainer(
-        train_worker, train_loop_config={"config": config, "spec": spec},
+        train_worker, train_loop_config={"config": config, "spec": spec, "groups": groups, "attempt": attempt},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpu > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=storage,
@@ -75,6 +85,9 @@ def train_worker(loop_config: dict) -> None:
 
         torch.cuda.set_device(ray.train.torch.get_device())
     rank = ray.train.get_context().get_world_rank()
+    groups, group = loop_config.get("groups"), ray.util.get_current_placement_group()
+    if rank == 0 and groups is not None and group is not None:
+        ray.get(groups.register.remote(loop_config["attempt"], group))
     workdir = Path(tempfile.mkdtemp(prefix="q3r-trial-"))
     resume = False
     checkpoint = ray.train.get_checkpoint()
