@@ -47,10 +47,14 @@ from tuning.sweep.trainable import train_trial, trial_config
 from tuning.sweep.data_parallel import workers_trainable
 from tuning.sweep.progress import PROGRESS_LOG, Progress, TableLog
 
-# A trial's process is kept for the next trial of the same resources (Tune resets the function's session
-# instead of starting a worker that imports torch, timm and the harness again: about 6 core-seconds a trial).
-# Every trial still builds its model, data, optimizer and seeds from its own config (``run_trial``).
-REUSE_ACTORS = True
+def reuse_actors(spec: SweepSpec) -> bool:
+    """Whether a trial's process is kept for the next trial (Tune resets the function's session instead of
+    starting a worker that imports torch, timm and the harness again: about 6 core-seconds a trial); every
+    trial still builds its model, data, optimizer and seeds from its own config (``run_trial``). Not for
+    trials on several workers: a stopped trial's actor must end, so that its trainer and placement group do
+    (``trainer_groups``)."""
+    return spec.resources.workers == 1
+
 
 PATH_FIELDS = (("data", "data_root"), ("data", "tokenizer"), ("data", "code"), ("model", "path"), ("model", "init"),
                ("model", "code"))
@@ -174,7 +178,7 @@ def search_config(spec: SweepSpec, optuna_storage: Optional[str]) -> tuple[tune.
     else:
         scheduler = FIFOScheduler()
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.total_samples,
-                           max_concurrent_trials=spec.max_concurrent, reuse_actors=REUSE_ACTORS), param_space
+                           max_concurrent_trials=spec.max_concurrent, reuse_actors=reuse_actors(spec)), param_space
 
 
 @dataclass
@@ -258,7 +262,8 @@ class Sweep:
         self.log(f"confirming the best {top} configuration(s) of each budget {list(BUDGETS)}: "
                  f"{len({p['confirms'] for p in points})} distinct configuration(s) x {seeds} new seeds = "
                  f"{len(points)} runs of {spec.epochs} epochs")
-        once = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent, reuse_actors=REUSE_ACTORS)
+        once = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,
+                               reuse_actors=reuse_actors(spec))
         return list(self.tuner(folder, {POINT: tune.grid_search(points)}, once, spec.epochs, len(points)).fit())
 
     def finish(self, grid: list) -> SweepOutcome:
