@@ -208,7 +208,7 @@ def seeded(sources: list[Path], out: Path, grid: dict = SEED_GRID) -> Path:
                     run.clear()                            # a later source's run of it
                     source_of[key] = (str(path), r["trial_id"])
                 run[r["epoch"]] = {**r, "trial_id": f"s{key[2]}-{r['trial_id']}", "role": "trial", "confirms": ""}
-    return write([row for run in rows.values() for row in run.values()], out)
+    return write([row for run in rows.values() for row in run.values()], Path(out))
 
 
 def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epochs: int = EPOCHS,
