@@ -2,6 +2,8 @@
 
     python benchmarks/sweep_efficiency.py build     # the grid, trained once -> benchmarks/data/digits_grid.csv.gz
     python benchmarks/sweep_efficiency.py replay    # search strategies replayed against the table
+    python benchmarks/sweep_efficiency.py replay --table benchmarks/data/digits_grid_seeds.csv.gz \
+        --strategies default random --seeds 20 --json          # judge the default search: one JSON object
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ def main(argv=None) -> None:
     b.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "efficiency")
     b.add_argument("--epochs", type=int, default=table.EPOCHS)
     b.add_argument("--cpus", type=int, default=2)
+    b.add_argument("--seed", type=int, default=0, help="the trials' seed (the spec's seed)")
+    b.add_argument("--grid", choices=("full", "seeds"), default="full",
+                   help="full: table.GRID; seeds: table.SEED_GRID, the configurations trained with 3 seeds")
+    b.add_argument("--seeded", nargs="+", type=Path, default=None, metavar="TABLE",
+                   help="no training: write --out from these tables' runs of SEED_GRID (confirmations as their seed's runs)")
     b.add_argument("--only", nargs="+", default=None, help="techniques of the grid to build (default: all)")
     b.add_argument("--collapsed", action="store_true", help="build only the configurations that collapsed in --out "
                    "(with a shorter collapse patience) and merge them in")
@@ -42,23 +49,45 @@ def main(argv=None) -> None:
     r.add_argument("--report-only", type=Path, default=None, help="print and draw the scores of an earlier --json")
     r.add_argument("--smoke-test", action="store_true", help="1 seed of random+fifo and the default, 6 ASHA trials, "
                    "nothing written")
-    r.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json")
+    r.add_argument("--save", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json",
+                   help="the per-seed scores as JSON (for --report-only)")
+    r.add_argument("--json", action="store_true", help="print only the confidence summary, one JSON object, on stdout "
+                   "(the report goes to stderr)")
+    r.add_argument("--spec", type=Path, default=table.BASE_SPEC, help="the sweep spec whose search is `default`")
     args = parser.parse_args(argv)
     if args.command == "build":
-        grid = {t: table.GRID[t] for t in (args.only or table.GRID)}
+        if args.seeded:
+            table.seeded(args.seeded, args.out)
+            return
+        full = table.SEED_GRID if args.grid == "seeds" else table.GRID
+        grid = {t: full[t] for t in (args.only or full)}
         if args.collapsed:
             grid = table.collapsed_grid(args.out, grid)
         if args.collapsed or args.merge:                  # build a part, then replace its configurations in --out
-            part = table.build(args.out.with_suffix(".part.gz"), args.workdir, args.epochs, grid, 0, args.cpus)
-            table.merge(args.out, part, args.out)
+            part = table.build(args.out.with_suffix(f".part{args.seed}.gz"), args.workdir, args.epochs, grid, 0,
+                               args.cpus, seed=args.seed)
+            if args.out.is_file():
+                table.merge(args.out, part, args.out)
+            else:
+                part.rename(args.out)
+                return
             part.unlink()
         else:
-            table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus)
+            table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus, seed=args.seed)
     else:
         from benchmarks.efficiency.cli import replay_main
         if args.smoke_test:
-            args.seeds, args.strategies, args.asha_trials, args.png, args.json = 1, ["random+fifo", "default"], 6, None, None
-        replay_main(args)
+            args.seeds, args.strategies, args.asha_trials, args.png, args.save = 1, ["random+fifo", "default"], 6, None, None
+        if args.json:
+            import contextlib
+            import json
+            from benchmarks.efficiency.cli import confidence_json
+            from benchmarks.efficiency.confidence import config_noise
+            with contextlib.redirect_stdout(sys.stderr):          # Ray and the report: stderr; the object: stdout
+                results = replay_main(args, log=lambda *a: print(*a, file=sys.stderr))
+            print(json.dumps(confidence_json(results, config_noise(table.load(args.table)))))
+        else:
+            replay_main(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The sweep-efficiency benchmark: its table, its scores against hand-made tables, and a tiny replay through
 the real Ray Tuner, searcher and scheduler (benchmarks/efficiency)."""
 import math
+import numpy as np
 import os
 from pathlib import Path
 
@@ -185,3 +186,124 @@ def test_collapsed_runs_are_built_again_and_merged_by_configuration(tmp_path):
     runs = table.load(table.merge(path, part, tmp_path / "m.csv.gz"))
     assert sorted(r.trial_id for r in runs) == ["n0", "s0", "t0", "t1", "t2"]
     assert next(r for r in runs if r.trial_id == "n0").status == "completed" and grid_epochs(runs) == 16
+
+
+# --- a table with several seeds per configuration (issue 22) ---------------------------------------------------
+
+SEEDED = {("adamw", 1e-3): [0.9, 0.3, 0.3], ("adamw", 2e-3): [0.6, 0.6, 0.6], ("lora", 1e-3): [0.4, 0.5]}
+
+
+def seeded_table(tmp_path: Path, epochs: int = 3) -> Path:
+    """adamw lr 1e-3: one lucky seed (0.9) and two at 0.3, mean 0.5; adamw lr 2e-3: 0.6 at every seed (the best
+    by mean); lora: 2 seeds, 0.4 and 0.5. Each curve rises linearly to its final accuracy at every level."""
+    rows = []
+    for (technique, lr), finals in SEEDED.items():
+        for seed, a in enumerate(finals):
+            for e in range(1, epochs + 1):
+                rows.append(row(f"{technique}{lr:g}-s{seed}", technique, {"lr": lr}, e, [a * e / epochs] * 3,
+                                seed=seed))
+    return table.write(rows, tmp_path / "seeded.csv.gz")
+
+
+def test_seeded_table_means_and_noise(tmp_path):
+    from benchmarks.efficiency import confidence
+
+    runs = table.load(seeded_table(tmp_path))
+    by = confidence.seeds_by_config(runs)
+    assert [r.seed for r in by[config_key("adamw", {"lr": 1e-3})]] == [0, 1, 2]
+    means = confidence.mean_records(runs)
+    assert means[config_key("adamw", {"lr": 1e-3})].metrics["acc@0.1"] == pytest.approx(0.5)
+    assert means[config_key("lora", {"lr": 1e-3})].metrics["objective"] == pytest.approx(0.45)
+    assert grid_epochs(runs) == 9                    # one grid: each configuration once
+    noise = confidence.config_noise(runs)
+    stds = {r["technique"] + str(r["params"]["lr"]): r["std"] for r in noise}
+    assert stds["adamw0.001"] == pytest.approx(0.34641016151377546)   # stdev(0.9, 0.3, 0.3)
+    assert stds["adamw0.002"] == pytest.approx(0.0) and stds["lora0.001"] == pytest.approx(0.07071067811865477)
+    assert confidence.seed_std(noise) == pytest.approx(0.07071067811865477)
+    assert confidence.best_by_technique(means) == {"adamw": config_key("adamw", {"lr": 2e-3}),
+                                                   "lora": config_key("lora", {"lr": 1e-3})}
+
+
+def test_regret_is_against_the_mean_over_seeds(tmp_path):
+    from benchmarks.efficiency import confidence
+
+    runs = table.load(seeded_table(tmp_path))
+    means = confidence.mean_records(runs)
+    lucky = scores.final_record(next(r for r in runs if r.technique == "adamw" and r.params["lr"] == 1e-3 and r.seed == 0))
+    best = scores.final_record(next(r for r in runs if r.params["lr"] == 2e-3 and r.seed == 1))
+    # the lucky seed (0.9) makes lr 1e-3 the recommendation; its mean is 0.5, the best mean 0.6: regret 0.1
+    assert confidence.mean_regret([lucky, best], means, 0.2) == pytest.approx(0.1)
+    assert confidence.mean_regret([best], means, 0.1) == pytest.approx(0.0)
+    assert confidence.mean_regret([], means, 0.1) == pytest.approx(0.6)   # nothing recommended
+    # the single-seed score would have seen no regret at all
+    assert scores.regret([lucky, best], [lucky, best], 0.2) == pytest.approx(0.0)
+
+
+def test_bootstrap_exact_cases():
+    from benchmarks.efficiency.confidence import bootstrap
+
+    assert bootstrap([0.3] * 7) == {"median": pytest.approx(0.3), "lo": pytest.approx(0.3), "hi": pytest.approx(0.3)}
+    assert bootstrap([0.2]) == {"median": 0.2, "lo": 0.2, "hi": 0.2}
+    # two values: resampled medians are 0 (1/4), 0.5 (1/2), 1 (1/4): the 95% interval is [0, 1]
+    assert bootstrap([0.0, 1.0]) == {"median": 0.5, "lo": 0.0, "hi": 1.0}
+    # one outlier in 21: a resample's median is 100 only if 11 of 21 draws hit it (p ~ 1e-9): [0, 0]
+    assert bootstrap([0.0] * 20 + [100.0]) == {"median": 0.0, "lo": 0.0, "hi": 0.0}
+    # a chance: the mean of 0/1; all four draws 0 has p = 1/16 > 2.5%, so lo = 0 and hi = 1
+    assert bootstrap([0, 0, 1, 1], stat=np.mean, name="chance") == {"chance": 0.5, "lo": 0.0, "hi": 1.0}
+    # 40 of 0.1 and 40 of 0.2: the median's interval lies inside [0.1, 0.2] and holds the sample median
+    c = bootstrap([0.1] * 40 + [0.2] * 40)
+    assert c["median"] == pytest.approx(0.15) and 0.1 <= c["lo"] <= c["median"] <= c["hi"] <= 0.2
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap([])
+
+
+def test_seed_draw_is_fixed_spread_and_the_trainables(tmp_path):
+    from benchmarks.efficiency.confidence import draw_seed
+    from benchmarks.efficiency.trainable import pick_curve
+
+    key = config_key("adamw", {"lr": 1e-3})
+    draws = [draw_seed(0, i, key, 3) for i in range(300)]
+    assert draws == [draw_seed(0, i, key, 3) for i in range(300)]             # the same replay: the same noise
+    assert all(abs(draws.count(s) - 100) < 30 for s in range(3))               # every seed, about evenly
+    assert draws != [draw_seed(1, i, key, 3) for i in range(300)]             # another replay seed: other draws
+    curves = [["a"], ["b"], ["c"]]
+    assert [pick_curve(curves, key, 0, i) for i in range(50)] == [curves[draw_seed(0, i, key, 3)] for i in range(50)]
+    assert pick_curve([["only"]], key, 5, 7) == ["only"]
+    with pytest.raises(ValueError, match="at least one"):
+        draw_seed(0, 0, key, 0)
+
+
+def test_replay_meets_one_seed_per_trial_and_the_json_shape(tmp_path, ray_session):
+    import json
+
+    from benchmarks.efficiency import confidence
+    from benchmarks.efficiency.cli import confidence_json, score_run
+    from benchmarks.efficiency.replay import replay
+
+    runs = table.load(seeded_table(tmp_path))
+    means, total = confidence.mean_records(runs), grid_epochs(runs)
+    by = confidence.seeds_by_config(runs)
+    per_seed = []
+    for seed in (3,):                          # one replay: Ray's start-up dominates a test's time
+        spec = strategy_spec(base_spec(runs), seed, "random", {"kind": "fifo"}, 5)
+        finished = replay(spec, runs, workdir=tmp_path / "ray")
+        assert len(finished) == 5
+        tried: dict = {}                       # the k-th trial of a configuration meets draw_seed(seed, k, ...)'s curve
+        for f in finished:
+            tried.setdefault(config_key(f.record.technique, f.record.params), []).append(f.record.metrics["acc@0.1"])
+        for key, seen in tried.items():
+            drawn = [by[key][confidence.draw_seed(seed, k, key, len(by[key]))].rows[-1]["acc@0.1"] for k in range(len(seen))]
+            assert sorted(seen) == pytest.approx(sorted(drawn))
+        per_seed.append(score_run(finished, means, total))
+    out = json.loads(json.dumps(confidence_json({"default": per_seed, "random": per_seed * 2},
+                                                confidence.config_noise(runs))))
+    assert set(out) == {"seed_std", "strategies"} and out["seed_std"] == pytest.approx(0.07071067811865477)
+    assert set(out["strategies"]) == {"default", "random"}
+    for by_f in out["strategies"].values():
+        assert set(by_f) == {"0.1", "0.25", "0.5"}
+        for c in by_f.values():
+            for k in ("hv_ratio", "regret@0.1", "regret@0.2"):
+                assert set(c[k]) == {"median", "lo", "hi"} and c[k]["lo"] <= c[k]["median"] <= c[k]["hi"]
+            assert set(c["found"]) == {"adamw", "lora"} and set(c["found"]["adamw"]) == {"chance", "lo", "hi"}
+    # by half the grid's epochs (4.5 of 9) some trials had ended; at the end every regret is measured on means
+    assert all(0.0 <= s[0.5]["regret@0.2"] <= 0.6 + 1e-9 for s in [p["seeded"] for p in per_seed])

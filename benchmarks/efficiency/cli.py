@@ -13,6 +13,7 @@ from tuning.spec.space import grid_points
 from tuning.trial.metrics import levels
 
 from . import scores
+from .confidence import apart, as_mean, config_noise, mean_records, mean_regret, score_seeded, seed_std, summarize
 from .replay import config_key, grid_epochs, mean_epoch_seconds, replay, strategy_spec
 from .strategies import DEFAULT_SET, same_search, sized_allocation, strategies
 from .table import grid_dict, load
@@ -38,17 +39,20 @@ def grid_of(runs) -> dict:
     return grid
 
 
-def score_run(finished, grid_recs, total: int) -> dict:
+def score_run(finished, means: dict, total: float) -> dict:
+    """One replay's scores; every found configuration counts with its mean over the table's seeds."""
+    grid_recs = list(means.values())
     spent = scores.total_spend(finished)
     out = {"spend": spent / total, "hv": {}, "regret": {}, "regret_end": {}}
     for f in FRACTIONS:
-        out["hv"][f] = scores.hv_ratio(scores.found_by(finished, f * total), grid_recs)
+        out["hv"][f] = scores.hv_ratio(as_mean(scores.found_by(finished, f * total), means), grid_recs)
     at = scores.found_by(finished, HEADLINE * total)
     for b in BUDGETS:
-        out["regret"][b] = scores.regret(at, grid_recs, b)
-        out["regret_end"][b] = scores.regret([x.record for x in finished], grid_recs, b)
+        out["regret"][b] = mean_regret(at, means, b)
+        out["regret_end"][b] = mean_regret([x.record for x in finished], means, b)
     reach = [f for f in FRACTIONS if out["hv"][f] >= 0.95 and f <= out["spend"] + 1e-9]
     out["reach95"] = reach[0] if reach else math.nan
+    out["seeded"] = score_seeded(finished, means, total)
     return out
 
 
@@ -105,11 +109,11 @@ def plot(results: dict, path: Path) -> None:
 
 
 def from_json(path: Path) -> dict:
-    """The per-seed scores of an earlier replay (``--json``), with their fractions and budgets as numbers."""
+    """The per-seed scores of an earlier replay (``--save``), with their fractions and budgets as numbers."""
     results = json.loads(Path(path).read_text())["results"]
     for runs in results.values():
         for r in runs:
-            for k in ("hv", "regret", "regret_end"):
+            for k in ("hv", "regret", "regret_end", "seeded"):
                 r[k] = {float(f): v for f, v in r[k].items()}
     return results
 
@@ -118,77 +122,117 @@ def replay_main(args, log=print) -> dict:
     import ray
 
     runs = load(args.table)
+    noise = config_noise(runs)
+    epochs = max(int(row["epoch"]) for r in runs for row in r.rows)
     if args.report_only:                   # print and draw an earlier replay's scores again
         results = from_json(args.report_only)
-        args.json = None
-        report(results, runs, max(int(row["epoch"]) for r in runs for row in r.rows), args, log)
+        args.save = None
+        report(results, runs, epochs, noise, args, log)
         return results
     grid = grid_of(runs)
-    epochs = max(int(row["epoch"]) for r in runs for row in r.rows)
     base = grid_dict(epochs, grid)
-    grid_recs = scores.grid_records(runs)
+    means = mean_records(runs)
     total = grid_epochs(runs)
-    n_grid = sum(r.role == SEARCH for r in runs)
+    n_grid = len(means)
     scale = args.epoch_ms / 1000 / mean_epoch_seconds(runs)
-    all_strategies = strategies(n_grid, epochs, fifo_fraction=args.fifo_fraction, asha_trials=args.asha_trials)
+    all_strategies = strategies(n_grid, epochs, fifo_fraction=args.fifo_fraction, asha_trials=args.asha_trials,
+                                spec=args.spec)
     names = args.strategies or list(DEFAULT_SET)
     unknown = [n for n in names if n not in all_strategies]
     if unknown:
         raise SystemExit(f"unknown strategy(ies) {unknown}; known: {list(all_strategies)}")
-    default = all_strategies["default"]
-    alias = next((n for n in names if n != "default" and same_search(all_strategies[n], default)), None)
-    log(f"table {args.table}: {n_grid} grid configurations, {total} grid epochs, {len(runs) - n_grid} second-seed runs; "
-        f"reports ordered by simulated time (recorded epoch seconds); real sleep {args.epoch_ms:g} ms per mean epoch")
+    seeds = sorted({r.seed for r in runs if r.role == SEARCH})
+    log(f"table {args.table}: {n_grid} grid configurations x seeds {seeds}, {total:g} grid epochs (mean over seeds); "
+        f"each simulated trial meets one seed's curve; reports ordered by simulated time; real sleep {args.epoch_ms:g} "
+        f"ms per mean epoch")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     results: dict = {}
     started = time.perf_counter()
     try:
         for name in names:
-            if name == "default" and alias:
-                continue
             s = all_strategies[name]
-            label = f"default ({name})" if name == alias else name
-            if name == "default":
-                label = f"default ({s.searcher}+{s.scheduler.get('kind')})"
+            same = next((n for n in results if same_search(all_strategies[n], s)), None)
+            if same:                                  # the same search: the same replays
+                results[name] = results[same]
+                log(f"  {name}: the same search as {same}")
+                continue
             one = time.perf_counter()
-            results[label] = []
+            results[name] = []
             for seed in range(s.seeds or args.seeds):
-                spread = sized_allocation({t: sum(r.technique == t for r in runs if r.role == SEARCH) for t in grid},
-                                          s.num_samples) if s.sized else None
+                spread = sized_allocation({t: sum(k[0] == t for k in means) for t in grid}, s.num_samples) \
+                    if s.sized else None
                 spec = strategy_spec(base, seed, s.searcher, s.scheduler, s.num_samples, s.objective, spread, s.startup)
-                results[label].append(score_run(replay(spec, runs, scale), grid_recs, total))
-            log(f"  {label}: {len(results[label])} seed(s) in {time.perf_counter() - one:.0f} s")
+                results[name].append(score_run(replay(spec, runs, scale), means, total))
+            log(f"  {name} ({s.searcher}+{s.scheduler.get('kind')}, {s.num_samples} trials): "
+                f"{len(results[name])} seed(s) in {time.perf_counter() - one:.0f} s")
     finally:
         ray.shutdown()
     log(f"replay: {sum(len(v) for v in results.values())} replays in {time.perf_counter() - started:.0f} s")
-    report(results, runs, epochs, args, log)
+    report(results, runs, epochs, noise, args, log)
     return results
 
 
-def report(results: dict, runs, epochs: int, args, log=print) -> None:
+def confidence_json(results: dict, noise: list[dict]) -> dict:
+    """``replay --json``: {"seed_std": S, "strategies": {name: {"0.25": {"hv_ratio": {median, lo, hi}, ...}}}}."""
+    multi = any(r["seeds"] > 1 for r in noise)
+    return {"seed_std": seed_std(noise) if multi else math.nan,
+            "strategies": {name: summarize([r["seeded"] for r in rs], noise=noise if multi else None)
+                           for name, rs in results.items()}}
+
+
+def ci(c: dict, key: str = "median") -> str:
+    return f"{c[key]:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
+
+
+def report(results: dict, runs, epochs: int, noise: list[dict], args, log=print) -> dict:
+    multi = any(r["seeds"] > 1 for r in noise)
+    if multi:
+        log("\nthe table's configurations over seeds (final objective and accuracy within budgets 0.1 / 0.2: mean, std):")
+        log(format_table([{"technique": r["technique"], "params": " ".join(f"{k}={v:g}" for k, v in r["params"].items()),
+                           "seeds": r["seeds"], "objective": f"{r['objective']:.3f} +- {r['std']:.3f}",
+                           **{f"acc@{b:g}": f"{r[f'acc@{b:g}']:.3f} +- {r[f'std@{b:g}']:.3f}" for b in BUDGETS}}
+                          for r in noise]))
+    conf = confidence_json(results, noise)
+    log(f"\nseed_std (median over configurations of the std over seeds): objective {conf['seed_std']:.3f}"
+        + ("".join(f", acc@{b:g} {seed_std(noise, f'std@{b:g}'):.3f}" for b in BUDGETS) if multi else ""))
+    log(f"\nmedian [95% bootstrap interval] over replay seeds, at fractions of the grid's epochs; regret against the "
+        f"best configuration by its mean over seeds; found = chance that a technique's best configuration ran to its end:")
+    rows = []
+    for name, by_f in conf["strategies"].items():
+        for f, c in by_f.items():
+            row = {"strategy": name, "seeds": len(results[name]), "epochs": f, "HV ratio": ci(c["hv_ratio"])}
+            for b in BUDGETS:
+                row[f"regret@{b:g}"] = ci(c[f"regret@{b:g}"])
+                if multi:
+                    row[f"seed std@{b:g}"] = f"{c[f'seed_std@{b:g}']:.3f}"
+            row["found"] = " ".join(f"{t}={v['chance']:.2f}" for t, v in c["found"].items())
+            rows.append(row)
+    log(format_table(rows))
+    if "default" in conf["strategies"] and "random" in conf["strategies"]:
+        d, r = conf["strategies"]["default"], conf["strategies"]["random"]
+        for f in d:
+            verdict = [f"{k}: " + ("default better, intervals apart" if apart(d[f][k], r[f][k]) else
+                                   "random better, intervals apart" if apart(r[f][k], d[f][k]) else "intervals overlap")
+                       for k in (f"regret@{b:g}" for b in BUDGETS)]
+            verdict.append("hv_ratio: " + ("default better, intervals apart" if apart(r[f]["hv_ratio"], d[f]["hv_ratio"])
+                                           else "random better, intervals apart" if apart(d[f]["hv_ratio"], r[f]["hv_ratio"])
+                                           else "intervals overlap"))
+            log(f"default vs random at {f} of the grid's epochs: " + "; ".join(verdict))
     log("\nhypervolume ratio at fractions of the grid's epochs (median [quartiles]), regret at budgets 0.1/0.2 "
         f"of the recommendation made at {HEADLINE:.0%} of the grid's epochs, first fraction reaching 0.95:")
     log(format_table(summary_rows(results)))
-    fractions = [f for f in FRACTIONS if f <= 0.4]
-    log("\nmedian hypervolume ratio by fraction of grid epochs:")
-    log(format_table([{"strategy": n, **{f"{f:g}": statistics.median(r["hv"][f] for r in rs) for f in fractions}}
-                      for n, rs in results.items()]))
     rungs = list(range(1, epochs))
     fid = scores.rung_fidelity(runs, rungs, epochs)
     log(f"\nrung fidelity: Spearman of the objective at epoch e vs at epoch {epochs}, per technique (grid runs):")
     log(format_table([{"technique": t, **{f"e={e}": round(v, 2) for e, v in row.items()}} for t, row in fid.items()]))
     retentions = sorted({p for r in runs for p in levels(r.rows[-1])})
-    noise = scores.noise_floor(runs, retentions)
-    if noise:
+    pairs = scores.noise_floor(runs, retentions)
+    if pairs:
         log("\nnoise floor: configurations trained with a second seed, |acc@p difference| over p < 1:")
-        log(format_table(noise))
+        log(format_table(pairs))
     if args.png:
         plot(results, args.png)
         log(f"\nfigure: {args.png}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "fidelity": fid, "noise": noise}, indent=1, default=str))
-    label = next((n for n in results if n.startswith("default")), None)
-    if label:
-        rs = results[label]
-        log(f"{label}: hypervolume ratio {statistics.median(r['hv'][HEADLINE] for r in rs):.3f} at {HEADLINE:.0%} of grid "
-            f"epochs; regret@0.2 {statistics.median(r['regret'][0.2] for r in rs):.3f}")
+    if args.save:
+        args.save.write_text(json.dumps({"results": results, "fidelity": fid, "noise": noise}, indent=1, default=str))
+    return conf

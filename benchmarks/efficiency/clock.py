@@ -26,6 +26,8 @@ class SimClock:
         self.posted: dict[str, float] = {}  # running trial -> the time of its next report (or of its last)
         self.released: dict[str, float] = {}  # running trial -> the time of its last report let through
         self.starts: dict[str, float] = {}
+        self.tries: dict[str, int] = {}     # configuration -> trials of it that asked for their ``occurrence``
+        self.occurrences: dict[str, int] = {}
         self.cond = None
 
     def _condition(self) -> asyncio.Condition:
@@ -49,6 +51,14 @@ class SimClock:
                 self.posted[trial_id] = self.released[trial_id] = self.starts[trial_id]
                 self.cond.notify_all()
             return self.starts[trial_id]
+
+    async def occurrence(self, trial_id: str, key: str) -> int:
+        """How many trials of configuration ``key`` asked before this one (0 for the first): the replay's
+        ``k``-th try of a configuration meets the seed curve drawn for (replay seed, k, configuration)."""
+        if trial_id not in self.occurrences:
+            self.occurrences[trial_id] = self.tries.get(key, 0)
+            self.tries[key] = self.occurrences[trial_id] + 1
+        return self.occurrences[trial_id]
 
     def _ready(self, trial_id: str, t: float) -> bool:
         if any(other < t for o, other in self.posted.items() if o != trial_id):

@@ -30,14 +30,15 @@ from tuning.spec.sweep import SweepSpec, from_dict
 from tuning.sweep.trainable import trial_metrics
 from tuning.tracking.mirror import final_status
 
+from .confidence import seeds_by_config
 from .scores import scored_metrics
 from .table import Run
 from .trainable import config_key, replay_trial
 
 
 def by_config(runs: list[Run]) -> dict[tuple, Run]:
-    """The grid's runs (role trial) by configuration key."""
-    return {config_key(r.technique, r.params): r for r in runs if r.role == SEARCH}
+    """The grid's runs (role trial) by configuration key: its lowest seed's run."""
+    return {key: rs[0] for key, rs in seeds_by_config(runs).items()}
 
 
 def replay_metrics(run: Run, index: int, objective: str, retentions) -> dict:
@@ -48,10 +49,10 @@ def replay_metrics(run: Run, index: int, objective: str, retentions) -> dict:
 
 
 def reports_of(runs: list[Run], objective: str, retentions) -> dict:
-    """key -> [(recorded seconds, what the trial reports)] for every grid run: the table's rows through the
-    sweep's ``trial_metrics``, so the objective is the strategy's."""
-    return {key: [(max(0.0, float(run.rows[i].get("seconds", 0.0))), replay_metrics(run, i, objective, retentions))
-                  for i in range(len(run.rows))] for key, run in by_config(runs).items()}
+    """key -> one [(recorded seconds, what the trial reports)] per seed of the configuration (in seed order): the
+    table's rows through the sweep's ``trial_metrics``, so the objective is the strategy's."""
+    return {key: [[(max(0.0, float(run.rows[i].get("seconds", 0.0))), replay_metrics(run, i, objective, retentions))
+                   for i in range(len(run.rows))] for run in rs] for key, rs in seeds_by_config(runs).items()}
 
 
 @dataclass
@@ -108,7 +109,7 @@ def replay(spec: SweepSpec, runs: list[Run], scale: float = 0.0, workdir: Option
     events = Events(spec.max_t, name if clock else None)
     trainable = tune.with_resources(
         tune.with_parameters(replay_trial, reports=reports_of(runs, spec.objective, spec.retentions),
-                             clock=name if clock else None, scale=scale),
+                             clock=name if clock else None, scale=scale, replay_seed=spec.seed),
         {"cpu": spec.resources.cpu, "gpu": 0})
     run_config = tune.RunConfig(name=name, storage_path=str(workdir), callbacks=[events], verbose=0,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
@@ -132,9 +133,9 @@ def strategy_spec(base: dict, seed: int, searcher: str, scheduler: dict, num_sam
     return from_dict(raw, f"strategy {searcher}+{scheduler.get('kind')}")
 
 
-def grid_epochs(runs: list[Run]) -> int:
-    """Epochs the full grid spent (its search trials, each to its end)."""
-    return sum(len(r.rows) for r in runs if r.role == SEARCH)
+def grid_epochs(runs: list[Run]) -> float:
+    """Epochs the full grid spends (its search trials, each to its end; a configuration's mean over seeds)."""
+    return sum(sum(len(r.rows) for r in rs) / len(rs) for rs in seeds_by_config(runs).values())
 
 
 def mean_epoch_seconds(runs: list[Run]) -> float:

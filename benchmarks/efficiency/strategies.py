@@ -47,14 +47,19 @@ def asha(grace: int, rf: float = 3, min_samples: int = 2) -> dict:
     return {"kind": "asha", "grace_period": grace, "reduction_factor": rf, "min_samples": min_samples, "max_t": None}
 
 
-def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, asha_trials: Optional[int] = None) -> dict:
-    """The named strategies; FIFO ones get ``fifo_fraction`` of the grid's trials, ASHA ones ``asha_trials``."""
-    d = shipped_default(table_epochs)
+def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, asha_trials: Optional[int] = None,
+               spec=BASE_SPEC) -> dict:
+    """The named strategies; FIFO ones get ``fifo_fraction`` of the grid's trials, ASHA ones ``asha_trials``;
+    ``default`` is the search of ``spec`` (the shipped digits_vit.yaml), ``random`` random search with its
+    scheduler, objective and trial count."""
+    d = shipped_default(table_epochs, spec)
     n_fifo = max(2, round(fifo_fraction * grid_size))
     n_asha = asha_trials or max(2, round(0.55 * grid_size))
     fifo = {"kind": "fifo"}
     default = Strategy("default", d["searcher"], d["scheduler"], n_asha if d["scheduler"].get("kind") == "asha" else n_fifo,
-                       d["objective"], d["sized"], d["startup"], note="search_spaces/digits_vit.yaml")
+                       d["objective"], d["sized"], d["startup"], note=str(spec))
+    random_ = Strategy("random", "random", d["scheduler"], default.num_samples, d["objective"], d["sized"],
+                       note="random search, the default's scheduler and trials")
     g = max(1, round(table_epochs / 3))       # the shipped grace period before this benchmark: 8 of 24 epochs
     out = [
         Strategy("grid+fifo", "grid", fifo, 1, seeds=1, note="the reference; deterministic"),
@@ -64,6 +69,7 @@ def strategies(grid_size: int, table_epochs: int, fifo_fraction: float = 0.3, as
         Strategy("multi+asha", "multi", asha(g), n_asha),
         Strategy("tpe+asha sized", "tpe", asha(g), n_asha, sized=True, note="trials per technique ~ grid size"),
         default,
+        random_,
         # candidates for the defaults (run with --strategies)
         Strategy("tpe+asha g2", "tpe", asha(max(1, g // 2)), n_asha),
         Strategy("tpe+asha g6", "tpe", asha(min(table_epochs, g + g // 2)), n_asha),

@@ -35,17 +35,28 @@ PARAMS = ("lr", "weight_decay", "lmbda", "target_rank", "period", "depth", "alph
 FIXED = ("trial_id", "role", "confirms", "seed", "technique", *PARAMS, "epoch", "status", "seconds")
 
 
+# The grid trained with 3 seeds (issue 22): per technique a cross product of 2 of GRID's configurations, each
+# run at seeds 0, 1, 2 (seed 0's runs and 3 of seed 1's are GRID's table's own runs); see ``seeded``.
+SEED_GRID = {                                 # 10 configurations x 12 epochs x 3 seeds
+    "adamq3r": {"lr": 1.0e-3, "lmbda": [3.0, 10.0], "target_rank": 0.2, "period": 5},
+    "adam_q3r_loss": {"lr": LRS, "lmbda": 0.3, "target_rank": 0.1, "period": 5},
+    "adamw": {"lr": [1.0e-3, 2.0e-3], "weight_decay": 0.05},
+    "lora": {"lr": 2.0e-3, "target_rank": [0.05, 0.2]},
+    "lorita": {"lr": 1.0e-3, "depth": 2, "alpha": [0.03, 0.3]},
+}
+SEEDED_TABLE = ROOT / "benchmarks" / "data" / "digits_grid_seeds.csv.gz"
+
 COLLAPSE_PATIENCE = 8   # evaluations at chance before a trial stops itself: 8 epochs, as 2 evaluations every 4 epochs
 
 
-def grid_dict(epochs: int = EPOCHS, grid: dict = GRID, confirm_top: int = 1) -> dict:
+def grid_dict(epochs: int = EPOCHS, grid: dict = GRID, confirm_top: int = 1, seed: int = 0) -> dict:
     """The build's sweep spec as a dict: digits_vit.yaml with the grid's choices, FIFO, eval every epoch.
 
     The trial harness counts ``collapse_patience`` in evaluations (2 by default); evaluating every epoch would
     stop a slow starter after 2 epochs where the shipped sweep (eval_every 4) waits 8, so the build sets 8."""
     raw = yaml.safe_load(BASE_SPEC.read_text())
     raw.pop("variants", None)
-    raw.update(name="digits-efficiency-grid", epochs=epochs, objective="mean", num_samples=1,
+    raw.update(name="digits-efficiency-grid", epochs=epochs, seed=seed, objective="mean", num_samples=1,
                scheduler={"kind": "fifo"}, searcher={"kind": "grid"}, confirm={"top": confirm_top, "seeds": 1},
                max_concurrent=2, resources={"cpu": 1, "gpu": 0})
     raw["train"] = {**raw.get("train", {}), "eval_every": 1, "collapse_patience": COLLAPSE_PATIENCE}
@@ -138,13 +149,15 @@ def load(path: Path = TABLE) -> list[Run]:
 
 
 def merge(table: Path, part: Path, out: Path) -> Path:
-    """``table`` with every grid run whose configuration ``part`` holds replaced by ``part``'s run of it."""
+    """``table`` with every grid run whose configuration and seed ``part`` holds replaced by ``part``'s run of
+    it (a run of another seed is kept)."""
     def rows(path):
         with gzip.open(path, "rt", newline="") as f:
             return list(csv.DictReader(f))
 
     def key(r):
-        return r["technique"], tuple(_number(r[p]) for p in PARAMS if r.get(p, "") != "")
+        return (r["technique"], tuple(_number(r[p]) for p in PARAMS if r.get(p, "") != ""),
+                int(float(r.get("seed") or 0)))
     new = rows(part)
     replaced = {key(r) for r in new if r["role"] == "trial"}
     kept = [r for r in rows(table) if r["role"] != "trial" or key(r) not in replaced]
@@ -168,8 +181,38 @@ def collapsed_grid(path: Path, grid: dict = GRID) -> dict:
     return {t: {p: (sorted(v) if isinstance(v, set) else v) for p, v in space.items()} for t, space in out.items()}
 
 
+def in_grid(technique: str, params: dict, grid: dict) -> bool:
+    """Whether the configuration is one of ``grid``'s points."""
+    space = grid.get(technique)
+    if space is None:
+        return False
+    return set(params) == set(space) and all(
+        params[p] in (v if isinstance(v, list) else [v]) for p, v in space.items())
+
+
+def seeded(sources: list[Path], out: Path, grid: dict = SEED_GRID) -> Path:
+    """One table of ``grid``'s configurations from ``sources`` (tables and built parts): every run of one of its
+    configurations, a confirmation run (another seed of a grid run) kept as a grid run of its seed; the last
+    source's run wins where two hold the same configuration and seed."""
+    rows: dict = {}
+    source_of: dict = {}                                   # (configuration, seed) -> the trial id kept
+    for path in sources:
+        with gzip.open(path, "rt", newline="") as f:
+            for r in csv.DictReader(f):
+                params = {p: _number(r[p]) for p in PARAMS if r.get(p, "") != ""}
+                if not in_grid(r["technique"], params, grid):
+                    continue
+                key = (r["technique"], tuple(sorted(params.items())), int(float(r["seed"] or 0)))
+                run = rows.setdefault(key, {})
+                if source_of.get(key) != (str(path), r["trial_id"]):
+                    run.clear()                            # a later source's run of it
+                    source_of[key] = (str(path), r["trial_id"])
+                run[r["epoch"]] = {**r, "trial_id": f"s{key[2]}-{r['trial_id']}", "role": "trial", "confirms": ""}
+    return write([row for run in rows.values() for row in run.values()], Path(out))
+
+
 def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epochs: int = EPOCHS,
-          grid: dict = GRID, confirm_top: int = 1, num_cpus: int = 2, log=print) -> Path:
+          grid: dict = GRID, confirm_top: int = 1, num_cpus: int = 2, log=print, seed: int = 0) -> Path:
     """Run the grid sweep through ``run_sweep`` and write the table; returns its path."""
     from tuning.spec.space import grid_points
     from tuning.spec.sweep import from_dict
@@ -178,9 +221,9 @@ def build(out: Path = TABLE, workdir: Path = ROOT / ".bench" / "efficiency", epo
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{workdir / 'mlruns.db'}"
-    spec = from_dict(copy.deepcopy(grid_dict(epochs, grid, confirm_top)), "benchmarks/efficiency grid")
+    spec = from_dict(copy.deepcopy(grid_dict(epochs, grid, confirm_top, seed)), "benchmarks/efficiency grid")
     n = len(grid_points(spec.spaces))
-    log(f"build: {n} grid configurations x {epochs} epochs, eval every epoch, {num_cpus} CPUs, MLflow {uri}")
+    log(f"build: {n} grid configurations x {epochs} epochs, seed {seed}, eval every epoch, {num_cpus} CPUs, MLflow {uri}")
     started = time.perf_counter()
     outcome = run_sweep(spec, tracking_uri=uri, storage=str(workdir / "q3r-runs"), num_cpus=num_cpus, log=log)
     rows = _runs_from_mlflow(uri, outcome.parent_run_id)
