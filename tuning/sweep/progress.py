@@ -145,7 +145,7 @@ class TableLog(tune.CLIReporter):
     def __init__(self, path: Path, metric: Metric):
         super().__init__(metric_columns={"epoch": "epoch", "objective": "objective", metric.key: metric.key},
                          parameter_columns={"technique": "technique"}, max_report_frequency=30,
-                         max_progress_rows=30, sort_by_metric=False)
+                         max_progress_rows=30, sort_by_metric=False, print_intermediate_tables=True)
         self.path = Path(path)
 
     def report(self, trials, done, *sys_info):
