@@ -5,8 +5,12 @@ Every (technique, seed) trial runs the library recipe with the main job's settin
 trial and ``--jobs`` trials at a time. Prints accuracy at each retention level per seed,
 the mean over seeds, and the ratio of each technique's mean to AdamW's at p = 0.1 and 0.2.
 
+``lora`` is the default ``lora_form: factorized``; ``lora-paper`` is the same LoRA (rank r(0.2) from scratch)
+in ``lora_form: paper``, the paper code's LoRALinear (N(0, 0.01^2) factors scaled by alpha / r, no bias).
+
     python benchmarks/digits_techniques.py                      # 5 techniques x 3 seeds
     python benchmarks/digits_techniques.py --techniques adamw adamq3r --seeds 0 1 2 3 4
+    python benchmarks/digits_techniques.py --techniques adamq3r lora lora-paper adamw   # both LoRA forms
 """
 from __future__ import annotations
 
@@ -14,28 +18,44 @@ import argparse
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 
+from tuning.trial.spec import from_dict
 from tuning.trial.demo import RETENTIONS, TECHNIQUES, trial_config
 from tuning.trial.metrics import acc_key, level_key, params_key
 from tuning.trial.recipe import run_trial
 
 
+# benchmark row name -> (registered technique, technique settings added to the demo's)
+VARIANTS = {**{name: (name, {}) for name in TECHNIQUES}, "lora-paper": ("lora", {"lora_form": "paper"})}
+
+
+def config(row: str, epochs: int, seed: int):
+    """The demo's trial spec for ``row``, with the variant's technique settings."""
+    technique, settings = VARIANTS[row]
+    spec = trial_config(technique, epochs, threads=1, seed=seed).model_dump()
+    spec["technique"].update(settings)
+    return from_dict(spec)
+
+
 def one(args) -> tuple:
     technique, seed, epochs = args
-    metrics = run_trial(trial_config(technique, epochs, threads=1, seed=seed)).metrics
+    metrics = run_trial(config(technique, epochs, seed)).metrics
     return technique, seed, {level_key(p): metrics[acc_key(p)] for p in RETENTIONS}, \
         {level_key(p): metrics[params_key(p)] for p in RETENTIONS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=list(TECHNIQUES))
+    parser.add_argument("--techniques", nargs="+", choices=list(VARIANTS),
+                        help=f"rows (default: {' '.join(TECHNIQUES)}); lora-paper is lora with lora_form: paper")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2, help="trials at a time (one CPU thread each)")
-    parser.add_argument("--smoke-test", action="store_true", help="1 epoch, 1 seed, adamw and adamq3r")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="1 epoch, 1 seed, adamw and adamq3r (or the --techniques given)")
     args = parser.parse_args()
     if args.smoke_test:
-        args.techniques, args.seeds, args.epochs = ["adamw", "adamq3r"], [0], 1
+        args.techniques, args.seeds, args.epochs = args.techniques or ["adamw", "adamq3r"], [0], 1
+    args.techniques = args.techniques or list(TECHNIQUES)
     work = [(t, s, args.epochs) for t in args.techniques for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one, work))

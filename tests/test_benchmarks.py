@@ -38,6 +38,22 @@ def test_digits_techniques_smoke():
     assert means == ["adamw", "adamq3r"] and "ratio adamq3r/adamw" in out.stdout
 
 
+def test_digits_techniques_lora_forms():
+    """lora-paper is a row of its own and trains the paper code's form: no bias, so fewer parameters stored."""
+    from benchmarks.digits_techniques import config
+    assert config("lora", 1, 0).technique.lora_form == "factorized"
+    paper = config("lora-paper", 1, 3)
+    assert (paper.technique.name, paper.technique.lora_form, paper.train.seed) == ("lora", "paper", 3)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "digits_techniques.py"), "--smoke-test",
+                          "--techniques", "lora", "lora-paper", "--jobs", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    params = {line.split()[0]: [int(n) for n in line.split()[2:]] for line in out.stdout.splitlines()
+              if line.split()[1:2] == ["param"]}
+    assert list(params) == ["lora", "lora-paper"]
+    assert all(paper < factorized for paper, factorized in zip(params["lora-paper"], params["lora"]))
+
+
 def test_transfer_digits_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_digits.py"), "--smoke-test",
                           "--cache", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
