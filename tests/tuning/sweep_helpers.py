@@ -76,3 +76,31 @@ def kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    """Poll ``predicate`` until it holds; fail the test on ``timeout`` or when the driver ``proc`` exits first."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def trial_reached(client, name: str, epoch: int):
+    """A predicate: some trial of sweep ``name`` has logged ``epoch`` (False while the sweep does not exist yet)."""
+    from tuning.tracking.results import load_records
+    from tuning.tracking.store import find_sweep
+
+    def reached() -> bool:
+        try:
+            parent = find_sweep(client, name)
+        except Exception:  # noqa: BLE001 - the experiment does not exist yet
+            return False
+        return any(r.epoch >= epoch for r in load_records(client, parent.info.run_id, with_history=False))
+    return reached

@@ -5,7 +5,6 @@ The work is the least that still has, at the kill, trials running halfway and tr
 from __future__ import annotations
 
 import shutil
-import time
 
 import optuna
 import pytest
@@ -14,20 +13,10 @@ from mlflow.tracking import MlflowClient
 from tuning.tracking.results import load_records
 from tuning.tracking.store import find_sweep
 
-from tests.tuning.sweep_helpers import cli, kill_group, kill_ray_under, short_tmp, tiny_spec, write_spec
+from tests.tuning.sweep_helpers import (cli, kill_group, kill_ray_under, short_tmp, tiny_spec, trial_reached, wait_for,
+                                       write_spec)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, no_ray, fresh_store):
@@ -42,15 +31,8 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path, no_r
     driver = cli("sweep", str(path), "--storage", str(tmp_path / "runs"), *args, cwd=tmp_path, env=env)
     client = MlflowClient(uri)
 
-    def some_trial_is_halfway() -> bool:
-        try:
-            parent = find_sweep(client, "resumable")
-        except Exception:  # noqa: BLE001 - the experiment does not exist yet
-            return False
-        return any(r.epoch >= 2 for r in load_records(client, parent.info.run_id, with_history=False))
-
     try:
-        wait_for(some_trial_is_halfway, 180, "a trial reached epoch 2", driver)
+        wait_for(trial_reached(client, "resumable", 2), 180, "a trial reached epoch 2", driver)
     finally:
         kill_group(driver)                        # the driver dies without any chance to clean up
         kill_ray_under(ray_tmp)

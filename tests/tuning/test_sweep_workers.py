@@ -25,7 +25,8 @@ from tuning.tracking.results import load_records
 from tuning.tracking.store import find_sweep
 from tuning.trial.registry import TECHNIQUES
 
-from tests.tuning.sweep_helpers import cli, kill_group, kill_ray_under, short_tmp, tiny_spec, write_spec
+from tests.tuning.sweep_helpers import (cli, kill_group, kill_ray_under, short_tmp, tiny_spec, trial_reached, wait_for,
+                                       write_spec)
 
 pytestmark = pytest.mark.slow
 
@@ -184,19 +185,8 @@ def test_a_killed_driver_resumes_its_two_worker_trial_from_the_last_checkpoint(t
     driver = cli("sweep", str(path), "--storage", str(tmp_path / "runs"), *args, cwd=tmp_path, env=env)
     client = MlflowClient(uri)
 
-    def epoch_one_is_in() -> bool:                        # reported, so its checkpoint is in the trainer's run
-        try:
-            parent = find_sweep(client, "workers-resumed")
-        except Exception:  # noqa: BLE001 - the experiment does not exist yet
-            return False
-        return any(r.epoch >= 1 for r in load_records(client, parent.info.run_id, with_history=False))
-
     try:
-        deadline = time.monotonic() + 300
-        while not epoch_one_is_in():
-            assert driver.poll() is None, driver.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "timed out waiting for epoch 1's report"
-            time.sleep(0.5)
+        wait_for(trial_reached(client, "workers-resumed", 1), 300, "epoch 1's report", driver)   # its checkpoint is in
         time.sleep(2)                                     # the workers are in epoch 2, waiting
     finally:
         kill_group(driver)                                # the driver, its trial and its workers die at once
