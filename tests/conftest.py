@@ -18,6 +18,12 @@ tests share them (every one real):
 - ``tiny_sweep``: one tiny real sweep (Ray Tune, ASHA, Optuna TPE, MLflow, confirmation runs) for
   the tests that only read its results.
 Heavy imports (Ray, MLflow) happen inside the fixtures: the library's tests load neither.
+
+Ray Train (the trials on two workers) is set for short trials, through its documented environment variables,
+which every Ray process the tests start inherits: its controller polls the workers every 0.5 s instead of 2 s
+(a report, and a trial's end, waits for the next poll: seconds per trial where an epoch takes one), and no
+preemption watcher (an actor process per trial that asks Ray whether its nodes are being drained: on one
+machine they never are).
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 # --- free ports and MLflow servers --------------------------------------------------------------------
