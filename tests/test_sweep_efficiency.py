@@ -307,3 +307,37 @@ def test_replay_meets_one_seed_per_trial_and_the_json_shape(tmp_path, ray_sessio
             assert set(c["found"]) == {"adamw", "lora"} and set(c["found"]["adamw"]) == {"chance", "lo", "hi"}
     # by half the grid's epochs (4.5 of 9) some trials had ended; at the end every regret is measured on means
     assert all(0.0 <= s[0.5]["regret@0.2"] <= 0.6 + 1e-9 for s in [p["seeded"] for p in per_seed])
+
+
+def test_the_first_trials_bound_scores_every_choice_over_every_seed_draw(tmp_path):
+    """``ceiling``: adamw lr 2e-3 (0.6 at every seed) with the lora trial is never regretted; adamw lr 1e-3 is
+    recommended on its lucky seed (regret 0.1, its mean is 0.5) and otherwise lora is (0.6 - 0.45 = 0.15)."""
+    from benchmarks.efficiency.ceiling import bound, ended_by, first_choices
+
+    assert [ended_by(120, f, 12, 2) for f in (0.1, 0.25, 0.5, 1.0)] == [0, 2, 4, 10]
+    runs = table.load(seeded_table(tmp_path))
+    best, worst = first_choices(runs, ["adamw", "lora"], budgets=(0.1,))
+    assert best["configs"] == [("adamw", {"lr": 2e-3}), ("lora", {"lr": 1e-3})]
+    assert best["regret@0.1"] == {"min": 0.0, "median": 0.0, "max": 0.0}
+    assert worst["configs"][0] == ("adamw", {"lr": 1e-3})
+    assert worst["regret@0.1"] == pytest.approx({"min": 0.1, "median": 0.15, "max": 0.15})
+    assert best["hv_ratio"] == pytest.approx(1.0) and worst["hv_ratio"] == pytest.approx(0.5 / 0.6)
+    spec = strategy_spec(table.grid_dict(3, {"adamw": {"lr": [1e-3, 2e-3]}, "lora": {"lr": 1e-3}}), 0, "tpe",
+                         {"kind": "fifo"}, 3)
+    out = bound(runs, spec, grid_epochs(runs), 3, fractions=(0.5, 1.0))
+    assert out["0.5"] == {"ended": 0}
+    assert out["1"]["ended"] == 2 and out["1"]["techniques"] == ["adamw", "lora"] and out["1"]["learned"] == 0
+    assert out["1"]["best"]["configs"] == best["configs"] and out["1"]["max_hv_ratio"] == pytest.approx(1.0)
+
+
+def test_start_points_are_snapped_to_the_tables_grid():
+    from benchmarks.efficiency.replay import snap
+
+    techniques = table.grid_dict(12, table.SEED_GRID)["techniques"]
+    points = {"adamq3r": [{"lr": 1.2e-3, "lmbda": 0.3, "target_rank": 0.2}], "adamw": [{"lr": 1.5e-3}],
+              "lora": [{"target_rank": 0.1}], "lorita": [{"lr": 5e-4}], "nope": [{"lr": 1e-3}]}
+    assert snap(points, techniques) == {"adamq3r": [{"lmbda": 3.0}],      # lr and target rank are fixed there
+                                        "adamw": [{"lr": 2e-3}],          # log-nearer 2e-3 than 1e-3
+                                        "lora": [{"target_rank": 0.05}]}  # a tie in log: the lower
+    spec = strategy_spec(table.grid_dict(12, table.SEED_GRID), 0, "tpe", {"kind": "fifo"}, 6, start_points=points)
+    assert spec.searcher.start_points == snap(points, techniques)
