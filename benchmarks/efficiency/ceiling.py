@@ -1,106 +1,95 @@
-"""What any search could score on the table before it has learned anything (``sweep_efficiency.py bound``).
+"""The best any search could score on a table by a fraction of its epochs (``sweep_efficiency.py bound``).
 
-With ``max_concurrent`` slots, runs of the table's length and none stopped early, the trials ended by a fraction
-of the grid's epochs are the sweep's first ``k`` (``ended_by``). Their techniques are fixed by the sweep's
-interleaving (``TechniqueSearch``), and each technique's study learns only from its own trials: where each of
-the ``k`` is the first of its technique, no searcher's learning reaches any of them, and their configurations
-are the searchers' first guesses. ``first_choices`` scores every choice of those
-configurations, over every seed draw, with the replay's scores (the regret of ``recommend`` against the means,
-the hypervolume ratio of the means): the best any searcher could reach there, and which choice reaches it.
-ASHA stops nothing among them when each technique has fewer than ``min_samples`` of them.
+A trial counts once it has run to its end. With ``slots`` trials at once and runs of ``epochs`` epochs, a trial
+that ends by ``spend`` epochs was among the first ``spend // epochs + slots - 1`` trials started (the j-th starts
+only after j - slots others ended), and at most ``spend // epochs`` have ended (``reachable``), whatever the
+recorded times. Their techniques are fixed by the sweep's interleaving (``TechniqueSearch``), and each
+technique's study learns only from its own trials, so a trial that is the first of its technique carries no
+learning at all. ``floor`` is the lowest regret and the highest hypervolume ratio any choice of those trials'
+configurations could reach, however their seeds and times fall: the regret of the best configuration of a
+reachable technique recommended alone, and the front of the best ``spend // epochs`` configurations.
 """
 from __future__ import annotations
 
 import itertools
-import statistics
-from typing import Optional
 
 from tuning.analysis.records import TrialRecord
 from tuning.spec.sweep import SweepSpec
 
-from .confidence import BUDGETS, final_metrics, mean_regret, seeds_by_config
+from .confidence import BUDGETS, mean_regret
 from .scores import hv_ratio
-from .table import Run
 
 
 def first_techniques(spec: SweepSpec, k: int) -> list[str]:
     """The techniques of the sweep's first ``k`` trials, as its searcher hands them out."""
-    from tuning.sweep.searcher import make_searcher
     from tuning.spec.space import split_config
+    from tuning.sweep.searcher import make_searcher
 
     searcher, _ = make_searcher(spec)
-    return [split_config(searcher.suggest(str(i)))[0] for i in range(k)]
+    return [split_config(searcher.suggest(str(i)))[0] for i in range(min(k, spec.total_samples))]
 
 
-def ended_by(total: float, fraction: float, epochs: int, slots: int) -> int:
-    """Trials ended by ``fraction`` of ``total`` epochs when ``slots`` trials of ``epochs`` run at once and none
-    is stopped early: whole rounds of ``slots`` trials (a trial's spend counts every trial's epochs)."""
-    return slots * (int(fraction * total + 1e-9) // (slots * epochs))
+def reachable(spend: float, epochs: int, slots: int) -> tuple[int, int]:
+    """(trials started early enough to have ended by ``spend``, the most that can have ended by then)."""
+    ended = int(spend + 1e-9) // epochs
+    return (ended + slots - 1 if ended else 0), ended
 
 
-def first_choices(runs: list[Run], techniques: list[str], budgets=BUDGETS, means: Optional[dict] = None) -> list[dict]:
-    """Every choice of configurations for trials of ``techniques`` (one each, in order), scored over every seed
-    draw: {"configs", "hv_ratio", "regret@b": {"min", "median", "max"}}, best (lowest worst-case regrets) first."""
-    from .confidence import mean_records
-
-    means = means or mean_records(runs)
-    by = seeds_by_config(runs)
+def floor(means: dict[tuple, TrialRecord], techniques: list[str], ended: int, budgets=BUDGETS) -> dict:
+    """The best scores of ``ended`` trials of ``techniques`` (one configuration each, any of its technique's,
+    judged by its mean): {"regret@b": lowest regret, "hv_ratio": highest ratio, "configs": the front reaching it}."""
     grid = list(means.values())
-    options = [[key for key in by if key[0] == t] for t in techniques]
-    out = []
-    for configs in itertools.product(*options):
-        row = {"configs": [(t, dict(p)) for t, p in configs], "hv_ratio": hv_ratio([means[c] for c in configs], grid)}
-        for b in budgets:
-            regrets = []
-            for draw in itertools.product(*(by[c] for c in configs)):
-                found = [TrialRecord(trial_id=str(i), technique=c[0], params=dict(c[1]), status="completed",
-                                     epoch=len(r.rows), metrics=final_metrics(r))
-                         for i, (c, r) in enumerate(zip(configs, draw))]
-                regrets.append(mean_regret(found, means, b))
-            row[f"regret@{b:g}"] = {"min": min(regrets), "median": statistics.median(regrets), "max": max(regrets)}
-        out.append(row)
-    return sorted(out, key=lambda r: (tuple(r[f"regret@{b:g}"]["max"] for b in budgets), -r["hv_ratio"]))
+    pool = [key for key in means if key[0] in techniques]
+    out = {}
+    for b in budgets:
+        out[f"regret@{b:g}"] = min((mean_regret([means[k]], means, b) for k in pool), default=mean_regret([], means, b))
+    count = {t: techniques.count(t) for t in set(techniques)}
+    best, front = 0.0, []
+    for n in range(1, ended + 1):
+        for combo in itertools.combinations(pool, n):
+            if any(sum(k[0] == t for k in combo) > c for t, c in count.items()):
+                continue                              # more configurations of a technique than its trials
+            h = hv_ratio([means[k] for k in combo], grid)
+            if h > best + 1e-12:
+                best, front = h, list(combo)
+    out["hv_ratio"] = best
+    out["configs"] = [(k[0], dict(k[1])) for k in front]
+    return out
 
 
-def bound(runs: list[Run], spec: SweepSpec, total: float, epochs: int, fractions=(0.25,)) -> dict:
-    """Per fraction: how many trials have ended, their techniques, how many of them came after an earlier trial of
-    their technique (``learned``: only those can carry what a study learned), and the best and worst choices of
-    their configurations; and the best choice of first trials of any distinct techniques (what a prior on which
+def bound(means: dict[tuple, TrialRecord], spec: SweepSpec, total: float, epochs: int,
+          fractions=(0.1, 0.25, 0.5)) -> dict:
+    """Per fraction of ``total`` epochs: the trials that can have ended, their techniques, how many of them come
+    after an earlier trial of their technique (``learned``: only those can carry what a study learned), the
+    floor over them, and the floor over the same number of trials of any techniques (what a prior on which
     techniques go first could reach)."""
     out = {}
     for f in fractions:
-        k = ended_by(total, f, epochs, spec.max_concurrent)
-        if k == 0:
+        started, ended = reachable(f * total, epochs, spec.max_concurrent)
+        if not ended:
             out[f"{f:g}"] = {"ended": 0}
             continue
-        techniques = first_techniques(spec, k)
-        rows = first_choices(runs, techniques)
-        anywhere = [r for ts in itertools.combinations(sorted(set(spec.spaces)), min(k, len(spec.spaces)))
-                    for r in first_choices(runs, list(ts))]
-        anywhere.sort(key=lambda r: (tuple(r[f"regret@{b:g}"]["max"] for b in BUDGETS), -r["hv_ratio"]))
-        out[f"{f:g}"] = {"ended": k, "techniques": techniques, "learned": k - len(set(techniques)),
-                         "best": rows[0], "worst": rows[-1],
-                         "max_hv_ratio": max(r["hv_ratio"] for r in rows),
-                         "any_techniques": {"best": anywhere[0],
-                                            "max_hv_ratio": max(r["hv_ratio"] for r in anywhere)}}
+        techniques = first_techniques(spec, started)
+        learned = sum(t in techniques[:i] for i, t in enumerate(techniques))
+        anywhere = floor(means, list(spec.spaces) * ended, ended)
+        out[f"{f:g}"] = {"ended": ended, "started": started, "techniques": techniques, "learned": learned,
+                         "floor": floor(means, techniques, ended), "any_techniques": anywhere}
     return out
 
 
 def lines(result: dict) -> list[str]:
-    """``bound``'s result as text, one line per fraction and choice."""
+    """``bound``'s result as text."""
     def one(r):
-        configs = " + ".join(f"{t} {' '.join(f'{k}={v:g}' for k, v in p.items())}" for t, p in r["configs"])
-        regrets = ", ".join(f"{k} {r[k]['min']:.3f}-{r[k]['max']:.3f}" for k in r if k.startswith("regret@"))
-        return f"HV {r['hv_ratio']:.3f}, {regrets} (over seed draws): {configs}"
+        regrets = ", ".join(f"{k} >= {r[k]:.3f}" for k in r if k.startswith("regret@"))
+        front = " + ".join(f"{t} {' '.join(f'{k}={v:g}' for k, v in p.items())}" for t, p in r["configs"])
+        return f"{regrets}, HV ratio <= {r['hv_ratio']:.3f} ({front})"
     out = []
     for f, b in result.items():
         if not b["ended"]:
-            out.append(f"at {f}: no trial has ended")
+            out.append(f"at {f}: no trial can have ended")
             continue
-        out.append(f"at {f}: {b['ended']} trials ended ({', '.join(b['techniques'])}), {b['learned']} of them after an "
-                   f"earlier trial of their technique; HV ratio at most {b['max_hv_ratio']:.3f}")
-        out.append(f"  best choice: {one(b['best'])}")
-        out.append(f"  worst choice: {one(b['worst'])}")
-        out.append(f"  any {b['ended']} techniques first: HV ratio at most {b['any_techniques']['max_hv_ratio']:.3f}; "
-                   f"best {one(b['any_techniques']['best'])}")
+        out.append(f"at {f}: at most {b['ended']} trials ended, of the first {b['started']} "
+                   f"({', '.join(b['techniques'])}; {b['learned']} after an earlier trial of its technique): "
+                   f"{one(b['floor'])}")
+        out.append(f"  the same number of trials of any techniques: {one(b['any_techniques'])}")
     return out

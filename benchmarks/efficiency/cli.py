@@ -174,19 +174,20 @@ def replay_main(args, log=print) -> dict:
 
 
 def bound_main(args, log=print) -> dict:
-    """``sweep_efficiency.py bound``: what the default strategy's first trials could score at each fraction,
-    whatever its searcher (``ceiling.bound``)."""
+    """``sweep_efficiency.py bound``: the best the default strategy's reachable trials could score at each
+    fraction, whatever its searcher (``ceiling.bound``)."""
     from .ceiling import bound, lines
 
     runs = load(args.table)
     epochs = max(int(row["epoch"]) for r in runs for row in r.rows)
-    grid = grid_of(runs)
-    s = strategies(len(mean_records(runs)), epochs, asha_trials=args.asha_trials, spec=args.spec)["default"]
-    spec = strategy_spec(grid_dict(epochs, grid), 0, s.searcher, s.scheduler, s.num_samples, s.objective, None,
-                         s.startup, s.start_points)
-    result = bound(runs, spec, grid_epochs(runs), epochs, (0.1, 0.25, 0.5))
-    log(f"table {args.table}: the default's first trials ({s.num_samples} trials, {spec.max_concurrent} at once), every "
-        f"choice of their configurations and every seed draw, before any study has seen a trial of its technique:")
+    means = mean_records(runs)
+    s = strategies(len(means), epochs, asha_trials=args.asha_trials, spec=args.spec)["default"]
+    spec = strategy_spec(grid_dict(epochs, grid_of(runs)), 0, s.searcher, s.scheduler, s.num_samples, s.objective,
+                         None, s.startup, s.start_points)
+    result = bound(means, spec, grid_epochs(runs), epochs)
+    log(f"table {args.table}: the default's trials ({s.num_samples}, {spec.max_concurrent} at once) that can have "
+        f"ended by each fraction of the grid's {grid_epochs(runs):g} epochs, and the best any choice of their "
+        f"configurations could score (means over seeds), whatever the seeds and recorded times:")
     for line in lines(result):
         log(line)
     return result
