@@ -5,7 +5,7 @@
     python benchmarks/sweep_efficiency.py replay --table benchmarks/data/digits_grid_seeds.csv.gz \
         --strategies default random --seeds 20 --json          # judge the default search: one JSON object
     python benchmarks/sweep_efficiency.py bound --table benchmarks/data/digits_grid_seeds.csv.gz
-                                           # the best any search's first trials could score on that table
+                                           # the best any search could score by 10%, 25%, 50% of that table
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     r.add_argument("--json", action="store_true", help="print only the confidence summary, one JSON object, on stdout "
                    "(the report goes to stderr)")
     r.add_argument("--spec", type=Path, default=table.BASE_SPEC, help="the sweep spec whose search is `default`")
-    c = sub.add_parser("bound", help="the best and worst scores of the default's first trials, whatever its searcher")
+    c = sub.add_parser("bound", help="the best any search could score with the trials that can have ended by each fraction")
     c.add_argument("--table", type=Path, default=table.TABLE)
     c.add_argument("--asha-trials", type=int, default=None, help="trials of the default (default 0.55 x grid)")
     c.add_argument("--spec", type=Path, default=table.BASE_SPEC)
