@@ -342,3 +342,18 @@ def test_start_points_are_snapped_to_the_tables_grid():
                                         "lora": [{"target_rank": 0.05}]}  # a tie in log: the lower
     spec = strategy_spec(table.grid_dict(12, table.SEED_GRID), 0, "tpe", {"kind": "fifo"}, 6, start_points=points)
     assert spec.searcher.start_points == snap(points, techniques)
+
+
+def test_the_default_strategy_carries_the_specs_start_points_and_sampler(tmp_path):
+    import yaml
+
+    from benchmarks.efficiency.strategies import same_search, strategies
+
+    raw = yaml.safe_load(table.BASE_SPEC.read_text())
+    raw["searcher"] = {"kind": "gp", "n_startup_trials": 2, "start_points": {"adamw": [{"lr": 1.0e-3}]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    named = strategies(10, 12, spec=tmp_path / "s.yaml")
+    d = named["default"]
+    assert (d.searcher, d.startup, d.start_points) == ("gp", 2, {"adamw": [{"lr": 1.0e-3}]})
+    assert named["random"].start_points is None and not same_search(d, named["gp+asha su2"])
+    assert same_search(strategies(10, 12)["default"], named["tpe+asha"])        # the shipped spec: plain TPE
