@@ -4,6 +4,8 @@
     python benchmarks/sweep_efficiency.py replay    # search strategies replayed against the table
     python benchmarks/sweep_efficiency.py replay --table benchmarks/data/digits_grid_seeds.csv.gz \
         --strategies default random --seeds 20 --json          # judge the default search: one JSON object
+    python benchmarks/sweep_efficiency.py bound --table benchmarks/data/digits_grid_seeds.csv.gz
+                                           # the best any search could score by 10%, 25%, 50% of that table
 """
 from __future__ import annotations
 
@@ -54,6 +56,11 @@ def main(argv=None) -> None:
     r.add_argument("--json", action="store_true", help="print only the confidence summary, one JSON object, on stdout "
                    "(the report goes to stderr)")
     r.add_argument("--spec", type=Path, default=table.BASE_SPEC, help="the sweep spec whose search is `default`")
+    c = sub.add_parser("bound", help="the best any search could score with the trials that can have ended by each fraction")
+    c.add_argument("--table", type=Path, default=table.TABLE)
+    c.add_argument("--asha-trials", type=int, default=None, help="trials of the default (default 0.55 x grid)")
+    c.add_argument("--spec", type=Path, default=table.BASE_SPEC)
+    c.add_argument("--json", action="store_true", help="also print the result as one JSON object on stdout")
     args = parser.parse_args(argv)
     if args.command == "build":
         if args.seeded:
@@ -74,6 +81,16 @@ def main(argv=None) -> None:
             part.unlink()
         else:
             table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus, seed=args.seed)
+    elif args.command == "bound":
+        from benchmarks.efficiency.cli import bound_main
+        if args.json:
+            import contextlib
+            import json
+            with contextlib.redirect_stdout(sys.stderr):
+                result = bound_main(args, log=lambda *a: print(*a, file=sys.stderr))
+            print(json.dumps(result, default=str))
+        else:
+            bound_main(args)
     else:
         from benchmarks.efficiency.cli import replay_main
         if args.smoke_test:

@@ -307,3 +307,53 @@ def test_replay_meets_one_seed_per_trial_and_the_json_shape(tmp_path, ray_sessio
             assert set(c["found"]) == {"adamw", "lora"} and set(c["found"]["adamw"]) == {"chance", "lo", "hi"}
     # by half the grid's epochs (4.5 of 9) some trials had ended; at the end every regret is measured on means
     assert all(0.0 <= s[0.5]["regret@0.2"] <= 0.6 + 1e-9 for s in [p["seeded"] for p in per_seed])
+
+
+def test_the_bound_is_the_best_any_choice_of_the_reachable_trials_scores(tmp_path):
+    """``ceiling``: which trials can have ended by a spend, and the floor of their regret / top of their
+    hypervolume; on the seeded table adamw lr 2e-3 (mean 0.6, the best) is regret 0 alone, lora (0.45) 0.15."""
+    from benchmarks.efficiency import confidence
+    from benchmarks.efficiency.ceiling import bound, floor, reachable
+
+    assert [reachable(f * 120, 12, 2) for f in (0.1, 0.25, 0.5)] == [(2, 1), (3, 2), (6, 5)]
+    means = confidence.mean_records(table.load(seeded_table(tmp_path)))
+    assert floor(means, ["lora"], 1, budgets=(0.1,)) == {"regret@0.1": pytest.approx(0.15),
+                                                        "hv_ratio": pytest.approx(0.45 / 0.6),
+                                                        "configs": [("lora", {"lr": 1e-3})]}
+    both = floor(means, ["adamw", "lora"], 1, budgets=(0.1,))
+    assert both["regret@0.1"] == 0.0 and both["configs"] == [("adamw", {"lr": 2e-3})]
+    spec = strategy_spec(table.grid_dict(3, {"adamw": {"lr": [1e-3, 2e-3]}, "lora": {"lr": 1e-3}}), 0, "tpe",
+                         {"kind": "fifo"}, 3)
+    out = bound(means, spec, 9, 3, fractions=(0.3, 0.5))
+    assert out["0.3"] == {"ended": 0}
+    assert (out["0.5"]["ended"], out["0.5"]["started"]) == (1, 2)          # 4.5 epochs: one 3-epoch trial
+    assert out["0.5"]["techniques"] == ["adamw", "lora"] and out["0.5"]["learned"] == 0
+    assert out["0.5"]["floor"]["regret@0.2"] == 0.0
+
+
+def test_start_points_are_snapped_to_the_tables_grid():
+    from benchmarks.efficiency.replay import snap
+
+    techniques = table.grid_dict(12, table.SEED_GRID)["techniques"]
+    points = {"adamq3r": [{"lr": 1.2e-3, "lmbda": 0.3, "target_rank": 0.2}], "adamw": [{"lr": 1.5e-3}],
+              "lora": [{"target_rank": 0.1}], "lorita": [{"lr": 5e-4}], "nope": [{"lr": 1e-3}]}
+    assert snap(points, techniques) == {"adamq3r": [{"lmbda": 3.0}],      # lr and target rank are fixed there
+                                        "adamw": [{"lr": 2e-3}],          # log-nearer 2e-3 than 1e-3
+                                        "lora": [{"target_rank": 0.05}]}  # a tie in log: the lower
+    spec = strategy_spec(table.grid_dict(12, table.SEED_GRID), 0, "tpe", {"kind": "fifo"}, 6, start_points=points)
+    assert spec.searcher.start_points == snap(points, techniques)
+
+
+def test_the_default_strategy_carries_the_specs_start_points_and_sampler(tmp_path):
+    import yaml
+
+    from benchmarks.efficiency.strategies import same_search, strategies
+
+    raw = yaml.safe_load(table.BASE_SPEC.read_text())
+    raw["searcher"] = {"kind": "gp", "n_startup_trials": 2, "start_points": {"adamw": [{"lr": 1.0e-3}]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    named = strategies(10, 12, spec=tmp_path / "s.yaml")
+    d = named["default"]
+    assert (d.searcher, d.startup, d.start_points) == ("gp", 2, {"adamw": [{"lr": 1.0e-3}]})
+    assert named["random"].start_points is None and not same_search(d, named["gp+asha su2"])
+    assert same_search(strategies(10, 12)["default"], named["tpe+asha"])        # the shipped spec: plain TPE

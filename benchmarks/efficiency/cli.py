@@ -161,7 +161,8 @@ def replay_main(args, log=print) -> dict:
             for seed in range(s.seeds or args.seeds):
                 spread = sized_allocation({t: sum(k[0] == t for k in means) for t in grid}, s.num_samples) \
                     if s.sized else None
-                spec = strategy_spec(base, seed, s.searcher, s.scheduler, s.num_samples, s.objective, spread, s.startup)
+                spec = strategy_spec(base, seed, s.searcher, s.scheduler, s.num_samples, s.objective, spread, s.startup,
+                                     s.start_points)
                 results[name].append(score_run(replay(spec, runs, scale), means, total))
             log(f"  {name} ({s.searcher}+{s.scheduler.get('kind')}, {s.num_samples} trials): "
                 f"{len(results[name])} seed(s) in {time.perf_counter() - one:.0f} s")
@@ -170,6 +171,26 @@ def replay_main(args, log=print) -> dict:
     log(f"replay: {sum(len(v) for v in results.values())} replays in {time.perf_counter() - started:.0f} s")
     report(results, runs, epochs, noise, args, log)
     return results
+
+
+def bound_main(args, log=print) -> dict:
+    """``sweep_efficiency.py bound``: the best the default strategy's reachable trials could score at each
+    fraction, whatever its searcher (``ceiling.bound``)."""
+    from .ceiling import bound, lines
+
+    runs = load(args.table)
+    epochs = max(int(row["epoch"]) for r in runs for row in r.rows)
+    means = mean_records(runs)
+    s = strategies(len(means), epochs, asha_trials=args.asha_trials, spec=args.spec)["default"]
+    spec = strategy_spec(grid_dict(epochs, grid_of(runs)), 0, s.searcher, s.scheduler, s.num_samples, s.objective,
+                         None, s.startup, s.start_points)
+    result = bound(means, spec, grid_epochs(runs), epochs)
+    log(f"table {args.table}: the default's trials ({s.num_samples}, {spec.max_concurrent} at once) that can have "
+        f"ended by each fraction of the grid's {grid_epochs(runs):g} epochs, and the best any choice of their "
+        f"configurations could score (means over seeds), whatever the seeds and recorded times:")
+    for line in lines(result):
+        log(line)
+    return result
 
 
 def confidence_json(results: dict, noise: list[dict]) -> dict:

@@ -121,13 +121,34 @@ def replay(spec: SweepSpec, runs: list[Run], scale: float = 0.0, workdir: Option
     return events.finished
 
 
+def snap(points: dict, techniques: dict) -> dict:
+    """Start points on the table's grid: each value the nearest (in log for positive numbers) of its parameter's
+    choices there (ties: the lower); parameters fixed or absent there, and points left empty, dropped."""
+    def near(v, choices):
+        dist = [abs(math.log(c / v)) if v > 0 and c > 0 else abs(c - v) for c in choices]
+        return min(zip(dist, choices))[1]
+    out = {}
+    for t, pts in (points or {}).items():
+        space = techniques.get(t)
+        if space is None:
+            continue
+        snapped = [{p: near(v, space[p]["choice"]) for p, v in pt.items() if isinstance(space.get(p), dict)}
+                   for pt in pts]
+        if any(snapped):
+            out[t] = [pt for pt in snapped if pt]
+    return out
+
+
 def strategy_spec(base: dict, seed: int, searcher: str, scheduler: dict, num_samples: int,
                   objective: str = "mean", samples_per_technique: Optional[dict] = None,
-                  startup: Optional[int] = None) -> SweepSpec:
+                  startup: Optional[int] = None, start_points: Optional[dict] = None) -> SweepSpec:
     """The build's spec with another search: ``scheduler`` e.g. {"kind": "asha", "grace_period": 5, ...};
-    ``startup``: the searcher's n_startup_trials (None: the spec's default)."""
+    ``startup``: the searcher's n_startup_trials (None: the spec's default); ``start_points``: the searcher's,
+    snapped to the build's grid."""
     raw = copy.deepcopy(base)
     search = {"kind": searcher, **({"n_startup_trials": startup} if startup else {})}
+    if start_points:
+        search["start_points"] = snap(start_points, raw["techniques"])
     raw.update(seed=seed, searcher=search, scheduler=scheduler, objective=objective,
                num_samples=num_samples, samples_per_technique=samples_per_technique or {}, confirm={"top": 0, "seeds": 0})
     return from_dict(raw, f"strategy {searcher}+{scheduler.get('kind')}")

@@ -159,3 +159,45 @@ def test_a_restored_searcher_continues_as_the_original_would(tmp_path):
     assert continued == drive(original, 8, first=6)
     fresh, _ = make_searcher(spec)
     assert drive(fresh, 8, first=6) != continued                   # what was restored decided them
+
+
+@pytest.mark.parametrize("kind", ["tpe", "gp", "random"])
+def test_start_points_are_each_techniques_first_trials_then_its_sampler_goes_on(kind):
+    """``searcher.start_points``: a technique's first suggestions are its points (parameters a point leaves out
+    are sampled); then the sampler's own suggestions; the other techniques' studies are untouched."""
+    points = {"adamq3r": [{"lmbda": 0.3, "lr": 1.2e-3}, {"lmbda": 3.0}]}
+    searcher = {"kind": kind, "n_startup_trials": 2}
+    with_points = by_technique(drive(make_searcher(from_dict(tiny_spec(
+        searcher={**searcher, "start_points": points}, num_samples=12)))[0], 12))
+    plain = by_technique(drive(make_searcher(from_dict(tiny_spec(searcher=searcher, num_samples=12)))[0], 12))
+    q3r = [split_config(c)[1] for c in with_points["adamq3r"]]
+    assert (q3r[0]["lmbda"], q3r[0]["lr"]) == (0.3, 1.2e-3)
+    assert q3r[1]["lmbda"] == 3.0 and q3r[1]["lr"] != 1.2e-3      # lr sampled
+    assert all(c["lmbda"] not in (0.3, 3.0) for c in q3r[2:])    # then the sampler's own
+    assert with_points["adamw"] == plain["adamw"]                  # the other technique is untouched
+    assert with_points["adamq3r"] != plain["adamq3r"]
+
+
+def test_gp_is_optunas_gaussian_process_sampler_after_its_startup():
+    """kind gp: every technique's study samples with Optuna's GPSampler; after n_startup_trials random ones
+    its suggestions are the GP's, not the random sampler's."""
+    import optuna
+
+    spec = from_dict(tiny_spec(searcher={"kind": "gp", "n_startup_trials": 2}, num_samples=12), source="tiny.yaml")
+    searcher, _ = make_searcher(spec)
+    assert all(isinstance(s.study.sampler, optuna.samplers.GPSampler) for s in searcher.searchers.values())
+    gp = by_technique(drive(searcher, 12))
+    random = by_technique(drive(make_searcher(from_dict(tiny_spec(searcher={"kind": "random"}, num_samples=12)))[0], 12))
+    assert all(gp[t][2:] != random[t][2:] for t in gp)
+
+
+def test_start_points_must_name_searched_parameters_and_their_values():
+    def spec(points, kind="tpe"):
+        return from_dict(tiny_spec(searcher={"kind": kind, "start_points": points}), source="tiny.yaml")
+    with pytest.raises(SpecError, match=r"names technique 'lora', which the sweep does not search"):
+        spec({"lora": [{"lr": 1e-3}]})
+    with pytest.raises(SpecError, match=r"start_points.adamq3r.rank is not a searched parameter"):
+        spec({"adamq3r": [{"rank": 4}]})
+    with pytest.raises(SpecError, match=r"start_points.adamq3r.lmbda must be a value of"):
+        spec({"adamq3r": [{"lmbda": 100.0}]})
+    assert spec({"adamq3r": [{"lmbda": 1.0}]}).searcher.start_points == {"adamq3r": [{"lmbda": 1.0}]}

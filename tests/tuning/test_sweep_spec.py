@@ -168,7 +168,7 @@ BAD = [
     ({"objective": "acc@0.3"}, r"objective: must be 'mean' or 'acc@p' .* but got 'acc@0.3'"),
     ({"searcher": {"kind": "grid"}}, r"techniques.adamq3r.lmbda must be a choice or a fixed value for searcher "
                                      r"grid, but got \{'loguniform': \[0.1, 10.0\]\}"),
-    ({"searcher": {"kind": "bayes"}}, r"searcher.kind must be 'tpe', 'multi', 'random' or 'grid', but got 'bayes'"),
+    ({"searcher": {"kind": "bayes"}}, r"searcher.kind must be 'tpe', 'gp', 'multi', 'random' or 'grid', but got 'bayes'"),
     ({"scheduler": {"kind": "asha", "grace_period": 20}}, r"scheduler.grace_period must be <= max_t \(10.*"
                                                           r"but got 20"),
     ({"scheduler": {"reduction_factor": 1}}, r"scheduler.reduction_factor must be greater than 1, but got 1"),

@@ -57,11 +57,37 @@ class SchedulerSpec(Strict):
 class SearcherSpec(Strict):
     """How configurations are proposed (one Optuna study per technique)."""
 
-    kind: Literal["tpe", "multi", "random", "grid"] = Field(
-        "tpe", description="tpe (Optuna TPE on the objective), multi (Optuna multi-objective over the metric at "
-                           "every p < 1: acc@p), random, or grid (every combination of the choices)")
-    n_startup_trials: Positive = Field(5, description="tpe / multi: random trials of each technique before "
-                                                      "TPE models it")
+    kind: Literal["tpe", "gp", "multi", "random", "grid"] = Field(
+        "tpe", description="tpe (Optuna TPE on the objective), gp (Optuna's Gaussian-process sampler on the "
+                           "objective), multi (Optuna multi-objective over the metric at every p < 1: acc@p), "
+                           "random, or grid (every combination of the choices)")
+    n_startup_trials: Positive = Field(5, description="tpe / gp / multi: random trials of each technique before "
+                                                      "the sampler models it")
+    start_points: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="tpe / gp / multi / random: per technique, configurations tried first "
+        "(e.g. the paper's settings in our units), each {param: value} for some of its searched parameters (the "
+        "others are sampled); they count as start-up trials")
+
+
+def check_start_points(searcher: SearcherSpec, spaces: dict) -> None:
+    """Every start point names a technique of the sweep and only its searched parameters, each a value its
+    distribution can take."""
+    if searcher.start_points and searcher.kind == "grid":
+        raise ValueError("searcher.start_points is for the samplers (tpe, gp, multi, random); grid tries every point")
+    for t, points in searcher.start_points.items():
+        if t not in spaces:
+            raise ValueError(f"searcher.start_points names technique {t!r}, which the sweep does not search; "
+                             f"its techniques: {list(spaces)}")
+        for point in points:
+            for p, v in point.items():
+                d = spaces[t].get(p)
+                if d is None or d.kind == "fixed":
+                    raise ValueError(f"searcher.start_points.{t}.{p} is not a searched parameter of {t}: "
+                                     f"{sorted(q for q, e in spaces[t].items() if e.kind != 'fixed')}")
+                ok = v in d.values if d.kind == "choice" else \
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and d.low <= v <= d.high
+                if not ok:
+                    raise ValueError(f"searcher.start_points.{t}.{p} must be a value of {d.to_yaml()!r}, but got {v!r}")
 
 
 class ResourcesSpec(Strict):
@@ -179,6 +205,7 @@ class SweepSpec(Strict):
                     if d.kind not in ("choice", "fixed"):
                         raise ValueError(f"techniques.{t}.{p} must be a choice or a fixed value for searcher "
                                          f"grid, but got {d.to_yaml()!r}")
+        check_start_points(self.searcher, self.spaces)
         unknown = sorted(set(self.samples_per_technique) - set(self.spaces))
         if unknown:
             raise ValueError(f"samples_per_technique names technique(s) {unknown} that the sweep does not search; "

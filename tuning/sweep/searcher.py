@@ -1,4 +1,4 @@
-"""Search algorithms: seeded Optuna (TPE, multi-objective TPE, random) or a full grid.
+"""Search algorithms: seeded Optuna (TPE, Gaussian-process BO, multi-objective TPE, random) or a full grid.
 
 Every technique is searched by its own Optuna study, with its own trial budget (``TechniqueSearch``,
 budgets from ``SweepSpec.allocation``), so that what TPE learns about LoRA never decides how often
@@ -8,6 +8,8 @@ configuration; its results are reported to the Optuna trial; ``study.tell`` ends
 ASHA is told PRUNED (its last reported value stays its intermediate value), not COMPLETE with its score
 at the rung, which would teach the sampler that a trial cut at 10 epochs is as good as its score there;
 a diverged trial is told the worst objective, so that the sampler learns to avoid its region.
+A new study is first given the spec's ``searcher.start_points`` of its technique (``study.enqueue_trial``),
+so that knowledge such as the paper's settings is tried before the sampler's own start-up.
 """
 from __future__ import annotations
 
@@ -51,13 +53,18 @@ class StudySearch(PickledState, Searcher):
     stopped by the scheduler."""
 
     def __init__(self, space: OptunaSpace, metric, mode, sampler: optuna.samplers.BaseSampler, *, max_t: int,
-                 study_name: str, storage: Optional[optuna.storages.BaseStorage] = None):
+                 study_name: str, storage: Optional[optuna.storages.BaseStorage] = None,
+                 start_points: tuple = ()):
         super().__init__(metric=metric, mode=mode)
         self.space, self.max_t = space, max_t
         modes = mode if isinstance(mode, list) else [mode]
         directions = ["minimize" if m == "min" else "maximize" for m in modes]
         self.study = optuna.create_study(storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(),
                                          study_name=study_name, load_if_exists=True, directions=directions)
+        if not self.study.trials:                          # a continued study has asked for them already
+            technique = next(iter(space.spaces))
+            for point in start_points:
+                self.study.enqueue_trial({f"{technique}.{p}": v for p, v in point.items()})
         self.trials: dict[str, optuna.Trial] = {}
         self.finished: set[str] = set()
 
@@ -139,6 +146,8 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int = 5) -> optuna.samp
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
+        if kind == "gp":                                   # GP-based BO: meant for small budgets
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
         # group=True: the space is conditional on the technique; constant_liar: trials run in parallel
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=n_startup_trials)
@@ -164,5 +173,6 @@ def make_searcher(spec: SweepSpec, storage: Optional[str] = None):
         seed = spec.seed + 1000 * i                 # independent, reproducible sampler streams
         searchers[technique] = StudySearch(
             OptunaSpace({technique: space}), metric, mode, make_sampler(kind, seed, spec.searcher.n_startup_trials),
-            max_t=spec.max_t, study_name=f"{spec.experiment_name}/{technique}", storage=rdb)
+            max_t=spec.max_t, study_name=f"{spec.experiment_name}/{technique}", storage=rdb,
+            start_points=tuple(spec.searcher.start_points.get(technique, ())))
     return TechniqueSearch(searchers, spec.allocation(), metric, mode), {}
