@@ -119,44 +119,64 @@ def check_same(targets: Sequence, w: Workers) -> None:
 
 
 # ---- the exchange after a refresh ---------------------------------------------------------------
-def exchange(bank, fits_before: dict) -> None:
-    """Give every rank every group's state from the rank that refreshed it, and sum the refit counts."""
+def room(groups) -> list[int]:
+    """The bytes each group will most likely send after the next refresh (its columns now, or its
+    width if wider, and room for an accelerator's answers): every rank computes them before the
+    refresh, from the same state, so that one message sized in advance carries the host values too."""
+    return [_nbytes(g, max(g.width, 0 if g.U is None else g.U.shape[-1]), True) for g in groups]
+
+
+def exchange(bank, fits_before: dict, rooms: list[int]) -> None:
+    """Give every rank every group's state from the rank that refreshed it, and sum the refit counts.
+
+    One message per rank (one broadcast when one rank refreshed every group): its host values
+    (payload size, refit counts, each group's width, columns, ...), then its groups' tensors, in
+    ``rooms`` sized before the refresh. Only when a group came back wider than its room (a refit
+    at a larger width, a first fit) does a second, exactly sized message follow."""
     w: Workers = bank.workers
     groups, owners = bank.groups, bank.owners
-    meta = _meta(groups, owners, w.rank) + [bank.fits[k] - fits_before[k] for k in FITS]
-    meta_t = torch.tensor(meta, dtype=torch.int64, device=groups[0].eps.device)
-    dist.all_reduce(meta_t, group=w.group)
-    meta = meta_t.tolist()
-    for k, delta in zip(FITS, meta[-len(FITS):]):
-        bank.fits[k] = fits_before[k] + delta
-    heads, at = [], 0
-    for g in groups:                                           # each group's host values
-        heads.append(meta[at: at + _META + len(g.targets)])
-        at += _META + len(g.targets)
-    sizes = [_nbytes(g, h) for g, h in zip(groups, heads)]
-    one = len(set(owners)) == 1                                # broadcast from that rank, else all-gather
-    length = sum(sizes) if one else max(sum(n for n, o in zip(sizes, owners) if o == r) for r in range(w.world))
-    send, at = groups[0].eps.new_empty(length, dtype=torch.uint8), 0
-    for g, n, o in zip(groups, sizes, owners):                 # each tensor copied once, into the message
-        if o == w.rank:
-            _write(g, send[at: at + n])
-            at += n
-    received = _gather(send, sizes, owners, w, one)             # {group index: bytes}
-    for i, (g, head) in enumerate(zip(groups, heads)):
-        if owners[i] != w.rank:
-            _adopt(g, head, received[i])
-
-
-def _meta(groups, owners, rank) -> list[int]:
-    out = []
-    for g, o in zip(groups, owners):
-        n = len(g.targets)
-        if o != rank:
-            out += [0] * (_META + n)
+    senders = sorted(set(owners))
+    src = senders[0] if len(senders) == 1 else None
+    senders = senders if src is not None else list(range(w.world))
+    owned = {r: [i for i, o in enumerate(owners) if o == r] for r in senders}
+    heads = {r: 8 * (1 + len(FITS) + sum(_META + len(groups[i].targets) for i in owned[r])) for r in senders}
+    room = {r: sum(rooms[i] for i in owned[r]) for r in senders}
+    mine = owned.get(w.rank, [])
+    sizes = {i: _nbytes(groups[i], groups[i].U.shape[-1], groups[i].answers is not None) for i in mine}
+    head = [sum(sizes.values())] + [bank.fits[k] - fits_before[k] for k in FITS]
+    for i in mine:
+        head += _meta(groups[i])
+    length = max(heads[r] + room[r] for r in senders)
+    send = groups[0].eps.new_empty(length, dtype=torch.uint8)
+    if w.rank in heads:
+        send[: heads[w.rank]].view(torch.int64).copy_(torch.tensor(head))
+        if head[0] <= room[w.rank]:
+            _write(groups, mine, sizes, send[heads[w.rank]:])
+    chunks = _gather(send, length, w, src)
+    hosts = {r: head if r == w.rank else chunks[r][: heads[r]].view(torch.int64).tolist() for r in senders}
+    at = dict(heads)
+    if any(hosts[r][0] > room[r] for r in senders):            # a group outgrew its room: once more, exactly
+        length = max(hosts[r][0] for r in senders)
+        send = send.new_empty(length)
+        _write(groups, mine, sizes, send)
+        chunks, at = _gather(send, length, w, src), dict.fromkeys(senders, 0)
+    for j, k in enumerate(FITS):
+        bank.fits[k] = fits_before[k] + sum(hosts[r][1 + j] for r in senders)
+    for r in senders:
+        if r == w.rank:
             continue
-        fresh = set(g.fresh)
-        out += [g.width, g.U.shape[-1], g.k_apply, int(g.answers is not None)] + [int(i in fresh) for i in range(n)]
-    return out
+        values = hosts[r][1 + len(FITS):]
+        for i in owned[r]:
+            n = _META + len(groups[i].targets)
+            meta, values = values[:n], values[n:]
+            size = _nbytes(groups[i], meta[1], bool(meta[3]))
+            _adopt(groups[i], meta, chunks[r][at[r]: at[r] + size])
+            at[r] += size
+
+
+def _meta(g) -> list[int]:
+    fresh = set(g.fresh)
+    return [g.width, g.U.shape[-1], g.k_apply, int(g.answers is not None)] + [int(i in fresh) for i in range(len(g.targets))]
 
 
 def _parts(g, cols: int, answers: bool) -> list[tuple[int, ...]]:
@@ -166,39 +186,47 @@ def _parts(g, cols: int, answers: bool) -> list[tuple[int, ...]]:
     return shapes + ([(), (n,), (n,)] if answers else [])
 
 
-def _nbytes(g, head) -> int:
-    width, cols, k_apply, answers = head[:_META]
-    n = sum(math.prod(s) for s in _parts(g, cols, bool(answers))) * g.eps.element_size()
+def _nbytes(g, cols: int, answers: bool) -> int:
+    n = sum(math.prod(s) for s in _parts(g, cols, answers)) * g.eps.element_size()
     return -(-n // _ALIGN) * _ALIGN
 
 
-def _write(g, buf: Tensor) -> None:
-    """Group g's operator state into ``buf`` (bytes, _nbytes long)."""
-    tensors = [g.U, g.V, g.sigma, g.s, g.eps, g.eps_first]
-    if g.answers is not None:
-        tensors += [a.to(g.eps.dtype) for a in g.answers]
-    flat, at = buf.view(g.eps.dtype), 0
-    for t in tensors:
-        flat[at: at + t.numel()].view(t.shape).copy_(t)
-        at += t.numel()
+def _write(groups, mine: list[int], sizes: dict, buf: Tensor) -> None:
+    """The operator state of this rank's groups into ``buf`` (bytes), one after another: each tensor copied once."""
+    at = 0
+    for i in mine:
+        g = groups[i]
+        tensors = [g.U, g.V, g.sigma, g.s, g.eps, g.eps_first]
+        if g.answers is not None:
+            tensors += [a.to(g.eps.dtype) for a in g.answers]
+        flat, k = buf[at: at + sizes[i]].view(g.eps.dtype), 0
+        for t in tensors:
+            flat[k: k + t.numel()].view(t.shape).copy_(t)
+            k += t.numel()
+        at += sizes[i]
 
 
-def _gather(send: Tensor, sizes: list[int], owners: list[int], w: Workers, one: bool) -> dict[int, Tensor]:
-    """Every group's bytes on every rank: one broadcast when one rank owns all, else one all-gather."""
-    if one:
-        dist.broadcast(send, src=w.global_rank(owners[0]), group=w.group)
-        chunks, at = {}, 0
-        for i, n in enumerate(sizes):
-            chunks[i], at = send[at: at + n], at + n
-        return chunks
-    most = send.numel()
-    out = send.new_empty(w.world * most)
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, send, group=w.group)
-    chunks, at = {}, [r * most for r in range(w.world)]
-    for i, (n, o) in enumerate(zip(sizes, owners)):
-        chunks[i], at[o] = out[at[o]: at[o] + n], at[o] + n
-    return chunks
+def _gather(send: Tensor, length: int, w: Workers, src: Optional[int]) -> dict[int, Tensor]:
+    """Each sending rank's ``length`` bytes on every rank: a broadcast from ``src``, else from every
+    rank to every other. On gloo these are pairwise sends: measured on CPU, they cost each rank less
+    than half the CPU time of gloo's all-gather (1.9 against 4.8 ms for 3 MB, two ranks)."""
+    if src is not None:
+        buf = send if w.rank == src else send.new_empty(length)
+        dist.broadcast(buf, src=w.global_rank(src), group=w.group)
+        return {src: buf}
+    out = send.new_empty(w.world, length)
+    if dist.get_backend(w.group) == "gloo":
+        ops = []
+        for r in range(w.world):
+            if r != w.rank:
+                peer = w.global_rank(r)
+                ops += [dist.P2POp(dist.isend, send, peer, w.group), dist.P2POp(dist.irecv, out[r], peer, w.group)]
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+    else:
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out.view(-1), send, group=w.group)
+    return dict(enumerate(out.unbind(0)))
 
 
 def _adopt(g, head, data: Tensor) -> None:
