@@ -5,15 +5,15 @@ all-reduce, so every rank must apply exactly the same operator, or the replicas 
 the penalty's operator (``Q3RPenalty``) must be the same too, or the averaged gradient mixes
 different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it, two ways:
 
-- ``"share"``: the shape groups are cut into parts of whole parameters (a fused qkv stays in one
-  part), about the same cost for every rank (``cost``: d1 d2 k per matrix and a fixed part) with
-  as few cuts as may be (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
-  operators. The reweighting cost per rank falls with the number of ranks.
+- ``"share"``: every shape group is cut into one run of whole parameters per rank (a fused qkv
+  stays in one part), so each rank refreshes the same share of every shape (``plan``), and one
+  message from each rank to every other gives every rank every part's operators. The
+  reweighting cost per rank falls with the number of ranks.
 - ``"broadcast"``: rank 0 refreshes every group, the others receive the result (one broadcast).
 
 Either way the state that decides control flow (widths, the leading columns applied, the members
-with no operator yet, an accelerator's answers for the next reweighting) travels with the
-operators, and the refit counts are summed over the ranks, so the banks stay identical, state_dict
+with no operator yet, an accelerator's answers for the next reweighting) travels at the head of
+the operators' message, and the refit counts are summed over the ranks, so the banks stay identical, state_dict
 included. A part is a group of its own: it sets its width from its own members, so with the
 warm start a run on N ranks can differ from a one-rank run by the warm start's accuracy where the
 widths differ (``svd="exact"`` agrees to rounding). Without an initialized process group (or with
@@ -109,8 +109,9 @@ def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list
 def cost(targets: Sequence, width: int) -> float:
     """A warm refresh's cost of same-shape targets: d1 d2 k per matrix for the products, plus
     ``PER_MATRIX`` for what does not shrink with the matrix (QR and eigh are one LAPACK call per
-    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took as long as 12 of
-    768 x 192 at k = 39 (16 ms each, one thread), which d1 d2 k alone puts at 50M and 69M."""
+    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took 1.0-1.2 times as
+    long as 12 of 768 x 192 at k = 39 (one thread; more under load), which d1 d2 k alone puts at
+    0.72. Used only to deal out the groups too small to cut (``plan``)."""
     d1, d2 = targets[0].shape
     return len(targets) * (d1 * d2 * width + PER_MATRIX)
 
