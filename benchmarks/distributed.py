@@ -3,16 +3,17 @@
 timm ViT-Tiny (32 px, patch 4: 72 regularized matrices, p = 0.2) under DistributedDataParallel:
 gloo on CPU, NCCL when there is a GPU per rank. Each rank times, interleaved, a reweighting of
 two operator banks over the same weights, one per strategy (``OperatorBank(distributed=...)``:
-"share", each rank refreshes its part then all-gather; "broadcast", rank 0 refreshes then
-broadcast; at one worker both are the plain bank), and a training step of AdamQ3R
+"share", each rank refreshes its part of every group then sends it to the others; "broadcast",
+rank 0 refreshes then broadcast; at one worker both are the plain bank), and a training step of AdamQ3R
 (distributed="share") at the same global batch split over the ranks. Between repetitions the
 weights move by that step, so every reweighting after the first is a warm one, as in training.
 The banks stack the weights (pack=False, the same for both). Each rank also times, interleaved
 with them, a plain bank's reweighting of all the matrices (one worker's work), so the ratio can
 be read against the run with one worker and against that plain reweighting timed under the same
 load at the same moment. Prints each rank's median time, elapsed and CPU (this process's), the
-ratios, and the CPU time of the exchange; a "round" runs every number of workers once, and
-rounds alternate so that machine load hits them alike.
+ratios, the CPU time of the exchange, and the plain reweighting's CPU time by shape group; a
+"round" runs every number of workers once, and rounds alternate so that machine load hits them
+alike.
 
     python benchmarks/distributed.py                         # 1, 2, 4 workers, 1 thread per rank
     python benchmarks/distributed.py --workers 1 2 --rounds 3

@@ -114,9 +114,9 @@ class OperatorBank:
             those fall back to a full SVD (CPU; an accelerator refits them at the next reweighting).
         pack: keep each shape group's weights in one buffer whose views are the parameters, so
             ``descend`` updates them in place instead of stacking and copying back (see ``packing.py``).
-        distributed: under torch.distributed, "share" (each rank refreshes a part of the groups,
-            then all-gather; also True) or "broadcast" (rank 0 refreshes, then broadcast), so that
-            every rank holds the same operators; None: each rank on its own (see ``distributed.py``).
+        distributed: under torch.distributed, "share" (each rank refreshes a part of every group,
+            then sends it to the others; also True) or "broadcast" (rank 0 refreshes, then
+            broadcast), so that every rank holds the same operators; None: each rank on its own (see ``distributed.py``).
         process_group: the ranks that share the reweighting (default: the default group).
     """
 
