@@ -13,8 +13,8 @@ different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it,
 
 Either way the state that decides control flow (widths, the leading columns applied, the members
 with no operator yet, an accelerator's answers for the next reweighting) travels at the head of
-the operators' message, and the refit counts are summed over the ranks, so the banks stay identical, state_dict
-included. A part is a group of its own: it sets its width from its own members, so with the
+the operators' message, and the refit counts are summed over the ranks, so the banks stay
+identical, state_dict included. A part is a group of its own: it sets its width from its own members, so with the
 warm start a run on N ranks can differ from a one-rank run by the warm start's accuracy where the
 widths differ (``svd="exact"`` agrees to rounding). Without an initialized process group (or with
 one rank) a bank behaves exactly as without ``distributed``. ``docs/distributed.md`` gives the
@@ -109,9 +109,9 @@ def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list
 def cost(targets: Sequence, width: int) -> float:
     """A warm refresh's cost of same-shape targets: d1 d2 k per matrix for the products, plus
     ``PER_MATRIX`` for what does not shrink with the matrix (QR and eigh are one LAPACK call per
-    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took 1.0-1.2 times as
-    long as 12 of 768 x 192 at k = 39 (one thread; more under load), which d1 d2 k alone puts at
-    0.72. Used only to deal out the groups too small to cut (``plan``)."""
+    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took 1.0-1.6 times as
+    long as 12 of 768 x 192 at k = 39 (one thread; 1.0-1.2 alone, 1.4-1.6 in the benchmark under
+    load), which d1 d2 k alone puts at 0.72. Used only to deal out the groups too small to cut (``plan``)."""
     d1, d2 = targets[0].shape
     return len(targets) * (d1 * d2 * width + PER_MATRIX)
 
@@ -151,22 +151,22 @@ def exchange(bank, fits_before: dict, rooms: list[int]) -> None:
     senders = senders if src is not None else list(range(w.world))
     owned = {r: [i for i, o in enumerate(owners) if o == r] for r in senders}
     heads = {r: 8 * (1 + len(FITS) + sum(_META + len(groups[i].targets) for i in owned[r])) for r in senders}
-    room = {r: sum(rooms[i] for i in owned[r]) for r in senders}
+    space = {r: sum(rooms[i] for i in owned[r]) for r in senders}
     mine = owned.get(w.rank, [])
     sizes = {i: _nbytes(groups[i], groups[i].U.shape[-1], groups[i].answers is not None) for i in mine}
     head = [sum(sizes.values())] + [bank.fits[k] - fits_before[k] for k in FITS]
     for i in mine:
         head += _meta(groups[i])
-    length = max(heads[r] + room[r] for r in senders)
+    length = max(heads[r] + space[r] for r in senders)
     send = groups[0].eps.new_empty(length, dtype=torch.uint8)
     if w.rank in heads:
         send[: heads[w.rank]].view(torch.int64).copy_(torch.tensor(head))
-        if head[0] <= room[w.rank]:
+        if head[0] <= space[w.rank]:
             _write(groups, mine, sizes, send[heads[w.rank]:])
     chunks = _gather(send, length, w, src)
     hosts = {r: head if r == w.rank else chunks[r][: heads[r]].view(torch.int64).tolist() for r in senders}
     at = dict(heads)
-    if any(hosts[r][0] > room[r] for r in senders):            # a group outgrew its room: once more, exactly
+    if any(hosts[r][0] > space[r] for r in senders):            # a group outgrew its room: once more, exactly
         length = max(hosts[r][0] for r in senders)
         send = send.new_empty(length)
         _write(groups, mine, sizes, send)
