@@ -3,16 +3,17 @@
 timm ViT-Tiny (32 px, patch 4: 72 regularized matrices, p = 0.2) under DistributedDataParallel:
 gloo on CPU, NCCL when there is a GPU per rank. Each rank times, interleaved, a reweighting of
 two operator banks over the same weights, one per strategy (``OperatorBank(distributed=...)``:
-"share", each rank refreshes its part then all-gather; "broadcast", rank 0 refreshes then
-broadcast; at one worker both are the plain bank), and a training step of AdamQ3R
+"share", each rank refreshes its part of every group then sends it to the others; "broadcast",
+rank 0 refreshes then broadcast; at one worker both are the plain bank), and a training step of AdamQ3R
 (distributed="share") at the same global batch split over the ranks. Between repetitions the
 weights move by that step, so every reweighting after the first is a warm one, as in training.
 The banks stack the weights (pack=False, the same for both). Each rank also times, interleaved
 with them, a plain bank's reweighting of all the matrices (one worker's work), so the ratio can
 be read against the run with one worker and against that plain reweighting timed under the same
 load at the same moment. Prints each rank's median time, elapsed and CPU (this process's), the
-ratios, and the CPU time of the exchange; a "round" runs every number of workers once, and
-rounds alternate so that machine load hits them alike.
+ratios, the CPU time of the exchange, and the plain reweighting's CPU time by shape group; a
+"round" runs every number of workers once, and rounds alternate so that machine load hits them
+alike.
 
     python benchmarks/distributed.py                         # 1, 2, 4 workers, 1 thread per rank
     python benchmarks/distributed.py --workers 1 2 --rounds 3
@@ -39,6 +40,7 @@ import q3r.bank
 STRATEGIES = ("share", "broadcast")
 KEYS = ("plain", *STRATEGIES, "train")
 SPENT = {"wall": 0.0, "cpu": 0.0}                  # time in the exchange after a refresh (this rank)
+BY_GROUP: dict = {}                                # the plain bank's CPU time per shape group (this refresh)
 
 
 def timed_exchange(exchange):
@@ -48,6 +50,17 @@ def timed_exchange(exchange):
         SPENT["wall"] += time.perf_counter() - start[0]
         SPENT["cpu"] += time.process_time() - start[1]
     return wrapper
+
+
+def timed_groups(bank):
+    refresh_group = bank._refresh_group
+
+    def wrapper(g):
+        start = time.process_time()
+        refresh_group(g)
+        key = f"{len(g.targets)} x {g.targets[0].shape[0]}x{g.targets[0].shape[1]}"
+        BY_GROUP[key] = BY_GROUP.get(key, 0.0) + time.process_time() - start
+    bank._refresh_group = wrapper
 
 
 def make_model(smoke: bool) -> torch.nn.Module:
@@ -89,6 +102,7 @@ def measure(rank: int, world: int, device: torch.device, args) -> dict:
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     banks = {s: q3r.OperatorBank(targets, 0.2, distributed=s) for s in STRATEGIES}
     banks["plain"] = q3r.OperatorBank(targets, 0.2)          # one worker's whole reweighting, in the same run
+    timed_groups(banks["plain"])
     g = torch.Generator().manual_seed(rank)
     per_rank = args.batch // world
     x = torch.randn(per_rank, 3, 32, 32, generator=g).to(device)
@@ -103,18 +117,21 @@ def measure(rank: int, world: int, device: torch.device, args) -> dict:
     train_step()                                              # first fits (full SVDs), then warm ones
     for bank in banks.values():
         bank.refresh()
-    times = {k: [] for k in KEYS}
+    times, by_group = {k: [] for k in KEYS}, []
     for _ in range(args.reps):
         for name in KEYS:
             dist.barrier()
             SPENT.update(wall=0.0, cpu=0.0)
+            BY_GROUP.clear()
             start = clock(device)
             banks[name].refresh() if name in banks else train_step()
             stop = clock(device)
             times[name].append((stop[0] - start[0], stop[1] - start[1], SPENT["wall"], SPENT["cpu"]))
+            by_group += [dict(BY_GROUP)] if name == "plain" else []
     keys = ("wall", "cpu", "exchange_wall", "exchange_cpu")
     return {k: {m: statistics.median(t[i] for t in v) for i, m in enumerate(keys)} for k, v in times.items()} | {
-        "fits": {s: dict(b.fits) for s, b in banks.items()}, "parts": {s: len(b.groups) for s, b in banks.items()}}
+        "fits": {s: dict(b.fits) for s, b in banks.items()}, "parts": {s: len(b.groups) for s, b in banks.items()},
+        "by_group": {k: statistics.median(d[k] for d in by_group) for k in by_group[0]}}
 
 
 def run(world: int, args) -> list[dict]:
@@ -188,6 +205,9 @@ def report(results: dict, args) -> None:
             print(f"{w} worker(s) {label:<20} {' | '.join(cells)}{extra}")
     for line in summary:
         print("per-rank reweighting ratio, " + line)
+    groups = {k: statistics.median(r[0]["by_group"][k] for r in results[1]) for k in first["by_group"]}
+    print("1 worker, plain reweighting by shape group, cpu ms (matrices x shape): "
+          + " | ".join(f"{k} {v * 1e3:.1f}" for k, v in groups.items()))
 
 
 if __name__ == "__main__":

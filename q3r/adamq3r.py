@@ -47,7 +47,7 @@ class AdamQ3R(Adam):
             The parameters stay the model's own ``nn.Parameter`` objects. Under DDP, build the
             optimizer (which packs) before wrapping the model.
         distributed (str | bool | None): under torch.distributed (DDP), "share" (each rank reweights a
-            part of the matrices, then all-gather; also True) or "broadcast" (rank 0 reweights, then
+            part of the matrices, then sends it to the others; also True) or "broadcast" (rank 0 reweights, then
             broadcast), so every rank applies the same operators; None (default): each rank reweights
             alone. Without a process group, or with one rank, it changes nothing.
         process_group: the ranks that share the reweighting (default: the default group).

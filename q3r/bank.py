@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .bank_state import bank_state, load_bank_state
 from .decomposition import ritz_residual, warm_triplets
-from .distributed import check_same, exchange, plan, workers
+from .distributed import check_same, exchange, plan, room, workers
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .packing import PackedWeights
@@ -114,9 +114,9 @@ class OperatorBank:
             those fall back to a full SVD (CPU; an accelerator refits them at the next reweighting).
         pack: keep each shape group's weights in one buffer whose views are the parameters, so
             ``descend`` updates them in place instead of stacking and copying back (see ``packing.py``).
-        distributed: under torch.distributed, "share" (each rank refreshes a part of the groups,
-            then all-gather; also True) or "broadcast" (rank 0 refreshes, then broadcast), so that
-            every rank holds the same operators; None: each rank on its own (see ``distributed.py``).
+        distributed: under torch.distributed, "share" (each rank refreshes a part of every group,
+            then sends it to the others; also True) or "broadcast" (rank 0 refreshes, then
+            broadcast), so that every rank holds the same operators; None: each rank on its own (see ``distributed.py``).
         process_group: the ranks that share the reweighting (default: the default group).
     """
 
@@ -198,11 +198,12 @@ class OperatorBank:
         rank its own groups, then every rank receives the others'."""
         rank = 0 if self.workers is None else self.workers.rank
         before = dict(self.fits)
+        rooms = None if self.workers is None else room(self.groups)    # the same on every rank: before refreshing
         for g, owner in zip(self.groups, self.owners):
             if owner == rank:
                 self._refresh_group(g)
         if self.workers is not None:
-            exchange(self, before)
+            exchange(self, before, rooms)
         self.reweightings += 1
 
     def _refresh_group(self, g: _Group) -> None:

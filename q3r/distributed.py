@@ -5,16 +5,16 @@ all-reduce, so every rank must apply exactly the same operator, or the replicas 
 the penalty's operator (``Q3RPenalty``) must be the same too, or the averaged gradient mixes
 different operators. An ``OperatorBank(..., distributed=...)`` makes sure of it, two ways:
 
-- ``"share"``: the shape groups are cut into parts of whole parameters (a fused qkv stays in one
-  part), about the same cost for every rank (``cost``: d1 d2 k per matrix and a fixed part) with
-  as few cuts as may be (``plan``), each rank refreshes its own parts, and one all-gather gives every rank every part's
-  operators. The reweighting cost per rank falls with the number of ranks.
+- ``"share"``: every shape group is cut into one run of whole parameters per rank (a fused qkv
+  stays in one part), so each rank refreshes the same share of every shape (``plan``), and one
+  message from each rank to every other gives every rank every part's operators. The
+  reweighting cost per rank falls with the number of ranks.
 - ``"broadcast"``: rank 0 refreshes every group, the others receive the result (one broadcast).
 
 Either way the state that decides control flow (widths, the leading columns applied, the members
-with no operator yet, an accelerator's answers for the next reweighting) travels with the
-operators, and the refit counts are summed over the ranks, so the banks stay identical, state_dict
-included. A part is a group of its own: it sets its width from its own members, so with the
+with no operator yet, an accelerator's answers for the next reweighting) travels at the head of
+the operators' message, and the refit counts are summed over the ranks, so the banks stay
+identical, state_dict included. A part is a group of its own: it sets its width from its own members, so with the
 warm start a run on N ranks can differ from a one-rank run by the warm start's accuracy where the
 widths differ (``svd="exact"`` agrees to rounding). Without an initialized process group (or with
 one rank) a bank behaves exactly as without ``distributed``. ``docs/distributed.md`` gives the
@@ -72,26 +72,36 @@ def workers(strategy, process_group=None) -> Optional[Workers]:
 def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list, int]]:
     """The parts of the shape groups ``(targets, width)``, as (group index, targets, rank).
 
-    McNaughton's wrap-around rule: the groups' parameters are laid end to end in order, each
-    weighing ``cost`` (a warm refresh's), and the line is cut into ``world``
-    equal lengths; a parameter goes to the rank where its midpoint falls. So each rank holds a
-    run of whole parameters (a fused qkv stays together) of about the same cost, and at most
-    ``world - 1`` groups are split: fewer batched calls per rank than splitting every group.
-    Every rank computes the same answer.
+    Every group of at least ``world`` parameters is cut into ``world`` runs of whole parameters
+    (a fused qkv stays together) with about the same number of matrices, one per rank: each rank
+    refreshes the same share of every shape, so the ranks stay balanced whatever a shape costs
+    against another (measured: the cost of a 192 x 192 matrix against a 768 x 192 one moved with
+    the machine's load, and a cut by a cost model left one rank 0.1-0.15 of a worker's time behind,
+    against the one more batched call per rank this costs). The smaller groups are laid end to end
+    and cut by ``cost`` (McNaughton's wrap-around rule: a parameter goes to the rank where its
+    midpoint falls). Every rank computes the same answer.
     """
-    units = []                                                 # (group index, the targets of one parameter)
+    parts: dict[tuple[int, int], list] = {}
+
+    def deal(units):                                           # (group index, one parameter's targets, cost)
+        total, done = sum(c for _, _, c in units), 0.0
+        for gi, ts, weight in units:
+            rank = min(world - 1, int((done + weight / 2) * world // total))
+            parts.setdefault((gi, rank), []).extend(ts)
+            done += weight
+
+    small = []
     for gi, (members, width) in enumerate(groups):
         by_param: dict[int, list] = {}
         for t in members:
             by_param.setdefault(id(t.param), []).append(t)
-        units += [(gi, ts, cost(ts, width)) for ts in by_param.values()]
-    total = sum(c for _, _, c in units)
-    parts: dict[tuple[int, int], list] = {}
-    done = 0.0
-    for gi, ts, weight in units:
-        rank = min(world - 1, int((done + weight / 2) * world // total))
-        parts.setdefault((gi, rank), []).extend(ts)
-        done += weight
+        units = [(gi, ts, cost(ts, width)) for ts in by_param.values()]
+        if len(units) >= world:
+            deal(units)
+        else:
+            small += units
+    if small:
+        deal(small)
     order = {id(t): i for members, _ in groups for i, t in enumerate(members)}
     return [(gi, sorted(ts, key=lambda t: order[id(t)]), rank) for (gi, rank), ts in sorted(parts.items())]
 
@@ -99,8 +109,9 @@ def plan(groups: Sequence[tuple[list, int]], world: int) -> list[tuple[int, list
 def cost(targets: Sequence, width: int) -> float:
     """A warm refresh's cost of same-shape targets: d1 d2 k per matrix for the products, plus
     ``PER_MATRIX`` for what does not shrink with the matrix (QR and eigh are one LAPACK call per
-    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took as long as 12 of
-    768 x 192 at k = 39 (16 ms each, one thread), which d1 d2 k alone puts at 50M and 69M."""
+    matrix). Measured on CPU, ViT-Tiny: 48 matrices 192 x 192 at k = 28 took 1.0-1.6 times as
+    long as 12 of 768 x 192 at k = 39 (one thread; 1.0-1.2 alone, 1.4-1.6 in the benchmark under
+    load), which d1 d2 k alone puts at 0.72. Used only to deal out the groups too small to cut (``plan``)."""
     d1, d2 = targets[0].shape
     return len(targets) * (d1 * d2 * width + PER_MATRIX)
 
@@ -119,44 +130,64 @@ def check_same(targets: Sequence, w: Workers) -> None:
 
 
 # ---- the exchange after a refresh ---------------------------------------------------------------
-def exchange(bank, fits_before: dict) -> None:
-    """Give every rank every group's state from the rank that refreshed it, and sum the refit counts."""
+def room(groups) -> list[int]:
+    """The bytes each group will most likely send after the next refresh (its columns now, or its
+    width if wider, and room for an accelerator's answers): every rank computes them before the
+    refresh, from the same state, so that one message sized in advance carries the host values too."""
+    return [_nbytes(g, max(g.width, 0 if g.U is None else g.U.shape[-1]), True) for g in groups]
+
+
+def exchange(bank, fits_before: dict, rooms: list[int]) -> None:
+    """Give every rank every group's state from the rank that refreshed it, and sum the refit counts.
+
+    One message per rank (one broadcast when one rank refreshed every group): its host values
+    (payload size, refit counts, each group's width, columns, ...), then its groups' tensors, in
+    ``rooms`` sized before the refresh. Only when a group came back wider than its room (a refit
+    at a larger width, a first fit) does a second, exactly sized message follow."""
     w: Workers = bank.workers
     groups, owners = bank.groups, bank.owners
-    meta = _meta(groups, owners, w.rank) + [bank.fits[k] - fits_before[k] for k in FITS]
-    meta_t = torch.tensor(meta, dtype=torch.int64, device=groups[0].eps.device)
-    dist.all_reduce(meta_t, group=w.group)
-    meta = meta_t.tolist()
-    for k, delta in zip(FITS, meta[-len(FITS):]):
-        bank.fits[k] = fits_before[k] + delta
-    heads, at = [], 0
-    for g in groups:                                           # each group's host values
-        heads.append(meta[at: at + _META + len(g.targets)])
-        at += _META + len(g.targets)
-    sizes = [_nbytes(g, h) for g, h in zip(groups, heads)]
-    one = len(set(owners)) == 1                                # broadcast from that rank, else all-gather
-    length = sum(sizes) if one else max(sum(n for n, o in zip(sizes, owners) if o == r) for r in range(w.world))
-    send, at = groups[0].eps.new_empty(length, dtype=torch.uint8), 0
-    for g, n, o in zip(groups, sizes, owners):                 # each tensor copied once, into the message
-        if o == w.rank:
-            _write(g, send[at: at + n])
-            at += n
-    received = _gather(send, sizes, owners, w, one)             # {group index: bytes}
-    for i, (g, head) in enumerate(zip(groups, heads)):
-        if owners[i] != w.rank:
-            _adopt(g, head, received[i])
-
-
-def _meta(groups, owners, rank) -> list[int]:
-    out = []
-    for g, o in zip(groups, owners):
-        n = len(g.targets)
-        if o != rank:
-            out += [0] * (_META + n)
+    senders = sorted(set(owners))
+    src = senders[0] if len(senders) == 1 else None
+    senders = senders if src is not None else list(range(w.world))
+    owned = {r: [i for i, o in enumerate(owners) if o == r] for r in senders}
+    heads = {r: 8 * (1 + len(FITS) + sum(_META + len(groups[i].targets) for i in owned[r])) for r in senders}
+    space = {r: sum(rooms[i] for i in owned[r]) for r in senders}
+    mine = owned.get(w.rank, [])
+    sizes = {i: _nbytes(groups[i], groups[i].U.shape[-1], groups[i].answers is not None) for i in mine}
+    head = [sum(sizes.values())] + [bank.fits[k] - fits_before[k] for k in FITS]
+    for i in mine:
+        head += _meta(groups[i])
+    length = max(heads[r] + space[r] for r in senders)
+    send = groups[0].eps.new_empty(length, dtype=torch.uint8)
+    if w.rank in heads:
+        send[: heads[w.rank]].view(torch.int64).copy_(torch.tensor(head))
+        if head[0] <= space[w.rank]:
+            _write(groups, mine, sizes, send[heads[w.rank]:])
+    chunks = _gather(send, length, w, src)
+    hosts = {r: head if r == w.rank else chunks[r][: heads[r]].view(torch.int64).tolist() for r in senders}
+    at = dict(heads)
+    if any(hosts[r][0] > space[r] for r in senders):            # a group outgrew its room: once more, exactly
+        length = max(hosts[r][0] for r in senders)
+        send = send.new_empty(length)
+        _write(groups, mine, sizes, send)
+        chunks, at = _gather(send, length, w, src), dict.fromkeys(senders, 0)
+    for j, k in enumerate(FITS):
+        bank.fits[k] = fits_before[k] + sum(hosts[r][1 + j] for r in senders)
+    for r in senders:
+        if r == w.rank:
             continue
-        fresh = set(g.fresh)
-        out += [g.width, g.U.shape[-1], g.k_apply, int(g.answers is not None)] + [int(i in fresh) for i in range(n)]
-    return out
+        values = hosts[r][1 + len(FITS):]
+        for i in owned[r]:
+            n = _META + len(groups[i].targets)
+            meta, values = values[:n], values[n:]
+            size = _nbytes(groups[i], meta[1], bool(meta[3]))
+            _adopt(groups[i], meta, chunks[r][at[r]: at[r] + size])
+            at[r] += size
+
+
+def _meta(g) -> list[int]:
+    fresh = set(g.fresh)
+    return [g.width, g.U.shape[-1], g.k_apply, int(g.answers is not None)] + [int(i in fresh) for i in range(len(g.targets))]
 
 
 def _parts(g, cols: int, answers: bool) -> list[tuple[int, ...]]:
@@ -166,39 +197,47 @@ def _parts(g, cols: int, answers: bool) -> list[tuple[int, ...]]:
     return shapes + ([(), (n,), (n,)] if answers else [])
 
 
-def _nbytes(g, head) -> int:
-    width, cols, k_apply, answers = head[:_META]
-    n = sum(math.prod(s) for s in _parts(g, cols, bool(answers))) * g.eps.element_size()
+def _nbytes(g, cols: int, answers: bool) -> int:
+    n = sum(math.prod(s) for s in _parts(g, cols, answers)) * g.eps.element_size()
     return -(-n // _ALIGN) * _ALIGN
 
 
-def _write(g, buf: Tensor) -> None:
-    """Group g's operator state into ``buf`` (bytes, _nbytes long)."""
-    tensors = [g.U, g.V, g.sigma, g.s, g.eps, g.eps_first]
-    if g.answers is not None:
-        tensors += [a.to(g.eps.dtype) for a in g.answers]
-    flat, at = buf.view(g.eps.dtype), 0
-    for t in tensors:
-        flat[at: at + t.numel()].view(t.shape).copy_(t)
-        at += t.numel()
+def _write(groups, mine: list[int], sizes: dict, buf: Tensor) -> None:
+    """The operator state of this rank's groups into ``buf`` (bytes), one after another: each tensor copied once."""
+    at = 0
+    for i in mine:
+        g = groups[i]
+        tensors = [g.U, g.V, g.sigma, g.s, g.eps, g.eps_first]
+        if g.answers is not None:
+            tensors += [a.to(g.eps.dtype) for a in g.answers]
+        flat, k = buf[at: at + sizes[i]].view(g.eps.dtype), 0
+        for t in tensors:
+            flat[k: k + t.numel()].view(t.shape).copy_(t)
+            k += t.numel()
+        at += sizes[i]
 
 
-def _gather(send: Tensor, sizes: list[int], owners: list[int], w: Workers, one: bool) -> dict[int, Tensor]:
-    """Every group's bytes on every rank: one broadcast when one rank owns all, else one all-gather."""
-    if one:
-        dist.broadcast(send, src=w.global_rank(owners[0]), group=w.group)
-        chunks, at = {}, 0
-        for i, n in enumerate(sizes):
-            chunks[i], at = send[at: at + n], at + n
-        return chunks
-    most = send.numel()
-    out = send.new_empty(w.world * most)
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, send, group=w.group)
-    chunks, at = {}, [r * most for r in range(w.world)]
-    for i, (n, o) in enumerate(zip(sizes, owners)):
-        chunks[i], at[o] = out[at[o]: at[o] + n], at[o] + n
-    return chunks
+def _gather(send: Tensor, length: int, w: Workers, src: Optional[int]) -> dict[int, Tensor]:
+    """Each sending rank's ``length`` bytes on every rank: a broadcast from ``src``, else from every
+    rank to every other. On gloo these are pairwise sends: measured on CPU, they cost each rank less
+    than half the CPU time of gloo's all-gather (1.9 against 4.8 ms for 3 MB, two ranks)."""
+    if src is not None:
+        buf = send if w.rank == src else send.new_empty(length)
+        dist.broadcast(buf, src=w.global_rank(src), group=w.group)
+        return {src: buf}
+    out = send.new_empty(w.world, length)
+    if dist.get_backend(w.group) == "gloo":
+        ops = []
+        for r in range(w.world):
+            if r != w.rank:
+                peer = w.global_rank(r)
+                ops += [dist.P2POp(dist.isend, send, peer, w.group), dist.P2POp(dist.irecv, out[r], peer, w.group)]
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+    else:
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out.view(-1), send, group=w.group)
+    return dict(enumerate(out.unbind(0)))
 
 
 def _adopt(g, head, data: Tensor) -> None:

@@ -7,6 +7,7 @@ same global batch matches a one-process run (losses, eps, weights); a bank's sta
 round-trips under the distributed mode and loads into a one-process bank; targets resolve
 through the DDP wrapper."""
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import q3r.distributed
 from q3r.bank import OperatorBank
 from q3r.distributed import cost, plan, workers
 from q3r.targets import Target, select_targets
@@ -61,9 +63,37 @@ def _inside(p, buffer):
     return start <= p.data_ptr() < start + buffer.numel() * buffer.element_size()
 
 
+def _count_messages() -> Counter:
+    """Counts, in this process, the reweightings, the messages of their exchanges (``_gather``) and the
+    all-reduces made during a reweighting."""
+    counts, inside = Counter(), []
+    refresh, gather, all_reduce = OperatorBank.refresh, q3r.distributed._gather, dist.all_reduce
+
+    def counted_refresh(self):
+        counts["reweightings"] += 1
+        inside.append(True)
+        try:
+            refresh(self)
+        finally:
+            inside.pop()
+
+    def counted_gather(*a, **kw):
+        counts["messages"] += 1
+        return gather(*a, **kw)
+
+    def counted_all_reduce(*a, **kw):
+        counts["all_reduces"] += bool(inside)
+        return all_reduce(*a, **kw)
+
+    OperatorBank.refresh, q3r.distributed._gather, dist.all_reduce = counted_refresh, counted_gather, counted_all_reduce
+    return counts
+
+
 def _worker(rank, world, out):
     results = {}
+    counts = _count_messages()                                 # a forked process of its own: patched here only
     for technique, strategy, wrap_first, options in CASES:
+        counts.clear()
         model = make()
         if wrap_first:
             ddp = DDP(model)
@@ -72,7 +102,8 @@ def _worker(rank, world, out):
             opt, penalty = _build(technique, model, strategy, options)
             ddp = DDP(model)
         losses = train(ddp, opt, penalty, STEPS, rank, world)
-        results[(technique, strategy, wrap_first, options)] = _snapshot(model, opt, penalty, losses)
+        results[(technique, strategy, wrap_first, options)] = _snapshot(model, opt, penalty, losses) | {
+            "counts": dict(counts)}
     # resume: save at RESUME_AT, load into another model and optimizer, go on side by side
     model = make()
     opt, _ = build("adamq3r", model, "share")
@@ -122,20 +153,38 @@ def test_replicas_and_banks_stay_bitwise_equal(runs, case):
     _equal(r0["fits"], r1["fits"], "fits")
     _equal(r0["host"], r1["host"], "host")                  # what decides the next refresh's path
     assert r0["views"] and r1["views"]                      # packing survived DDP
-    owners = r0["owners"][0]                                # the work really was split: the 8 x 8 group
-    assert owners == ([0, 1, 1, 1] if case[1] in ("share", True) else [0, 0, 0])   # True: the default, share
+    owners = r0["owners"][0]                                # the work really was split: every group in two
+    assert owners == ([0, 1, 0, 1, 0, 1] if case[1] in ("share", True) else [0, 0, 0])   # True: the default, share
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_one_message_per_rank_and_reweighting_carries_the_host_values(runs, case):
+    """The host values travel at the head of the operators' message (no all-reduce), sized before the
+    refresh; a second message only where a group came back wider than its room (widths that grow)."""
+    for r in runs:
+        counts = r[case]["counts"]
+        assert counts.get("all_reduces", 0) == 0
+        assert counts["reweightings"] == 5
+        if case[3] == "":                                      # widths stay: one message each
+            assert counts["messages"] == counts["reweightings"]
+        else:                                                  # narrow: some widths grow, a second message
+            assert counts["reweightings"] < counts["messages"] < 2 * counts["reweightings"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_two_ranks_match_one_process_at_the_same_global_batch(runs, case):
-    """To rounding. (Here every part's width stays its whole group's. Where they differ, with a
-    narrow warm start, the parts refit other matrices by full SVD than the whole group does, and
-    eps agrees only to the Ritz values' accuracy: see docs/distributed.md.)"""
-    technique, _, _, options = case
+    """To rounding, except where a part's width differs from its whole group's: with a narrow warm
+    start shared out, a part widens on its own and refits other matrices by full SVD than the whole
+    group does, so eps agrees to the Ritz values' accuracy (ritz_tol / 2 = 1%; measured: 0.12% on
+    eps, 3e-5 on the losses, 0.2% on the weights), and on the accelerator's lagged path to one
+    period's lag (measured: 2.9% on eps), not to rounding: see docs/distributed.md."""
+    technique, strategy, _, options = case
     model = make()
     opt, penalty = _build(technique, model, None, options)
     losses = train(model, opt, penalty, STEPS)
     tol = dict(eps=1e-8, loss=1e-9, weights=1e-8)
+    if strategy in ("share", True) and options in ("narrow", "narrow-lagged"):
+        tol = dict(eps=1e-2 if options == "narrow" else 5e-2, loss=1e-3, weights=1e-2)
     ranks_mean = [(a + b) / 2 for a, b in zip(runs[0][case]["losses"], runs[1][case]["losses"])]
     assert ranks_mean == pytest.approx(losses, rel=tol["loss"], abs=0)
     for name, p in model.named_parameters():                   # relative to the weight's norm
@@ -173,29 +222,36 @@ def test_two_rank_checkpoint_loads_into_a_one_process_optimizer(runs):
 
 
 # ---- without other processes --------------------------------------------------------------------
-def test_plan_cuts_few_groups_into_runs_of_whole_parameters_of_equal_cost():
-    flat = [[Target(nn.Parameter(torch.zeros(4, 4)), f"g{g}.{i}") for i in range(4)] for g in range(3)]
-    parts = plan([(ts, 2) for ts in flat], 2)                  # three equal groups: the middle one cut in half
-    assert [(gi, [t.name for t in ts], r) for gi, ts, r in parts] == [
-        (0, ["g0.0", "g0.1", "g0.2", "g0.3"], 0), (1, ["g1.0", "g1.1"], 0), (1, ["g1.2", "g1.3"], 1),
-        (2, ["g2.0", "g2.1", "g2.2", "g2.3"], 1)]
-    assert [r for _, _, r in plan([(ts, 2) for ts in flat], 4)] == [0, 1, 1, 2, 2, 3]
+def test_plan_cuts_every_group_into_one_run_of_whole_parameters_per_rank():
+    """Each rank the same share of every shape, whatever the shapes cost; groups smaller than the
+    number of ranks stay whole and are dealt out by cost."""
+    sizes = (4, 16, 64)                                        # three groups of very different cost
+    flat = [[Target(nn.Parameter(torch.zeros(d, d)), f"g{g}.{i}") for i in range(4)] for g, d in enumerate(sizes)]
+    named = lambda parts: [(gi, [t.name for t in ts], r) for gi, ts, r in parts]   # noqa: E731
+    assert named(plan([(ts, 2) for ts in flat], 2)) == [
+        (0, ["g0.0", "g0.1"], 0), (0, ["g0.2", "g0.3"], 1), (1, ["g1.0", "g1.1"], 0), (1, ["g1.2", "g1.3"], 1),
+        (2, ["g2.0", "g2.1"], 0), (2, ["g2.2", "g2.3"], 1)]
+    assert [r for _, _, r in plan([(ts, 2) for ts in flat], 4)] == [0, 1, 2, 3] * 3
+    singles = [[Target(nn.Parameter(torch.zeros(4, 4)), f"s{i}")] for i in range(3)]
+    assert named(plan([(flat[0], 2)] + [(ts, 2) for ts in singles], 2)) == [
+        (0, ["g0.0", "g0.1"], 0), (0, ["g0.2", "g0.3"], 1), (1, ["s0"], 0), (2, ["s1"], 1), (3, ["s2"], 1)]
 
     model = make()
     groups = {}
     for t in select_targets(model):
         groups.setdefault(t.shape, []).append(t)
-    for world in (2, 3, 4):
+    for world in (2, 3):
         parts = plan([(ts, 5) for ts in groups.values()], world)
         seen = [t for _, ts, _ in parts for t in ts]
         assert sorted(map(id, seen)) == sorted(id(t) for ts in groups.values() for t in ts)   # each once
-        assert [r for _, _, r in parts] == sorted(r for _, _, r in parts)                   # runs, in order
-        load = [0] * world
-        for _, ts, r in parts:
-            assert all(sum(u.param is t.param for u in ts) == 3 for t in ts if "qkv" in t.name)  # qkv whole
-            load[r] += cost(ts, 5)
-        biggest = max(cost(ts[:3], 5) for ts in groups.values())            # one parameter's cost, at most
-        assert max(load) - min(load) <= biggest
+        for gi, members in enumerate(groups.values()):
+            mine = [(ts, r) for g, ts, r in parts if g == gi]
+            assert [r for _, r in mine] == list(range(world))                  # a run for every rank, in order
+            assert [t for ts, _ in mine for t in ts] == members                 # runs: the group in its order
+            assert all(sum(u.param is t.param for u in ts) == 3 for ts, _ in mine for t in ts if "qkv" in t.name)
+            load = [cost(ts, 5) for ts, _ in mine]
+            biggest = max(cost([t for t in members if t.param is u.param], 5) for u in members)
+            assert max(load) - min(load) <= biggest                            # one parameter, at most
 
 
 def test_without_a_process_group_a_distributed_bank_is_a_plain_one():
