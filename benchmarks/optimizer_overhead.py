@@ -31,9 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import q3r
 
 
-def make_model(seed: int) -> torch.nn.Module:
+SMOKE_SIZE = {"depth": 1, "embed_dim": 32, "num_heads": 2}     # --smoke-test: the same code on a ViT this small
+
+
+def make_model(seed: int, smoke: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=10)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=10,
+                             **(SMOKE_SIZE if smoke else {}))
 
 
 def sync(device: torch.device) -> None:
@@ -74,7 +78,7 @@ def adamq3r(lib, model, svd: str):
 
 
 def measure(batch: int, device: torch.device, reps: int, steps: int, args) -> dict:
-    base = make_model(0).to(device)
+    base = make_model(0, args.smoke_test).to(device)
     models = {"adamw": base, "adamq3r": copy.deepcopy(base)}
     opts = {"adamw": torch.optim.AdamW(models["adamw"].parameters(), lr=1e-3, weight_decay=0.0),
             "adamq3r": adamq3r(q3r, models["adamq3r"], args.svd)}
@@ -121,7 +125,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke_test:
-        args.reps, args.steps, args.batch = 2, 5, [2]
+        args.reps, args.steps, args.batch = 2, 5, [2]     # and a 1-block ViT 32 wide (SMOKE_SIZE)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"AdamQ3R / AdamW step time, ViT-Tiny 32px/patch 4, 72 matrices, T=5, p=0.2, svd={args.svd}, "

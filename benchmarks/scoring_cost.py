@@ -23,13 +23,17 @@ from tuning.trial.models import build_vit
 RETENTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
 
 
-def setups(n_val: int):
+def setups(n_val: int, smoke: bool = False):
+    """(name, model, loader) of each setup; ``smoke``: the same setups with 1-block ViTs 32 wide."""
+    small = {"depth": 1, "width": 32} if smoke else {}
     _, val, info = load_digits(0)
-    yield "digits ViT 4x64, 360 val images", build_vit(info, depth=4, width=64), DataLoader(val, batch_size=256)
+    yield ("digits ViT 1x32 (smoke)" if smoke else "digits ViT 4x64") + ", 360 val images", \
+        build_vit(info, **{"depth": 4, "width": 64, **small}), DataLoader(val, batch_size=256)
     info32 = DatasetInfo("synthetic32", 32, 3, 10)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(n_val, 3, 32, 32, generator=g), torch.randint(0, 10, (n_val,), generator=g))
-    yield f"ViT-Tiny 32px, {n_val} val images", build_vit(info32, "tiny"), DataLoader(data, batch_size=256)
+    yield ("ViT 1x32 32px (smoke)" if smoke else "ViT-Tiny 32px") + f", {n_val} val images", \
+        build_vit(info32, "tiny", **small), DataLoader(data, batch_size=256)
 
 
 def main() -> None:
@@ -42,11 +46,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke_test:
-        args.reps, args.n_val = 1, 64
+        args.reps, args.n_val = 1, 16
     device = torch.device("cpu")
     k = len(RETENTIONS)
     print(f"scoring time / {k} plain evaluation passes, CPU {torch.get_num_threads()} threads")
-    for name, model, loader in setups(args.n_val):
+    for name, model, loader in setups(args.n_val, args.smoke_test):
         model.eval()
         targets = select_targets(model)
         ratios = []

@@ -32,9 +32,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.smoke_test:
-        args.batch, args.steps = 2, 26
-    base = make_model(0)
+    warmup = 20
+    if args.smoke_test:                         # a 1-block ViT; steps 0-5 hold both kinds of AdamQ3R step
+        args.batch, args.steps, warmup = 2, 6, 0
+    base = make_model(0, args.smoke_test)
     twin = copy.deepcopy(base)
     opt_q = adamq3r(q3r, twin, "warm")
     opt_w = torch.optim.AdamW(base.parameters(), lr=1e-3, weight_decay=0.0)
@@ -49,7 +50,7 @@ def main() -> None:
             mid = time.process_time()
             opt.step()
             end = time.process_time()
-            if t < 20:
+            if t < warmup:
                 continue
             if name == "adamw":
                 parts["forward+backward"].append(mid - start)

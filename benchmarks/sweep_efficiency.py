@@ -49,8 +49,8 @@ def main(argv=None) -> None:
                    help="also sleep this many real ms per mean recorded epoch (the simulated clock alone orders reports)")
     r.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.png")
     r.add_argument("--report-only", type=Path, default=None, help="print and draw the scores of an earlier --json")
-    r.add_argument("--smoke-test", action="store_true", help="1 seed of random+fifo and the default, 6 ASHA trials, "
-                   "nothing written")
+    r.add_argument("--smoke-test", action="store_true", help="1 seed of random+fifo (2 trials) and the default "
+                   "(6 ASHA trials), nothing written")
     r.add_argument("--save", type=Path, default=ROOT / "benchmarks" / "data" / "sweep_efficiency.json",
                    help="the per-seed scores as JSON (for --report-only)")
     r.add_argument("--json", action="store_true", help="print only the confidence summary, one JSON object, on stdout "
@@ -95,6 +95,7 @@ def main(argv=None) -> None:
         from benchmarks.efficiency.cli import replay_main
         if args.smoke_test:
             args.seeds, args.strategies, args.asha_trials, args.png, args.save = 1, ["random+fifo", "default"], 6, None, None
+            args.fifo_fraction = 0.0                         # the fewest FIFO trials, 2
         if args.json:
             import contextlib
             import json
