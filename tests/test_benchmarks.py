@@ -59,9 +59,10 @@ def test_scoring_cost_smoke(capsys):
 
 @pytest.fixture(scope="module")
 def digits_techniques_out():
-    """One smoke run of digits_techniques.py for both of its tests: the AdamW reference, AdamQ3R and both LoRA forms."""
+    """One smoke run of digits_techniques.py for both of its tests: the AdamW reference, AdamQ3R and both LoRA forms,
+    in a pool of one process (each process pays its imports, scikit-learn's for the data among them)."""
     out = subprocess.run([sys.executable, str(BENCHMARKS / "digits_techniques.py"), "--smoke-test",
-                          "--techniques", "adamw", "adamq3r", "lora", "lora-paper"],
+                          "--techniques", "adamw", "adamq3r", "lora", "lora-paper", "--jobs", "1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -91,7 +92,7 @@ def test_digits_techniques_lora_forms(digits_techniques_out):
 
 def test_transfer_digits_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(BENCHMARKS / "transfer_digits.py"), "--smoke-test",
-                          "--cache", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          "--cache", str(tmp_path), "--jobs", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     rows = [line.split(" | ")[0].strip("| ") for line in out.stdout.splitlines() if line.startswith("| ")]
     for method in ("dense", "lora", "adamq3r", "adam_q3r_loss", "adamq3r/paper", "adam_q3r_loss/paper"):
