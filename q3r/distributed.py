@@ -221,10 +221,9 @@ def _gather(send: Tensor, length: int, w: Workers, src: Optional[int]) -> dict[i
     """Each sending rank's ``length`` bytes on every rank: a broadcast from ``src``, else from every
     rank to every other. On gloo these are pairwise sends: measured on CPU, they cost each rank less
     than half the CPU time of gloo's all-gather (1.9 against 4.8 ms for 3 MB, two ranks)."""
-    if src is not None:
-        buf = send if w.rank == src else send.new_empty(length)
-        dist.broadcast(buf, src=w.global_rank(src), group=w.group)
-        return {src: buf}
+    if src is not None:                                        # every rank's ``send`` is ``length`` bytes: received in place
+        dist.broadcast(send, src=w.global_rank(src), group=w.group)
+        return {src: send}
     out = send.new_empty(w.world, length)
     if dist.get_backend(w.group) == "gloo":
         ops = []
