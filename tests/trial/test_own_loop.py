@@ -1,6 +1,7 @@
 """The user's own training loop (a spec's ``function``): the same scores as the built-in recipe for an
 equivalent loop, resume from the last checkpoint, and one-line errors for functions that fail."""
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,21 @@ def test_import_errors_name_what_was_searched(tmp_path):
 
     with pytest.raises(UserCodeError, match=f"no module named 'nowhere_mod' \\(searched {tmp_path}"):
         import_callable("nowhere_mod:f", [str(tmp_path)])
+
+
+def test_a_spec_gets_the_module_next_to_it_not_one_of_the_same_name_imported_before(tmp_path):
+    from tuning.trial.usercode import import_callable
+
+    for name, answer in (("a", 1), ("b", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "same_name_loop.py").write_text(f"def train(trial):\n    return {answer}\n")
+    try:
+        assert import_callable("same_name_loop:train", [str(tmp_path / "a")])(None) == 1
+        assert import_callable("same_name_loop:train", [str(tmp_path / "b")])(None) == 2
+        assert import_callable("same_name_loop:train", [str(tmp_path / "b")]) is import_callable(
+            "same_name_loop:train", [str(tmp_path / "b")])                   # no reload when it is the same file
+    finally:
+        sys.modules.pop("same_name_loop", None)
+        for name in ("a", "b"):
+            if str(tmp_path / name) in sys.path:
+                sys.path.remove(str(tmp_path / name))

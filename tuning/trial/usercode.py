@@ -50,6 +50,24 @@ def on_path(folder: Optional[str]) -> None:
         sys.path.insert(0, folder)
 
 
+def _forget_stale(module_name: str, code: Optional[str]) -> None:
+    """Drop ``module_name``'s top-level module (and its submodules) from ``sys.modules`` when ``code`` holds
+    a module of that name but the cached one was loaded from elsewhere: a spec names the module next to
+    it, not one of the same name that this process imported earlier (another spec's, another folder's)."""
+    if not code:
+        return
+    top = module_name.split(".")[0]
+    cached = getattr(sys.modules.get(top), "__file__", None)
+    folder = Path(code).resolve()
+    if cached is None or not ((folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()):
+        return
+    if Path(cached).resolve().is_relative_to(folder):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
@@ -58,6 +76,7 @@ def import_factory(text: str, code: Optional[str] = None, what: str = "factory")
     """The callable ``text`` names; ``code`` (a folder) is searched before PYTHONPATH."""
     module_name, attr = parse_factory(text)
     on_path(code)
+    _forget_stale(module_name, code)
     where = f"{code} and PYTHONPATH" if code else "PYTHONPATH"
     try:
         obj: Any = importlib.import_module(module_name)
