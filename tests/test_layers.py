@@ -66,6 +66,17 @@ def test_reading_a_sweep_and_its_report_load_no_ray():
     assert tops(mods, ("ray", "optuna")) == []
 
 
+def test_the_ray_side_of_a_multi_worker_trial_loads_no_model_zoo():
+    # the Tune actor of a multi-worker trial only waits on its trainer: it loads the module but never trains
+    mods = loaded_after("import tuning.sweep.data_parallel, tuning.sweep.trainable")
+    assert tops(mods, ("timm", "torchvision", "transformers", "sklearn", "peft")) == []
+
+
+def test_a_model_that_is_not_a_vit_loads_no_timm():
+    mods = loaded_after("import tuning.trial.recipe, tuning.trial.models")
+    assert tops(mods, ("timm", "torchvision")) == []
+
+
 def imported_modules(path: Path, package: str) -> set[str]:
     """Absolute names of every module ``path`` imports (relative imports resolved, lazy ones included)."""
     names = set()

@@ -34,7 +34,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from tuning.spec.sweep import from_dict
 from tuning.trial.files import CHECKPOINT, train_runs_folder
 from tuning.trial.metrics import DIVERGED, TrialReport
-from tuning.trial.recipe import run_trial
 
 from .trainable import shipped_modules, trial_metrics, trial_of
 from .trainer_groups import TrainerGroups
@@ -103,6 +102,11 @@ def train_worker(loop_config: dict) -> None:
                              checkpoint_dir_name=f"checkpoint_{int(metrics['epoch']):06d}")
         else:
             ray.train.report(out)
+
+    # imported here, not at the top: the trial's Tune actor and the trainer's controller load this module
+    # too (they unpickle its functions) but never train, and the recipe's imports (the model zoos, the
+    # data loaders) cost each process seconds of CPU
+    from tuning.trial.recipe import run_trial
 
     try:
         run_trial(cfg, report=report, checkpoint_dir=str(workdir), resume=resume)

@@ -17,7 +17,6 @@ from ray import tune
 
 from tuning.trial.files import CHECKPOINT
 from tuning.trial.metrics import DEFAULT_METRIC, DIVERGED, Metric, TrialReport, diverged_objective, objective_value
-from tuning.trial.recipe import run_trial
 
 from tuning.spec.sweep import from_dict
 from tuning.spec.space import flat_config, split_config
@@ -73,6 +72,8 @@ def train_trial(config: dict, spec: dict) -> None:
         out = trial_metrics(metrics, sweep.objective, sweep.retentions, sweep.score)
         has_ckpt = (workdir / CHECKPOINT).is_file() and metrics.get("status") != DIVERGED
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(workdir)) if has_ckpt else None)
+
+    from tuning.trial.recipe import run_trial    # here, not at the top: see ``data_parallel.train_worker``
 
     try:
         run_trial(cfg, report=report, checkpoint_dir=str(workdir), resume=resume)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
-from timm.models.vision_transformer import VisionTransformer
 
 from . import registry
 from .data import DatasetInfo
@@ -42,7 +41,7 @@ VIT_SIZES = {  # (embed_dim, depth, num_heads), as timm's vit_{tiny,small,base}
 
 
 def build_vit(info: DatasetInfo, size: str = "tiny", patch_size: int | None = None,
-              depth: int | None = None, width: int | None = None, heads: int | None = None) -> VisionTransformer:
+              depth: int | None = None, width: int | None = None, heads: int | None = None) -> nn.Module:
     """A ViT for ``info``'s images; depth, width and heads override the named size."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {size!r}; known: {sorted(VIT_SIZES)}")
@@ -52,6 +51,8 @@ def build_vit(info: DatasetInfo, size: str = "tiny", patch_size: int | None = No
     patch = patch_size or (2 if info.image_size <= 8 else 4)
     if info.image_size % patch:
         raise ValueError(f"patch_size={patch} does not divide image_size={info.image_size}")
+    from timm.models.vision_transformer import VisionTransformer   # timm (and torchvision) load only here
+
     return VisionTransformer(img_size=info.image_size, patch_size=patch, in_chans=info.channels,
                              num_classes=info.num_classes, embed_dim=dim, depth=n_blocks, num_heads=n_heads)
 
