@@ -86,12 +86,18 @@ def rank_main(rank: int, world: int, rendezvous: str, out: str, args) -> None:
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{rendezvous}", rank=rank,
                             world_size=world)
     try:
-        times = measure(rank, world, device, args)
+        times = measure(rank, world, device, args) | {"threads": threads()}    # with gloo's threads still up
     finally:
         dist.destroy_process_group()
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(device) if cuda else "cpu",
                    "backend": "nccl" if cuda else "gloo", **times}, f)
+
+
+def threads() -> list[int]:
+    """This process's torch intra-op and inter-op threads, and its OS threads (gloo's included)."""
+    tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
+    return [torch.get_num_threads(), torch.get_num_interop_threads(), tasks]
 
 
 def measure(rank: int, world: int, device: torch.device, args) -> dict:
@@ -178,6 +184,9 @@ def report(results: dict, args) -> None:
     print(f"device: {first['device']} ({first['backend']}), {args.threads} thread(s) per rank, global batch "
           f"{args.batch}, {args.rounds} round(s) of {args.reps} reps; medians, ms wall/cpu (ratio against the run "
           f"with 1 worker, wall/cpu) [ratio against the plain reweighting in the same run, cpu]")
+    print("threads per rank (torch intra-op, inter-op, OS threads with the process group up): " + "; ".join(
+        f"{w} worker(s) " + ", ".join("/".join(map(str, rank["threads"])) for rank in rounds[0])
+        for w, rounds in results.items()))
     base = {k: {m: median_over_rounds(results[1], 0, k, m) for m in ("wall", "cpu")} for k in KEYS}
     summary = []
     for w, rounds in results.items():

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .bank_state import bank_state, load_bank_state
 from .decomposition import ritz_residual, warm_triplets
-from .distributed import check_same, exchange, plan, room, workers
+from .distributed import check_same, exchange, expect, plan, workers
 from .functional import q3r_value, reweight, reweight_factors, shift
 from .operator import ReweightingOperator
 from .packing import PackedWeights
@@ -198,12 +198,12 @@ class OperatorBank:
         rank its own groups, then every rank receives the others'."""
         rank = 0 if self.workers is None else self.workers.rank
         before = dict(self.fits)
-        rooms = None if self.workers is None else room(self.groups)    # the same on every rank: before refreshing
+        message = None if self.workers is None else expect(self)     # sized (receives posted) before refreshing
         for g, owner in zip(self.groups, self.owners):
             if owner == rank:
                 self._refresh_group(g)
         if self.workers is not None:
-            exchange(self, before, rooms)
+            exchange(self, before, message)
         self.reweightings += 1
 
     def _refresh_group(self, g: _Group) -> None:

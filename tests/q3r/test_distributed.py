@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import q3r.bank
 import q3r.distributed
 from q3r.bank import OperatorBank
 from q3r.distributed import cost, plan, workers
@@ -64,10 +65,10 @@ def _inside(p, buffer):
 
 
 def _count_messages() -> Counter:
-    """Counts, in this process, the reweightings, the messages of their exchanges (``_gather``) and the
-    all-reduces made during a reweighting."""
+    """Counts, in this process, the reweightings, the messages of their exchanges (``_gather``), those
+    whose receives were posted before the refresh, and the all-reduces made during a reweighting."""
     counts, inside = Counter(), []
-    refresh, gather, all_reduce = OperatorBank.refresh, q3r.distributed._gather, dist.all_reduce
+    refresh, gather, all_reduce, expect = OperatorBank.refresh, q3r.distributed._gather, dist.all_reduce, q3r.bank.expect
 
     def counted_refresh(self):
         counts["reweightings"] += 1
@@ -81,11 +82,17 @@ def _count_messages() -> Counter:
         counts["messages"] += 1
         return gather(*a, **kw)
 
+    def counted_expect(bank):
+        message = expect(bank)
+        counts["posted"] += message.posted is not None         # receives posted before the local refresh
+        return message
+
     def counted_all_reduce(*a, **kw):
         counts["all_reduces"] += bool(inside)
         return all_reduce(*a, **kw)
 
     OperatorBank.refresh, q3r.distributed._gather, dist.all_reduce = counted_refresh, counted_gather, counted_all_reduce
+    q3r.bank.expect = counted_expect
     return counts
 
 
@@ -160,11 +167,13 @@ def test_replicas_and_banks_stay_bitwise_equal(runs, case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_one_message_per_rank_and_reweighting_carries_the_host_values(runs, case):
     """The host values travel at the head of the operators' message (no all-reduce), sized before the
-    refresh; a second message only where a group came back wider than its room (widths that grow)."""
+    refresh (on gloo with the receives posted then, before the local refresh: "share"); a second message
+    only where a group came back wider than its room (widths that grow)."""
     for r in runs:
         counts = r[case]["counts"]
         assert counts.get("all_reduces", 0) == 0
         assert counts["reweightings"] == 5
+        assert counts.get("posted", 0) == (5 if case[1] in ("share", True) else 0)   # gloo: receives posted early
         if case[3] == "":                                      # widths stay: one message each
             assert counts["messages"] == counts["reweightings"]
         else:                                                  # narrow: some widths grow, a second message
