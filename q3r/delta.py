@@ -70,13 +70,18 @@ class DeltaSpectra(SpectralCache):
         """The share of ||Delta W||_F^2 in its top ``rank`` singular values."""
         return top_energy(self.S[name], rank)
 
+    def kept_rank(self, name: str, level: Level) -> Optional[int]:
+        """The rank Delta W is cut to at this level, or None where the level keeps it whole."""
+        W = self.original[name]
+        r = level_rank(W.shape, level)
+        return None if r is None or r >= min(W.shape) else min(r, self.rank[name])
+
     def low_rank(self, name: str, level: Level) -> Tensor:
         """W0 + [Delta W]_r at this level (W itself when the level keeps Delta W whole)."""
         W = self.original[name]
-        r = level_rank(W.shape, level)
-        if r is None or r >= min(W.shape):
+        k = self.kept_rank(name, level)
+        if k is None:
             return W.clone()
-        k = min(r, self.rank[name])
         D = (self.U[name][:, :k] * self.S[name][:k]) @ self.Vh[name][:k]
         return self.base[name] + D.to(W.dtype)
 

@@ -95,13 +95,22 @@ class SpectralCache:
             return None
         return self.U[name][:, :k] * self.S[name][:k], self.Vh[name][:k]
 
+    def kept_rank(self, name: str, retention: float) -> Optional[int]:
+        """The rank ``low_rank`` cuts the target to at retention p, or None where it keeps the matrix whole."""
+        r = retained_rank(self.original[name].shape, retention)
+        return None if r is None else min(r, self.rank[name])    # the columns beyond the numerical rank are zero
+
+    def level_ranks(self, retention: float) -> tuple:
+        """``kept_rank`` of every target: two levels with the same ranks truncate to the same weights (a LoRA
+        matrix of rank r(p0) at every p >= p0)."""
+        return tuple(self.kept_rank(t.name, retention) for t in self.targets)
+
     def low_rank(self, name: str, retention: float) -> Tensor:
         """The best rank-r(p) approximation of the target's weight (its original at p = 1)."""
         W = self.original[name]
-        r = retained_rank(W.shape, retention)
-        if r is None:
+        k = self.kept_rank(name, retention)
+        if k is None:
             return W.clone()
-        k = min(r, self.rank[name])             # the columns beyond the numerical rank are zero
         return ((self.U[name][:, :k] * self.S[name][:k]) @ self.Vh[name][:k]).to(W.dtype)
 
     def counts(self, model: nn.Module, retention: float) -> dict:

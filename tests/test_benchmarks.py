@@ -57,6 +57,14 @@ def test_scoring_cost_smoke(capsys):
     assert out.count("ratio") == 2
 
 
+def test_trial_cost_smoke(capsys):
+    """Two short trials in their own processes, against this same checkout: the shares and the ratio lines."""
+    out = run_script(capsys, "trial_cost.py", "--smoke-test", "--compare", str(ROOT))
+    rows = [line.split()[0] for line in out.splitlines() if "learning" in line and not line.startswith(" ")]
+    assert rows == ["adamw", "lora"] and out.count("compare: total") == 2
+    assert out.count("metrics identical: True") == 2 and "eval passes" in out and "optimizer" in out
+
+
 @pytest.fixture(scope="module")
 def digits_techniques_out():
     """One smoke run of digits_techniques.py for both of its tests: the AdamW reference, AdamQ3R and both LoRA forms,

@@ -104,6 +104,27 @@ def test_digits_deterministic_per_seed_and_stratified():
     assert len(tr1) + len(va1) == 1797 and len(va1) == 360
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 17, 2**31 - 1])
+@pytest.mark.parametrize("fraction", [0.2, 0.1, 0.35, 0.5])
+def test_digits_split_is_scikit_learns(seed, fraction):
+    """The data and the split are scikit-learn's, read and drawn without importing it."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+    from tuning.trial.data.digits import read_digits, stratified_split
+
+    X, y = sk_digits(return_X_y=True)
+    ours_X, ours_y = read_digits()
+    assert np.array_equal(X, ours_X) and np.array_equal(y, ours_y) and ours_y.dtype == y.dtype
+    train, val = stratified_split(y, fraction, seed)
+    sk = train_test_split(X, y, test_size=fraction, stratify=y, random_state=seed)
+    for ours, theirs in zip((X[train], X[val], y[train], y[val]), sk):
+        assert np.array_equal(ours, theirs)
+    tr, va, _ = load_dataset("digits", seed=seed, val_fraction=fraction)
+    mean, std = sk[0].mean(), sk[0].std()
+    assert torch.equal(tr.tensors[0], torch.tensor((sk[0] - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8))
+    assert torch.equal(va.tensors[1], torch.tensor(sk[3]))
+
+
 def test_digits_bad_val_fraction():
     with pytest.raises(DatasetError, match="val_fraction=1.5"):
         load_dataset("digits", val_fraction=1.5)

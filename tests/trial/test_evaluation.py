@@ -100,3 +100,33 @@ def test_val_loss_is_the_mean_cross_entropy_at_every_level(setup):
         assert out[f"val_loss@{p:g}"] == pytest.approx(_truncated_loss_ref(model, targets, x, y, p), rel=1e-5)
     assert out["val_loss"] == out["val_loss@1"] and out["val_loss@0.05"] > out["val_loss"]
     assert "acc@0.05" in out and "val_loss" not in score(model, targets, loader, [0.05], torch.device("cpu"))[0]
+
+
+def test_levels_with_the_same_truncated_weights_are_evaluated_once():
+    """A LoRA matrix of rank r(0.05) truncates to the same weights at 0.05, 0.1 and 0.2: the built-in (pure)
+    evaluation runs once for them, with the values each level has when evaluated on its own."""
+    from tuning.trial.data import DatasetInfo
+    from tuning.trial.evaluation import builtin_evaluate, score_metric
+    from tuning.trial.models import build_vit
+    from tuning.trial.techniques import build_technique
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=20)
+    tech = build_technique("lora", build_vit(DatasetInfo("digits", 8, 1, 10), depth=1, width=32, heads=2),
+                           target_rank=0.05)
+    dense = tech.dense_model()
+    targets = q3r.select_targets(dense)
+    levels = [0.05, 0.1, 0.2, 1.0]
+    calls = []
+    pure = builtin_evaluate(loader, torch.device("cpu"))
+
+    def counted(model):
+        calls.append(1)
+        return pure(model)
+    counted.pure = True
+    once, _ = score_metric(dense, targets, counted, levels)
+    assert len(calls) == 2                                       # rank r(0.05) at 0.05, 0.1, 0.2; whole at 1
+    del counted.pure
+    each, _ = score_metric(dense, targets, counted, levels)
+    assert len(calls) == 2 + 4 and once == each

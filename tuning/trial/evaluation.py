@@ -92,6 +92,7 @@ def builtin_evaluate(loader: Iterable, device: torch.device, amp: bool = False,
     def evaluate(model: nn.Module) -> dict:
         acc, loss = accuracy_and_loss(model, loader, device, amp, with_loss=metric.name == VAL_LOSS)
         return {ACC: acc} if loss is None else {ACC: acc, VAL_LOSS: loss}
+    evaluate.pure = True            # the same weights score the same (see score_metric)
     return evaluate
 
 
@@ -101,8 +102,12 @@ def score_metric(model: nn.Module, targets: Sequence[Target], evaluate: Callable
     """``score`` with any metric: ``evaluate(model)`` is called on the model with every target truncated
     to rank r(p), for every level p (one SVD per matrix). It returns the metric's value (a float, reported
     as ``metric.at(p)``, e.g. "acc@0.2" or "val_loss@0.2") or several named values ({name: float}, each
-    reported as "name@p"); the full model's values under the bare names ("acc")."""
+    reported as "name@p"); the full model's values under the bare names ("acc"). An ``evaluate`` marked
+    ``evaluate.pure = True`` (the built-in one: the same weights score the same) runs once for levels that
+    truncate to the same weights (a LoRA trial's at every p past its rank)."""
     cache = SpectralCache(targets) if base is None else DeltaSpectra(targets, base)
+    pure = getattr(evaluate, "pure", False)
+    scored: dict = {}                                          # level ranks -> values, for a pure evaluate
 
     def values(p: float) -> dict:
         x = evaluate(model)
@@ -111,9 +116,12 @@ def score_metric(model: nn.Module, targets: Sequence[Target], evaluate: Callable
 
     out: dict = {}
     full = None                                                # the full model's values, when p = 1 is a level
-    for p in map(float, retentions):
-        with cache.applied(p):
-            got = values(p)
+    for i, p in enumerate(map(float, retentions)):
+        same = cache.level_ranks(p) if pure else i
+        if same not in scored:
+            with cache.applied(p):
+                scored[same] = values(p)
+        got = scored[same]
         out.update({key(name, p): v for name, v in got.items()})
         full = got if p == 1.0 else full
         counts = cache.counts(model, p)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import parallel
+from .batches import TensorBatches, in_memory, loader_order
 from .spec import TrialSpec
 from .data import load_dataset
 from .evaluation import builtin_evaluate, forward_batch, task_loss
@@ -128,22 +129,16 @@ def run_trial(cfg: TrialSpec, report: Optional[Report] = None, checkpoint_dir: O
 def train_epoch(cfg: TrialSpec, trial: Trial, train_set, epoch: int) -> float:
     """One pass over ``train_set`` (shuffled by seed and epoch, so a resumed trial sees the same
     batches); the mean task loss (this rank's, over its part of each batch, with several workers)."""
-    device, on_gpu = trial.device, trial.device.type == "cuda"
-    if parallel.active():               # this rank's part of each of the batches below
-        batches = parallel.RankBatches(len(train_set), cfg.train.batch_size, cfg.train.seed)
-        batches.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_sampler=batches, pin_memory=on_gpu)
-    else:
-        order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch - 1)
-        loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=order,
-                            pin_memory=on_gpu, drop_last=False)
+    device = trial.device
+    loader = epoch_batches(cfg, train_set, epoch, pin=device.type == "cuda")
     trial.model.train()
     loss_sum, n = torch.zeros((), device=device), 0
     for batch in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trial.amp):
             logits, y = forward_batch(trial.model, batch, device)
             loss = task_loss(logits, y)
-        total = loss + trial.extra_loss()
+        extra = trial.extra_loss()
+        total = loss + extra if torch.is_tensor(extra) else loss      # no "+ 0.0" node in the graph
         trial.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.train.grad_clip:              # on every device: a result must not depend on where it ran
@@ -155,10 +150,27 @@ def train_epoch(cfg: TrialSpec, trial: Trial, train_set, epoch: int) -> float:
     return float(loss_sum) / max(n, 1)                # one host sync per epoch
 
 
+def epoch_batches(cfg: TrialSpec, train_set, epoch: int, pin: bool = False):
+    """The training batches of epoch ``epoch``: shuffled by seed and epoch, so a resumed trial sees the same
+    ones; a dataset in memory is sliced by index (``batches``: the batches the DataLoader would give)."""
+    if parallel.active():               # this rank's part of each of the global batches
+        batches = parallel.RankBatches(len(train_set), cfg.train.batch_size, cfg.train.seed)
+        batches.set_epoch(epoch)
+        return DataLoader(train_set, batch_sampler=batches, pin_memory=pin)
+    order = parallel.epoch_generator(cfg.train.seed, epoch)
+    tensors = in_memory(train_set)
+    if tensors is not None:
+        return TensorBatches(tensors, cfg.train.batch_size, loader_order(len(tensors[0]), order))
+    return DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=order, pin_memory=pin,
+                      drop_last=False)
+
+
 def validation_accuracy(cfg: TrialSpec, val_set, trial: Trial) -> Callable:
     """The built-in metric: ``model -> {"acc": accuracy}`` on the validation set (Pearson r for a regression
     head), with ``"val_loss"`` when that is the spec's metric."""
-    loader = DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=trial.device.type == "cuda")
+    tensors = in_memory(val_set)
+    loader = TensorBatches(tensors, eval_batch_size(cfg)) if tensors is not None else \
+        DataLoader(val_set, batch_size=eval_batch_size(cfg), pin_memory=trial.device.type == "cuda")
     return builtin_evaluate(loader, trial.device, trial.amp, cfg.train.metric.as_metric())
 
 

@@ -33,6 +33,9 @@ from .layers import DeltaLinear, PaperLoRALinear, ProductLinear, merge_layers, r
 
 HEADS = ("head", "classifier")     # trained in fine-tuning: timm's and Hugging Face's classifier
 LORA_FORMS = ("factorized", "paper")
+# Adam's multi-tensor step on every device: torch's default on GPU; on CPU (where torch's default loops over the
+# parameters in Python) the same numbers with less Python per step (tests/trial/test_techniques.py).
+FOREACH = True
 
 
 @dataclass
@@ -117,10 +120,11 @@ def _q3r_groups(params, targets: list[Target], weight_decay: float) -> list[dict
 def _q3r_technique(name, model, params, targets, lr, weight_decay, lmbda, target_rank, period, extra, merge=None):
     if name == "adamq3r":
         opt = AdamQ3R(params, lr=lr, weight_decay=weight_decay, targets=targets, target_rank=target_rank,
-                      lmbda=lmbda, period=period, **extra)
+                      lmbda=lmbda, period=period, foreach=FOREACH, **extra)
         return Technique(name, model, opt, lmbda=lmbda, merge=merge)
     penalty = Q3RPenalty(targets, target_rank, period, **extra)
-    opt = torch.optim.Adam(_q3r_groups(params, targets, weight_decay), lr=lr, decoupled_weight_decay=True)
+    opt = torch.optim.Adam(_q3r_groups(params, targets, weight_decay), lr=lr, decoupled_weight_decay=True,
+                           foreach=FOREACH)
     return Technique(name, model, opt, penalty=penalty, lmbda=lmbda, merge=merge)
 
 
@@ -158,7 +162,8 @@ def _build_q3r(name, model, modules, lr, weight_decay, lmbda, target_rank, perio
 
 @register("adamw")
 def build_adamw(model, *, lr, weight_decay, **_):
-    return Technique("adamw", model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=FOREACH)
+    return Technique("adamw", model, opt)
 
 
 @register("lora")
@@ -184,7 +189,7 @@ def build_lora(model, *, modules, lr, weight_decay, target_rank, lora_rank, fine
         return LowRankLinear.from_linear(lin, segments)
 
     replace_modules(model, _targeted_linears(model, modules), factorize)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=FOREACH)
     return Technique("lora", model, opt, merge=merge_layers)
 
 
@@ -195,7 +200,7 @@ def _paper_lora(model, modules, lr, weight_decay, target_rank, alpha):
         return PaperLoRALinear(lin, segments, alpha)
 
     replace_modules(model, _targeted_linears(model, modules), build)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=FOREACH)
     return Technique("lora", model, opt, merge=merge_layers)
 
 
@@ -208,7 +213,7 @@ def _peft_lora(model, modules, lr, weight_decay, rank, extra):
                         lora_dropout=extra.get("lora_dropout", 0.0), target_modules=names,
                         modules_to_save=heads or None)
     peft_model = get_peft_model(model, config)
-    opt = torch.optim.AdamW(_trainable(peft_model), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(_trainable(peft_model), lr=lr, weight_decay=weight_decay, foreach=FOREACH)
     return Technique("lora", peft_model, opt, merge=lambda m: copy.deepcopy(m).merge_and_unload())
 
 
@@ -223,7 +228,7 @@ def build_lorita(model, *, modules, lr, weight_decay, depth, alpha, extra, **_):
     factor_ids = {id(p) for layer in layers.values() for p in layer.factors}
     groups = [{"params": [p for p in model.parameters() if id(p) in factor_ids], "weight_decay": alpha},
               {"params": [p for p in model.parameters() if id(p) not in factor_ids], "weight_decay": weight_decay}]
-    return Technique("lorita", model, torch.optim.AdamW(groups, lr=lr), merge=merge_layers)
+    return Technique("lorita", model, torch.optim.AdamW(groups, lr=lr, foreach=FOREACH), merge=merge_layers)
 
 
 # ---- entry point -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .common import DatasetError, DatasetInfo
+from .digits import read_digits, stratified_split
 
 
 def load_digits(seed: int = 0, val_fraction: float = 0.2,
@@ -22,11 +23,9 @@ def load_digits(seed: int = 0, val_fraction: float = 0.2,
     pre-train on [0, 1, 2, 3, 4], fine-tune on [5, 6, 7, 8, 9]). The split and the standardisation
     are those of all ten digits, so both halves see the same preprocessing.
     """
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = sk_digits(return_X_y=True)
-    X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=val_fraction, stratify=y, random_state=seed)
+    X, y = read_digits()
+    train, val = stratified_split(y, val_fraction, seed)       # scikit-learn's split (data/digits.py)
+    X_tr, X_va, y_tr, y_va = X[train], X[val], y[train], y[val]
     mean, std = X_tr.mean(), X_tr.std()
     num_classes = 10
     if classes is not None:
