@@ -39,9 +39,9 @@ def ritz_residual(W: Tensor, U: Tensor, sigma: Tensor, V: Tensor, index: int) ->
     """Relative residual ||W v_i - sigma_i u_i|| / sigma_i of Ritz triplet ``index``, shape (G,).
 
     ``warm_triplets`` makes W^T u_i = sigma_i v_i exact, so this one residual measures how far
-    the triplet is from a singular triplet of W: sigma_i is a lower bound (a Ritz value), and
-    on training weights its relative error stayed below 0.15% whenever this residual was
-    <= 0.02 (up to ~ residual / 2 in general; see ``OperatorBank``). Cost: one matrix-vector
+    the triplet is from a singular triplet of W: sigma_i is a lower bound (a Ritz value) within
+    about this residual of *some* singular value of W, not necessarily the i-th (see
+    ``OperatorBank``: which one depends on how much of v_i the subspace holds). Cost: one matrix-vector
     product per matrix. A zero Ritz value gives 0 if its residual is 0 (W has rank <= i),
     else +inf.
     """

@@ -65,6 +65,15 @@ def test_trial_cost_smoke(capsys):
     assert out.count("metrics identical: True") == 2 and "eval passes" in out and "optimizer" in out
 
 
+def test_warm_eps_smoke(capsys):
+    """Per width and corner one row, with the default's shares and its cost against one warm iteration."""
+    out = run_script(capsys, "warm_eps.py", "--smoke-test", "--width", "64", "128", "--threads", "1")
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["64"], ["128"])]
+    assert [r[:4] for r in rows] == [["64", "30", "0.003", "0.2"], ["128", "30", "0.003", "0.2"]]
+    assert all(r[-4].endswith("x") and r[-1].endswith("]") for r in rows)
+    assert "worst" in out
+
+
 @pytest.fixture(scope="module")
 def digits_techniques_out():
     """One smoke run of digits_techniques.py for both of its tests: the AdamW reference, AdamQ3R and both LoRA forms,

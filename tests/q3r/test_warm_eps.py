@@ -173,3 +173,41 @@ def test_ritz_tol_is_validated():
         _bank([flat(10, 8, 0)], rank=2, ritz_tol=0.0)
     with pytest.raises(ValueError, match="refine_iters"):
         _bank([flat(10, 8, 0)], rank=2, refine_iters=-1)
+
+
+def _dense_pair(gap: float, cos: float):
+    """W0, W1 (192 x 192, rank 19; issue 23): W0 is fitted exactly; in W1 the old (r+1)-th right
+    singular vector is cos * v_{r+1} + sin * v_{r+2} of W1, whose sigma_{r+1} = 1 and sigma_{r+2} =
+    1 - gap, and the rest of v_{r+1} comes from outside the width the warm start carries. The
+    subspace iteration's (r+1)-th Ritz value then sits next to sigma_{r+2}, with a small residual."""
+    d, r, outside = 192, 19, 40
+    U, V = (torch.linalg.qr(flat(d, d, seed)).Q for seed in (11, 12))
+    tail = 0.6 * 0.99 ** torch.arange(d, dtype=torch.float64)
+    s0, s1 = tail.clone(), tail.clone()
+    s0[:r] = s1[:r] = torch.linspace(3.0, 2.0, r, dtype=torch.float64)
+    s0[r], s1[r], s1[r + 1] = 1.2, 1.0, 1.0 - gap
+    sin = (1 - cos ** 2) ** 0.5
+    V1 = torch.cat([V[:, :r], (cos * V[:, r] + sin * V[:, outside]).unsqueeze(1),
+                    (sin * V[:, r] - cos * V[:, outside]).unsqueeze(1), V[:, r + 1:outside], V[:, outside + 1:]], 1)
+    return U @ torch.diag(s0) @ V.mT, U @ torch.diag(s1) @ V1.mT, r
+
+
+@pytest.mark.parametrize("gap, cos", [(0.03, 0.15), (0.02, 0.2)])
+def test_ritz_value_next_to_sigma_r2_does_not_set_eps(gap, cos):
+    """A dense spectrum (width 192): a Ritz value whose residual passed the old check (0.02; one
+    iteration, 2.9% and 1.9% below sigma_{r+1}) must not set eps; the default converges it or
+    falls back to a full SVD, so eps is sigma_{r+1}(W1) to float64 accuracy."""
+    W0, W1, r = _dense_pair(gap, cos)
+    exact = torch.linalg.svdvals(W1)[r].item()
+    for kw, off in (({}, False), ({"ritz_tol": 0.02}, True)):
+        bank, params = _bank([W0], r, **kw)
+        bank.refresh()
+        with torch.no_grad():
+            params[0].copy_(W1)
+        bank.refresh()
+        eps = bank.groups[0].eps.item()
+        assert eps <= exact * (1 + 1e-12)                       # a Ritz value is a lower bound
+        if off:                                                 # the case is hard: the old check lets it through
+            assert eps < (1 - EPS_RTOL) * exact, (kw, eps, exact)
+        else:
+            assert eps == pytest.approx(exact, rel=1e-9), (kw, eps, exact)
