@@ -166,3 +166,22 @@ def test_as_targets():
         as_targets([3])
     with pytest.raises(ValueError, match=r"\(4,\)"):
         Target(nn.Parameter(torch.randn(4)), "vec")
+
+
+def test_rebind_keeps_the_names_and_finds_a_tied_weight_under_its_second_name():
+    """A weight shared by two modules is found under either name (named_parameters lists it once
+    unless asked for duplicates), and the rebound target keeps its name and parameter name."""
+    import copy
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(6, 6), nn.Linear(6, 6)
+            self.dec.weight = self.enc.weight
+
+    model = Tied()
+    t = Target(model.dec.weight, "decoder", "dec.weight")
+    other = copy.deepcopy(model)
+    t2 = t.rebind(other)
+    assert t2.param is other.dec.weight is other.enc.weight
+    assert (t2.name, t2.param_name) == ("decoder", "dec.weight")

@@ -100,3 +100,18 @@ def test_val_loss_is_the_mean_cross_entropy_at_every_level(setup):
         assert out[f"val_loss@{p:g}"] == pytest.approx(_truncated_loss_ref(model, targets, x, y, p), rel=1e-5)
     assert out["val_loss"] == out["val_loss@1"] and out["val_loss@0.05"] > out["val_loss"]
     assert "acc@0.05" in out and "val_loss" not in score(model, targets, loader, [0.05], torch.device("cpu"))[0]
+
+
+def test_a_finetuned_model_is_scored_with_its_update_truncated(setup):
+    """``base`` given: each target is W0 + [W - W0]_r(p). With a rank-1 update the cut to rank 1 keeps W
+    exactly, so the truncated model stays exactly right, where cutting W itself costs accuracy."""
+    from q3r.delta import DeltaSpectra
+
+    model, targets, loader = setup
+    g = torch.Generator().manual_seed(2)
+    base = {t.name: t.weight.detach() - torch.outer(torch.randn(t.shape[0], generator=g),
+                                                     torch.randn(t.shape[1], generator=g)) for t in targets}
+    out, _ = score(model, targets, loader, [0.05], torch.device("cpu"), base=base)
+    assert out["acc@0.05"] == 1.0 == out["acc"]
+    assert out["params@0.05"] == DeltaSpectra(targets, base).counts(model, 0.05)["model_kept"]
+    assert score(model, targets, loader, [0.05], torch.device("cpu"))[0]["acc@0.05"] < 0.9
