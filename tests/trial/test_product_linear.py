@@ -58,3 +58,11 @@ def test_a_bias_free_product_merges_into_a_bias_free_linear():
     torch.testing.assert_close(merged.weight, layer.merged_weight().detach(), rtol=0, atol=0)
     x = torch.randn(4, 5, dtype=torch.float64)
     torch.testing.assert_close(merged(x), x @ layer.merged_weight().detach().T, rtol=1e-12, atol=1e-14)
+
+
+def test_the_output_form_keeps_the_original_bias_and_computes_the_original_layer():
+    lin = linear()
+    layer = ProductLinear(lin, 3, form="output")
+    assert torch.equal(layer.bias.detach(), lin.bias.detach())
+    x = torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), lin(x), rtol=1e-12, atol=1e-14)
