@@ -185,3 +185,19 @@ def test_rebind_keeps_the_names_and_finds_a_tied_weight_under_its_second_name():
     t2 = t.rebind(other)
     assert t2.param is other.dec.weight is other.enc.weight
     assert (t2.name, t2.param_name) == ("decoder", "dec.weight")
+
+
+def test_classifier_head_is_what_get_classifier_returns_else_the_last_linear():
+    from q3r.targets import classifier_head
+
+    class HeadFirst(nn.Module):                    # timm's convention, with the head registered first
+        def __init__(self):
+            super().__init__()
+            self.head, self.body = nn.Linear(4, 2), nn.Linear(4, 4)
+
+        def get_classifier(self):
+            return self.head
+
+    assert classifier_head(HeadFirst()) == "head"
+    assert classifier_head(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == "2"
+    assert classifier_head(nn.Sequential(nn.ReLU())) is None
