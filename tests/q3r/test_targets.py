@@ -199,5 +199,16 @@ def test_classifier_head_is_what_get_classifier_returns_else_the_last_linear():
             return self.head
 
     assert classifier_head(HeadFirst()) == "head"
+
+    class NoHead(HeadFirst):                       # timm with num_classes=0: an Identity, not a Linear
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Identity()
+
+    class Broken(HeadFirst):                       # a get_classifier of another convention
+        def get_classifier(self, which):
+            return self.head
+
+    assert classifier_head(NoHead()) == "body" and classifier_head(Broken()) == "body"
     assert classifier_head(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == "2"
     assert classifier_head(nn.Sequential(nn.ReLU())) is None
