@@ -212,3 +212,10 @@ def test_classifier_head_is_what_get_classifier_returns_else_the_last_linear():
     assert classifier_head(NoHead()) == "body" and classifier_head(Broken()) == "body"
     assert classifier_head(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == "2"
     assert classifier_head(nn.Sequential(nn.ReLU())) is None
+
+
+def test_named_in_finds_the_parameter_name_and_keeps_the_rows():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 6))
+    t = Target(model[1].weight, "middle", row_start=2, row_end=4).named_in(model)
+    assert (t.param_name, t.row_start, t.row_end, t.shape) == ("1.weight", 2, 4, (2, 4))
+    assert torch.equal(t.weight, model[1].weight[2:4])

@@ -118,10 +118,10 @@ def test_a_finetuned_model_is_scored_with_its_update_truncated(setup):
 
 
 def test_a_batch_of_one_example_is_scored_with_cross_entropy():
-    """Only a one-output head is a regression head, also for a batch of one example (logits (1, C))."""
+    """Only a one-output head is a regression head, also for two classes and a batch of one (logits (1, 2))."""
     from tuning.trial.evaluation import task_loss
 
-    logits, y = torch.tensor([[0.2, 1.5, -0.3]], dtype=torch.float64), torch.tensor([1])
+    logits, y = torch.tensor([[0.2, 1.5]], dtype=torch.float64), torch.tensor([1])
     expected = -torch.log_softmax(logits, -1)[0, 1]
     torch.testing.assert_close(task_loss(logits, y), expected.float())
     torch.testing.assert_close(task_loss(torch.tensor([[0.5], [2.0]]), torch.tensor([1.0, 1.0])), torch.tensor(0.625))
