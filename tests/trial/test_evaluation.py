@@ -125,3 +125,29 @@ def test_a_batch_of_one_example_is_scored_with_cross_entropy():
     expected = -torch.log_softmax(logits, -1)[0, 1]
     torch.testing.assert_close(task_loss(logits, y), expected.float())
     torch.testing.assert_close(task_loss(torch.tensor([[0.5], [2.0]]), torch.tensor([1.0, 1.0])), torch.tensor(0.625))
+
+
+def test_builtin_evaluate_runs_under_bf16_autocast_only_when_asked(setup):
+    from tuning.trial.evaluation import builtin_evaluate
+    from tuning.trial.metrics import Metric
+
+    model, _, loader = setup
+    x, y = loader.dataset.tensors
+    metric, cpu = Metric("val_loss", "min"), torch.device("cpu")
+    with torch.no_grad():
+        ref = float(torch.nn.functional.cross_entropy(model(x), y))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_amp = float(torch.nn.functional.cross_entropy(model(x).float(), y))
+    plain, amp = builtin_evaluate(loader, cpu, metric=metric)(model), builtin_evaluate(loader, cpu, True, metric)(model)
+    assert plain["val_loss"] == pytest.approx(ref, rel=1e-6) and amp["val_loss"] == pytest.approx(ref_amp, rel=1e-6)
+    assert abs(ref_amp - ref) > 1e-5 * ref                  # bf16 changes the loss by more than the tolerance
+
+
+def test_score_metric_takes_a_float_and_names_the_level_of_a_bad_value(setup):
+    from tuning.trial.evaluation import score_metric
+
+    model, targets, loader = setup
+    out, _ = score_metric(model, targets, lambda m: accuracy(m, loader, torch.device("cpu")), [0.05])
+    assert out["acc"] == 1.0 and out["acc@0.05"] < 0.9
+    with pytest.raises(TypeError, match="at retention 0.05 it returned 'bad'"):
+        score_metric(model, targets, lambda m: "bad", [0.05])
