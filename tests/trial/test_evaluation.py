@@ -151,3 +151,18 @@ def test_score_metric_takes_a_float_and_names_the_level_of_a_bad_value(setup):
     assert out["acc"] == 1.0 and out["acc@0.05"] < 0.9
     with pytest.raises(TypeError, match="at retention 0.05 it returned 'bad'"):
         score_metric(model, targets, lambda m: "bad", [0.05])
+    with pytest.raises(TypeError, match="at retention 0.05 it returned True"):
+        score_metric(model, targets, lambda m: True, [0.05])
+    out, _ = score_metric(model, targets, lambda m: torch.tensor([0.25]), [0.05])   # a one-element tensor
+    assert out["acc@0.05"] == 0.25 and type(out["acc"]) is float
+
+
+def test_the_full_model_is_evaluated_once_when_level_one_is_scored(setup):
+    """K levels cost K evaluation passes; the full model's values come from the pass at p = 1."""
+    from tuning.trial.evaluation import score_metric
+
+    model, targets, loader = setup
+    calls = []
+    evaluate = lambda m: calls.append(1) or accuracy(m, loader, torch.device("cpu"))   # noqa: E731
+    out, _ = score_metric(model, targets, evaluate, [0.05, 1.0])
+    assert len(calls) == 2 and out["acc"] == out["acc@1"] == 1.0
