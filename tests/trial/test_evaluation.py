@@ -166,3 +166,13 @@ def test_the_full_model_is_evaluated_once_when_level_one_is_scored(setup):
     evaluate = lambda m: calls.append(1) or accuracy(m, loader, torch.device("cpu"))   # noqa: E731
     out, _ = score_metric(model, targets, evaluate, [0.05, 1.0])
     assert len(calls) == 2 and out["acc"] == out["acc@1"] == 1.0
+
+
+def test_accuracy_under_amp_is_that_of_the_bf16_logits():
+    """Two logits 1.0 and 1.001 (label 1) are equal in bf16: the first wins the argmax under amp only."""
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [1.001]]))
+    loader = DataLoader(TensorDataset(torch.ones(4, 1), torch.ones(4, dtype=torch.long)), batch_size=2)
+    assert accuracy(head, loader, torch.device("cpu")) == 1.0
+    assert accuracy(head, loader, torch.device("cpu"), amp=True) == 0.0
