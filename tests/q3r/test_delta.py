@@ -84,3 +84,15 @@ def test_a_level_that_keeps_the_whole_update_is_w_itself_in_its_dtype():
     bf = nn.Linear(8, 6).to(torch.bfloat16)
     bf_ds = DeltaSpectra([Target(bf.weight, "w", "weight")], {"w": torch.zeros(6, 8, dtype=torch.bfloat16)})
     assert bf_ds.low_rank("w", 2).dtype == torch.bfloat16
+
+
+def test_w0_is_taken_in_the_weights_dtype_and_a_missing_w0_names_five_targets():
+    model, targets, base = model_pair()
+    model.float()
+    ds = DeltaSpectra(select_targets(model, ("0", "2")), base)            # float64 W0, float32 weights
+    assert all(W0.dtype == torch.float32 for W0 in ds.base.values())
+    assert ds.low_rank("0", 2).dtype == torch.float32
+    many = nn.Sequential(*[nn.Linear(2, 2) for _ in range(6)])
+    with pytest.raises(KeyError) as err:
+        DeltaSpectra(select_targets(many, tuple(str(i) for i in range(6))), {})
+    assert "'4'" in str(err.value) and "'5'" not in str(err.value)
