@@ -35,7 +35,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_overhead.py
 
-# mutation testing of the math (not in CI; about 15-25 minutes on 2 cores): score and survivors in tests/MUTANTS.md
+# mutation testing of the math: the q3r library and the harness's layers and scoring (not in CI; over an hour
+# on 2 cores, see tests/MUTANTS.md): score and survivors in tests/MUTANTS.md
 mutants: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[mutants]'
 	rm -rf mutants

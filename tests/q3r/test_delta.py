@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from q3r.delta import DeltaSpectra, level_rank, top_energy
-from q3r.targets import select_targets
+from q3r.targets import Target, select_targets
 
 
 def low_rank_ref(D: np.ndarray, r: int) -> np.ndarray:
@@ -71,3 +71,28 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="level=0"):
         level_rank((4, 4), 0)
     assert level_rank((4, 6), 9) == 4 and level_rank((4, 6), 1.0) is None
+
+
+def test_a_level_that_keeps_the_whole_update_is_w_itself_in_its_dtype():
+    """An int rank >= min(d1, d2) (or p = 1) keeps Delta W whole: W itself, bitwise, not W0 + an SVD's
+    reconstruction; a truncated level comes back in W's dtype (bf16 weights are decomposed in float32)."""
+    model, targets, base = model_pair()
+    ds = DeltaSpectra(targets, base)
+    for t in targets:
+        assert torch.equal(ds.low_rank(t.name, min(t.shape)), t.weight.detach())
+        assert torch.equal(ds.low_rank(t.name, 1.0), t.weight.detach())
+    bf = nn.Linear(8, 6).to(torch.bfloat16)
+    bf_ds = DeltaSpectra([Target(bf.weight, "w", "weight")], {"w": torch.zeros(6, 8, dtype=torch.bfloat16)})
+    assert bf_ds.low_rank("w", 2).dtype == torch.bfloat16
+
+
+def test_w0_is_taken_in_the_weights_dtype_and_a_missing_w0_names_five_targets():
+    model, targets, base = model_pair()
+    model.float()
+    ds = DeltaSpectra(select_targets(model, ("0", "2")), base)            # float64 W0, float32 weights
+    assert all(W0.dtype == torch.float32 for W0 in ds.base.values())
+    assert ds.low_rank("0", 2).dtype == torch.float32
+    many = nn.Sequential(*[nn.Linear(2, 2) for _ in range(6)])
+    with pytest.raises(KeyError) as err:
+        DeltaSpectra(select_targets(many, tuple(str(i) for i in range(6))), {})
+    assert "'4'" in str(err.value) and "'5'" not in str(err.value)

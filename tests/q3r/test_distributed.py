@@ -263,6 +263,13 @@ def test_plan_cuts_every_group_into_one_run_of_whole_parameters_per_rank():
             assert max(load) - min(load) <= biggest                            # one parameter, at most
 
 
+def test_cost_is_d1_d2_k_per_matrix_plus_the_fixed_part():
+    """The cost model ``plan`` deals small groups by, as its docstring writes it (a 6 x 4 shape: not square)."""
+    ts = [Target(nn.Parameter(torch.zeros(6, 4)), f"t{i}") for i in range(3)]
+    assert cost(ts, 5) == 3 * (6 * 4 * 5 + q3r.distributed.PER_MATRIX)
+    assert cost(ts[:1], 2) == 6 * 4 * 2 + q3r.distributed.PER_MATRIX
+
+
 def test_without_a_process_group_a_distributed_bank_is_a_plain_one():
     assert not dist.is_initialized()
     assert workers("share") is None and workers(True) is None and workers(None) is None

@@ -118,3 +118,47 @@ def test_a_layer_saved_without_bias_loads_without_bias(tmp_path, p):
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "4.weight", "4.bias"'):
         q3r.load_lowrank(tiny_sequential(seed=2), tmp_path / "partial.safetensors")
+
+
+def test_float64_layers_load_twice_in_float64_into_a_new_folder(tmp_path):
+    """Saving creates the missing folders; a float64 LowRankLinear rebuilt on a second load stays float64."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 10).double()
+    A, B = torch.randn(4, 2, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    model = nn.Sequential(q3r.LowRankLinear.from_linear(lin, [(2, 6, (A, B))]))
+    path = q3r.save_lowrank(model, tmp_path / "new" / "folder" / "m.safetensors")
+    fresh = nn.Sequential(nn.Linear(6, 10).double())
+    q3r.load_lowrank(fresh, path)
+    q3r.load_lowrank(fresh, path)
+    assert all(p.dtype == torch.float64 for p in fresh.parameters())
+    assert_same_weights(fresh, model)
+
+
+def test_the_error_names_the_module_type_and_strict_false_allows_extra_modules(tmp_path):
+    model = tiny_sequential()
+    small = q3r.SpectralCache(q3r.select_targets(model, ("0",))).factorized_model(model, 0.2)
+    path = q3r.save_lowrank(small, tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match="'0' is a ReLU in the model"):
+        q3r.load_lowrank(nn.Sequential(nn.ReLU(), nn.ReLU()), path)
+    bigger = tiny_sequential(seed=1).append(nn.Linear(3, 2).double())   # a module the file does not hold
+    with pytest.raises(RuntimeError, match="Missing key"):
+        q3r.load_lowrank(tiny_sequential(seed=1).append(nn.Linear(3, 2).double()), path)
+    q3r.load_lowrank(bigger, path, strict=False)
+    assert_same_weights(bigger[:5], small)
+
+
+def factor_state(**segments):
+    """A state dict of one LowRankLinear "m" from {"A0": shape, "B0": shape, "dense1": shape, ...}."""
+    return {f"m.{k[:-1]}.{k[-1]}": torch.zeros(*shape) for k, shape in segments.items()}
+
+
+@pytest.mark.parametrize("segments", [
+    {"A0": (4, 2), "B0": (3, 6)},                        # inner widths differ
+    {"A0": (4, 2)},                                      # A without B
+    {"B0": (2, 6)},                                      # B without A
+    {"dense0": (2, 6), "dense1": (2, 5)},                # two input widths
+    {"dense0": (2, 6), "dense2": (2, 6)},                # segments not numbered 0..n-1
+])
+def test_lowrank_layers_refuses_malformed_segments(segments):
+    with pytest.raises(ValueError, match="m: segment"):
+        lowrank_layers(factor_state(**segments))

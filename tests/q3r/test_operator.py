@@ -329,3 +329,16 @@ def test_penalty_gradient_is_the_reweighted_weight():
     val.backward()
     assert_close(W.grad, reweight_ref(W, eps, W))
     assert pen.step == 1
+
+
+def test_fit_passes_eps_first_to_the_linear_schedule():
+    """The "linear" schedule decays from eps_first, not from the current eps: eps <- max(eps * c, final)
+    with c = (final / eps_first)^(1 / steps), written out here; without eps_first it restarts from eps."""
+    W = spread_matrix(20, 20, seed=7)
+    steps, final, eps_old, eps_first = 4, 1e-3, 0.5, 2.0
+    schedule = {"name": "linear", "steps": steps, "final": final}
+    op = ReweightingOperator.fit(W, 5, eps=eps_old, schedule=schedule, eps_first=eps_first)
+    assert op.eps == pytest.approx(max(eps_old * (final / eps_first) ** (1 / steps), final), rel=1e-12)
+    restart = ReweightingOperator.fit(W, 5, eps=eps_old, schedule=schedule)
+    assert restart.eps == pytest.approx(max(eps_old * (final / eps_old) ** (1 / steps), final), rel=1e-12)
+    assert op.rank == int((singular_values(W) > op.eps).sum())

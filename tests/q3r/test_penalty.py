@@ -73,3 +73,11 @@ def test_bfloat16_weights_train_with_fp32_operators():
     pen = q3r.Q3RPenalty([lin], target_rank=0.2)
     pen.penalty().backward()
     assert lin.weight.grad.dtype == torch.bfloat16 and torch.isfinite(lin.weight.grad.float()).all()
+
+
+def test_penalty_state_dict_holds_step_period_and_operators():
+    lin = nn.Linear(8, 6, bias=False).double()
+    pen = q3r.Q3RPenalty([lin], target_rank=0.3, period=4, svd="exact")
+    pen.penalty(); pen.penalty()
+    state = pen.state_dict()
+    assert (state["step"], state["period"]) == (2, 4) and set(state) == {"step", "period", "operators"}

@@ -130,3 +130,16 @@ def test_linear_schedule_through_the_optimizer_survives_a_state_dict_round_trip(
         for o in (opt, opt2):
             o.step()
             assert o.operators()["linear0"].eps == pytest.approx(ref[k], rel=1e-10), k
+
+
+def test_schedule_bounds_are_the_documented_ones():
+    """Geometric decay in (0, 1]: 1 keeps eps, 0 is refused; linear steps >= 1 and final > 0."""
+    keep = make_schedule({"name": "geometric", "decay": 1.0, "floor": 0.0})
+    assert float(keep(torch.tensor([0.25]), torch.tensor([9.0]))) == 0.25
+    with pytest.raises(ValueError, match="decay=0.0"):
+        make_schedule({"name": "geometric", "decay": 0.0})
+    one = make_schedule({"name": "linear", "steps": 1, "final": 1e-2})   # final reached in one reweighting
+    assert float(one(torch.tensor([0.5]), torch.tensor([9.0]), torch.tensor([0.5]))) == pytest.approx(1e-2)
+    for final in (0.0, -1.0):
+        with pytest.raises(ValueError, match="final"):
+            make_schedule({"name": "linear", "steps": 3, "final": final})

@@ -166,3 +166,56 @@ def test_as_targets():
         as_targets([3])
     with pytest.raises(ValueError, match=r"\(4,\)"):
         Target(nn.Parameter(torch.randn(4)), "vec")
+
+
+def test_rebind_keeps_the_names_and_finds_a_tied_weight_under_its_second_name():
+    """A weight shared by two modules is found under either name (named_parameters lists it once
+    unless asked for duplicates), and the rebound target keeps its name and parameter name."""
+    import copy
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(6, 6), nn.Linear(6, 6)
+            self.dec.weight = self.enc.weight
+
+    model = Tied()
+    t = Target(model.dec.weight, "decoder", "dec.weight")
+    other = copy.deepcopy(model)
+    t2 = t.rebind(other)
+    assert t2.param is other.dec.weight is other.enc.weight
+    assert (t2.name, t2.param_name) == ("decoder", "dec.weight")
+
+
+def test_classifier_head_is_what_get_classifier_returns_else_the_last_linear():
+    from q3r.targets import classifier_head
+
+    class HeadFirst(nn.Module):                    # timm's convention, with the head registered first
+        def __init__(self):
+            super().__init__()
+            self.head, self.body = nn.Linear(4, 2), nn.Linear(4, 4)
+
+        def get_classifier(self):
+            return self.head
+
+    assert classifier_head(HeadFirst()) == "head"
+
+    class NoHead(HeadFirst):                       # timm with num_classes=0: an Identity, not a Linear
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Identity()
+
+    class Broken(HeadFirst):                       # a get_classifier of another convention
+        def get_classifier(self, which):
+            return self.head
+
+    assert classifier_head(NoHead()) == "body" and classifier_head(Broken()) == "body"
+    assert classifier_head(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == "2"
+    assert classifier_head(nn.Sequential(nn.ReLU())) is None
+
+
+def test_named_in_finds_the_parameter_name_and_keeps_the_rows():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 6))
+    t = Target(model[1].weight, "middle", row_start=2, row_end=4).named_in(model)
+    assert (t.param_name, t.row_start, t.row_end, t.shape) == ("1.weight", 2, 4, (2, 4))
+    assert torch.equal(t.weight, model[1].weight[2:4])

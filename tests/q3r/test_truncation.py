@@ -119,3 +119,24 @@ def test_retained_rank_is_the_one_formula():
     assert retained_rank((192, 192), 1.0) is None
     with pytest.raises(ValueError, match="fraction=0"):
         retained_rank((192, 192), 0)
+
+
+def test_a_float64_factorized_layer_merges_into_a_float64_linear():
+    from q3r.truncation import LowRankLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(7, 5).double()
+    A, B = torch.randn(3, 2, dtype=torch.float64), torch.randn(2, 7, dtype=torch.float64)
+    layer = LowRankLinear.from_linear(lin, [(1, 4, (A, B))])
+    merged = layer.to_linear()
+    assert merged.weight.dtype == merged.bias.dtype == torch.float64
+    expected = torch.cat([lin.weight[:1], A @ B, lin.weight[4:]]).detach()
+    assert torch.equal(merged.weight.detach(), expected) and torch.equal(merged.bias.detach(), lin.bias.detach())
+
+
+def test_low_rank_of_a_bfloat16_weight_comes_back_in_bfloat16():
+    """bf16 weights are decomposed in float32; the truncated matrix is returned in the weight's dtype."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 6).to(torch.bfloat16)
+    cache = SpectralCache([q3r.Target(lin.weight, "w", "weight")])
+    assert cache.low_rank("w", 0.3).dtype == torch.bfloat16

@@ -130,3 +130,79 @@ def test_levels_with_the_same_truncated_weights_are_evaluated_once():
     del counted.pure
     each, _ = score_metric(dense, targets, counted, levels)
     assert len(calls) == 2 + 4 and once == each
+
+
+def test_a_finetuned_model_is_scored_with_its_update_truncated(setup):
+    """``base`` given: each target is W0 + [W - W0]_r(p). With a rank-1 update the cut to rank 1 keeps W
+    exactly, so the truncated model stays exactly right, where cutting W itself costs accuracy."""
+    from q3r.delta import DeltaSpectra
+
+    model, targets, loader = setup
+    g = torch.Generator().manual_seed(2)
+    base = {t.name: t.weight.detach() - torch.outer(torch.randn(t.shape[0], generator=g),
+                                                     torch.randn(t.shape[1], generator=g)) for t in targets}
+    out, _ = score(model, targets, loader, [0.05], torch.device("cpu"), base=base)
+    assert out["acc@0.05"] == 1.0 == out["acc"]
+    assert out["params@0.05"] == DeltaSpectra(targets, base).counts(model, 0.05)["model_kept"]
+    assert score(model, targets, loader, [0.05], torch.device("cpu"))[0]["acc@0.05"] < 0.9
+
+
+def test_a_batch_of_one_example_is_scored_with_cross_entropy():
+    """Only a one-output head is a regression head, also for two classes and a batch of one (logits (1, 2))."""
+    from tuning.trial.evaluation import task_loss
+
+    logits, y = torch.tensor([[0.2, 1.5]], dtype=torch.float64), torch.tensor([1])
+    expected = -torch.log_softmax(logits, -1)[0, 1]
+    torch.testing.assert_close(task_loss(logits, y), expected.float())
+    torch.testing.assert_close(task_loss(torch.tensor([[0.5], [2.0]]), torch.tensor([1.0, 1.0])), torch.tensor(0.625))
+
+
+def test_builtin_evaluate_runs_under_bf16_autocast_only_when_asked(setup):
+    from tuning.trial.evaluation import builtin_evaluate
+    from tuning.trial.metrics import Metric
+
+    model, _, loader = setup
+    x, y = loader.dataset.tensors
+    metric, cpu = Metric("val_loss", "min"), torch.device("cpu")
+    with torch.no_grad():
+        ref = float(torch.nn.functional.cross_entropy(model(x), y))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_amp = float(torch.nn.functional.cross_entropy(model(x).float(), y))
+    plain, amp = builtin_evaluate(loader, cpu, metric=metric)(model), builtin_evaluate(loader, cpu, True, metric)(model)
+    assert plain["val_loss"] == pytest.approx(ref, rel=1e-6) and amp["val_loss"] == pytest.approx(ref_amp, rel=1e-6)
+    assert abs(ref_amp - ref) > 1e-5 * ref                  # bf16 changes the loss by more than the tolerance
+
+
+def test_score_metric_takes_a_float_and_names_the_level_of_a_bad_value(setup):
+    from tuning.trial.evaluation import score_metric
+
+    model, targets, loader = setup
+    out, _ = score_metric(model, targets, lambda m: accuracy(m, loader, torch.device("cpu")), [0.05])
+    assert out["acc"] == 1.0 and out["acc@0.05"] < 0.9
+    with pytest.raises(TypeError, match="at retention 0.05 it returned 'bad'"):
+        score_metric(model, targets, lambda m: "bad", [0.05])
+    with pytest.raises(TypeError, match="at retention 0.05 it returned True"):
+        score_metric(model, targets, lambda m: True, [0.05])
+    out, _ = score_metric(model, targets, lambda m: torch.tensor([0.25]), [0.05])   # a one-element tensor
+    assert out["acc@0.05"] == 0.25 and type(out["acc"]) is float
+
+
+def test_the_full_model_is_evaluated_once_when_level_one_is_scored(setup):
+    """K levels cost K evaluation passes; the full model's values come from the pass at p = 1."""
+    from tuning.trial.evaluation import score_metric
+
+    model, targets, loader = setup
+    calls = []
+    evaluate = lambda m: calls.append(1) or accuracy(m, loader, torch.device("cpu"))   # noqa: E731
+    out, _ = score_metric(model, targets, evaluate, [0.05, 1.0])
+    assert len(calls) == 2 and out["acc"] == out["acc@1"] == 1.0
+
+
+def test_accuracy_under_amp_is_that_of_the_bf16_logits():
+    """Two logits 1.0 and 1.001 (label 1) are equal in bf16: the first wins the argmax under amp only."""
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [1.001]]))
+    loader = DataLoader(TensorDataset(torch.ones(4, 1), torch.ones(4, dtype=torch.long)), batch_size=2)
+    assert accuracy(head, loader, torch.device("cpu")) == 1.0
+    assert accuracy(head, loader, torch.device("cpu"), amp=True) == 0.0

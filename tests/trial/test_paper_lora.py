@@ -181,3 +181,30 @@ def test_the_default_form_is_still_the_factorized_one():
     assert config.TechniqueSpec().lora_form == "factorized"
     tech = build_technique("lora", vit(), target_rank=0.25)
     assert isinstance(tech.model.get_submodule("blocks.0.mlp.fc1"), q3r.LowRankLinear)
+
+
+@pytest.mark.parametrize("segments", [
+    [(0, 6, 0)],                         # a rank below 1
+    [(0, 4, 2)],                         # rows 4.. not covered
+    [(0, 2, 1), (3, 6, 1)],              # a gap (rows 2..3) though the last segment ends at the last row
+    [(2, 4, 1), (0, 2, 1), (4, 6, 1)],   # out of order
+])
+def test_the_layer_refuses_segments_that_do_not_cover_the_rows_in_order(segments):
+    with pytest.raises(ValueError, match="must cover the 6 rows in order"):
+        PaperLoRALinear(nn.Linear(4, 6), segments)
+
+
+@pytest.mark.parametrize("alpha", [True, "0.5", 0, 1.01])
+def test_the_layer_refuses_an_alpha_outside_0_1(alpha):
+    with pytest.raises(ValueError, match="lora_alpha"):
+        PaperLoRALinear(nn.Linear(4, 6), [(0, 6, 2)], alpha)
+
+
+def test_a_batch_of_sequences_gets_the_same_per_segment_outputs():
+    """Input (B, T, d_in): each segment's outputs are concatenated along the last (feature) axis."""
+    torch.manual_seed(0)
+    layer = PaperLoRALinear(nn.Linear(3, 5, dtype=torch.float64), [(0, 2, 1), (2, 5, 2)], alpha=0.5)
+    x = torch.randn(2, 3, 3, dtype=torch.float64)
+    As, Bs = [a.detach() for a in layer.A], [b.detach() for b in layer.B]
+    expected = torch.stack([slow_paper_lora(xb, As, Bs, 0.5) for xb in x])
+    torch.testing.assert_close(layer(x).detach(), expected, rtol=1e-12, atol=1e-15)
