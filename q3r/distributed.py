@@ -142,7 +142,6 @@ class Message:
     """The exchange's layout, fixed before the refresh (every rank computes the same), and on gloo
     the receives of the other ranks' messages, posted then."""
 
-    rooms: list[int]
     senders: list[int]
     src: Optional[int]                      # the one sender (a broadcast), or None: every rank sends
     owned: dict[int, list[int]]
@@ -166,7 +165,7 @@ def expect(bank) -> Message:
     heads = {r: 8 * (1 + len(FITS) + sum(_META + len(groups[i].targets) for i in owned[r])) for r in senders}
     space = {r: sum(rooms[i] for i in owned[r]) for r in senders}
     length = max(heads[r] + space[r] for r in senders)
-    m = Message(rooms, senders, src, owned, heads, space, length)
+    m = Message(senders, src, owned, heads, space, length)
     if src is None and dist.get_backend(w.group) == "gloo":
         out = groups[0].eps.new_empty(w.world, length, dtype=torch.uint8)
         m.posted = (out, [dist.irecv(out[r], w.global_rank(r), w.group) for r in range(w.world) if r != w.rank])
