@@ -46,10 +46,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .apply import StepBuffers
 from .bank_state import bank_state, load_bank_state
 from .decomposition import ritz_residual, warm_triplets
 from .distributed import check_same, exchange, expect, plan, workers
-from .functional import q3r_value, reweight, reweight_factors, shift
+from .functional import q3r_value, reweight, shift
 from .operator import ReweightingOperator
 from .packing import PackedWeights
 from .ranks import resolve_rank
@@ -75,6 +76,7 @@ class _Group:
     answers: Optional[tuple] = field(default=None, repr=False)  # the same on the device, from this refresh
     fresh: list[int] = field(default_factory=list)  # members with eps = +inf: no operator yet (host)
     packed: Optional[PackedWeights] = field(default=None, repr=False)  # the weights in one buffer, if packed
+    buffers: StepBuffers = field(default_factory=StepBuffers, repr=False)  # descend's X, Y (apply.py)
 
     @property
     def max_width(self) -> int:
@@ -358,8 +360,8 @@ class OperatorBank:
         for g in self.groups:
             buffer = g.packed.buffer() if g.packed is not None else None
             W = buffer if buffer is not None else g.copies()           # (G, d1, d2): the packed buffer, or a copy
-            X, Y = reweight_factors(W, *g.factors())                   # R(W) = W + X Y
-            W.baddbmm_(X, Y, beta=1.0 - scale, alpha=-scale)
+            key = (g.U, g.U._version, g.V, g.V._version, g.s, g.s._version, g.k_apply)
+            g.buffers.descend(W, *g.factors(), scale, key)             # R(W) = W + X Y, in place
             if buffer is None:
                 torch._foreach_copy_([t.weight.detach() for t in g.targets], W.unbind(0))
 
