@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .apply import StepBuffers
 from .bank_state import bank_state, load_bank_state
-from .decomposition import ritz_residual, warm_triplets
+from .decomposition import full_svd, ritz_residual, warm_triplets
 from .distributed import check_same, exchange, expect, plan, workers
 from .functional import q3r_value, reweight, shift
 from .operator import ReweightingOperator
@@ -261,7 +261,7 @@ class OperatorBank:
             ok |= self._settled(g, S[:, g.rank])
         if redo:                                                   # first fits and laggards: full SVDs
             idx = torch.tensor(sorted(redo), device=W.device)
-            Ue, Se, Vhe = torch.linalg.svd(W[idx], full_matrices=False)
+            Ue, Se, Vhe = full_svd(W[idx])
             self.fits["svd"] += len(idx)
             if now:                                                # their r_env outgrew the width: refit all
                 eps_idx = self._next_eps(g, Se[:, g.rank], idx)
@@ -304,7 +304,7 @@ class OperatorBank:
 
     def _exact(self, g: _Group, W: Tensor) -> None:
         """Full SVD of every member: r_env is counted exactly and the width set for it."""
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        U, S, Vh = full_svd(W)
         self.fits["svd"] += len(g.targets)
         eps = self._next_eps(g, S[:, g.rank])
         r_env_max = int((S > eps.unsqueeze(-1)).sum(-1).max())    # a host read, on this rare path only

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from q3r.decomposition import warm_triplets
+from q3r.decomposition import full_svd, one_thread, warm_triplets
 from q3r.functional import reweight, shift
-from tests.reference import fit_ref, reweight_ref
+from tests.reference import fit_ref, reweight_ref, singular_values
 
 
 def decaying(G, d1, d2, seed, decay=0.15):
@@ -67,3 +67,34 @@ def test_warm_triplets_are_orthonormal_and_sorted_in_float32():
     eye = torch.eye(12).expand(5, -1, -1)
     torch.testing.assert_close(V.mT @ V, eye, atol=1e-4, rtol=0)
     torch.testing.assert_close(U.mT @ U, eye, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30), (16, 16)])
+def test_full_svd_tall_wide_square_against_numpy(shape):
+    W, _ = decaying(3, *shape, seed=4)
+    U, S, Vh = full_svd(W)
+    k = min(shape)
+    assert U.shape == (3, shape[0], k) and S.shape == (3, k) and Vh.shape == (3, k, shape[1])
+    eye = torch.eye(k, dtype=torch.float64)
+    for i in range(3):
+        np.testing.assert_allclose(S[i].numpy(), singular_values(W[i]), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(U[i].mT @ U[i], eye, rtol=0, atol=1e-12)
+        torch.testing.assert_close(Vh[i] @ Vh[i].mT, eye, rtol=0, atol=1e-12)
+        torch.testing.assert_close((U[i] * S[i]) @ Vh[i], W[i], rtol=0, atol=1e-12)
+
+
+def test_one_thread_restores_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with one_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with one_thread(torch.device("cpu")):
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+        with one_thread(torch.device("meta")):                # not CPU: left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
