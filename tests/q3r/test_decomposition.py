@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from q3r.decomposition import full_svd, one_thread, warm_triplets
+from q3r.decomposition import full_svd, warm_triplets
 from q3r.functional import reweight, shift
 from tests.reference import fit_ref, reweight_ref, singular_values
 
@@ -82,19 +82,3 @@ def test_full_svd_tall_wide_square_against_numpy(shape):
         torch.testing.assert_close(Vh[i] @ Vh[i].mT, eye, rtol=0, atol=1e-12)
         torch.testing.assert_close((U[i] * S[i]) @ Vh[i], W[i], rtol=0, atol=1e-12)
 
-
-def test_one_thread_restores_the_thread_count():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with one_thread(torch.device("cpu")):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError):
-            with one_thread(torch.device("cpu")):
-                raise RuntimeError("inside")
-        assert torch.get_num_threads() == 2
-        with one_thread(torch.device("meta")):                # not CPU: left alone
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
