@@ -70,7 +70,7 @@ def main(argv=None) -> None:
             for r in by_module.values():
                 for name, code in r["codes"].items():
                     if code in kind:
-                        print(" ", name, f"({r['durations'].get(name, 0):.0f} s)" if kind is TIMEOUT else "")
+                        print(" ", name + (f" ({r['durations'].get(name, 0):.0f} s)" if kind is TIMEOUT else ""))
 
 
 if __name__ == "__main__":
