@@ -219,3 +219,40 @@ def test_named_in_finds_the_parameter_name_and_keeps_the_rows():
     t = Target(model[1].weight, "middle", row_start=2, row_end=4).named_in(model)
     assert (t.param_name, t.row_start, t.row_end, t.shape) == ("1.weight", 2, 4, (2, 4))
     assert torch.equal(t.weight, model[1].weight[2:4])
+
+
+def test_a_targets_rows_and_parameter_name_for_fused_and_root_linears():
+    from q3r.targets import linear_targets
+    import copy
+
+    qkv = nn.Linear(4, 12)
+    ts = linear_targets("blocks.0.attn.qkv", qkv)
+    assert [(t.name, t.param_name, t.rows) for t in ts] == [
+        (f"blocks.0.attn.qkv[{p}]", "blocks.0.attn.qkv.weight", slice(4 * i, 4 * i + 4)) for i, p in enumerate("qkv")]
+    assert all(torch.equal(qkv.weight[t.rows], t.weight) for t in ts)
+    root = nn.Linear(4, 6)                         # a model that is one Linear: its parameter is "weight"
+    (t,) = select_targets(root, "*")
+    assert (t.name, t.param_name, t.rows) == ("", "weight", slice(0, 6))
+    other = copy.deepcopy(root)
+    assert t.rebind(other).param is other.weight
+
+
+def test_the_errors_name_the_target_and_the_model():
+    model = nn.Sequential(nn.Linear(4, 4))
+    stray = Target(nn.Parameter(torch.randn(3, 5)), "stray")
+    with pytest.raises(ValueError) as info:
+        stray.named_in(model)
+    assert str(info.value) == "target 'stray' (shape (3, 5)) is not a parameter of Sequential"
+    with pytest.raises(ValueError) as info:
+        stray.rebind(model)
+    assert str(info.value) == "target 'stray' has no param_name, so it cannot be found in another model"
+    with pytest.raises(KeyError) as info:
+        Target(model[0].weight, "first", "1.weight").rebind(model)
+    assert info.value.args == ("target 'first': no parameter '1.weight' in Sequential",)
+    w = nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError) as info:
+        as_targets([Target(w, "a"), Target(w, "a")])
+    assert str(info.value) == "target names must be unique, but got ['a', 'a']"
+    with pytest.raises(TypeError) as info:
+        as_targets([w, 3])
+    assert str(info.value) == "targets must be Targets, nn.Linear modules or 2-D tensors, but got int"
