@@ -256,3 +256,15 @@ def test_the_errors_name_the_target_and_the_model():
     with pytest.raises(TypeError) as info:
         as_targets([w, 3])
     assert str(info.value) == "targets must be Targets, nn.Linear modules or 2-D tensors, but got int"
+
+
+def test_all_but_head_is_every_linear_but_the_head_and_adds_the_named_extras(vit):
+    default = [t.name for t in select_targets(vit, "all-but-head")]
+    assert default == [t.name for t in select_targets(vit, None)] == [t.name for t in select_targets(vit, "vit")]
+    assert "head" not in default
+    both = select_targets(vit, ["all-but-head", "head", "qkv"])     # qkv's targets are in already: not twice
+    assert [t.name for t in both] == default + ["head"]
+    assert both[-1].param is vit.head.weight
+    whole = [t.name for t in select_targets(vit, ["all-but-head"], split_fused=False)]
+    assert whole == [t.name for t in select_targets(vit, "vit", split_fused=False)]
+    assert "blocks.0.attn.qkv" in whole
