@@ -268,3 +268,13 @@ def test_all_but_head_is_every_linear_but_the_head_and_adds_the_named_extras(vit
     whole = [t.name for t in select_targets(vit, ["all-but-head"], split_fused=False)]
     assert whole == [t.name for t in select_targets(vit, "vit", split_fused=False)]
     assert "blocks.0.attn.qkv" in whole
+
+
+def test_a_model_with_nothing_but_a_head_names_it_in_the_error():
+    with pytest.raises(ValueError) as info:
+        select_targets(nn.Sequential(nn.ReLU(), nn.Linear(4, 2)), None)
+    assert str(info.value) == ("Sequential has nothing to regularize: Q3R acts on nn.Linear weights and its only "
+                               "nn.Linear is the classifier head '1'")
+    with pytest.raises(ValueError) as info:
+        select_targets(nn.Sequential(nn.ReLU()), None)
+    assert str(info.value) == "Sequential has nothing to regularize: Q3R acts on nn.Linear weights and it has none"
