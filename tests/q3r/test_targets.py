@@ -278,3 +278,11 @@ def test_a_model_with_nothing_but_a_head_names_it_in_the_error():
     with pytest.raises(ValueError) as info:
         select_targets(nn.Sequential(nn.ReLU()), None)
     assert str(info.value) == "Sequential has nothing to regularize: Q3R acts on nn.Linear weights and it has none"
+
+
+def test_a_pattern_that_matches_nothing_names_the_model_and_its_first_12_linears():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(14)])
+    with pytest.raises(ValueError) as info:
+        select_targets(model, ["fc9", "vit"])
+    assert str(info.value) == ("no nn.Linear in Sequential matches modules=('fc9', 'qkv', 'proj', 'fc1', 'fc2'); "
+                               f"Linear layers present: {[str(i) for i in range(12)]}")
