@@ -256,6 +256,9 @@ def test_the_errors_name_the_target_and_the_model():
     with pytest.raises(TypeError) as info:
         as_targets([w, 3])
     assert str(info.value) == "targets must be Targets, nn.Linear modules or 2-D tensors, but got int"
+    with pytest.raises(ValueError) as info:
+        Target(nn.Parameter(torch.randn(2, 3, 4)), "conv")
+    assert str(info.value) == "target 'conv' must be a 2-D weight, but got shape (2, 3, 4)"
 
 
 def test_all_but_head_is_every_linear_but_the_head_and_adds_the_named_extras(vit):
