@@ -67,3 +67,26 @@ def test_warm_triplets_are_orthonormal_and_sorted_in_float32():
     eye = torch.eye(12).expand(5, -1, -1)
     torch.testing.assert_close(V.mT @ V, eye, atol=1e-4, rtol=0)
     torch.testing.assert_close(U.mT @ U, eye, atol=1e-4, rtol=0)
+
+
+def test_ritz_residual_matches_a_float64_reference_and_its_zero_value_rule():
+    """||W v_i - sigma_i u_i|| / sigma_i, computed per matrix with numpy, on Ritz values below 1; a zero Ritz
+    value gives +inf when W v_i is not 0, else 0."""
+    from q3r.decomposition import ritz_residual
+
+    g = torch.Generator().manual_seed(3)
+    W = 0.05 * torch.randn(2, 9, 6, generator=g, dtype=torch.float64)
+    V0 = torch.linalg.qr(torch.randn(2, 6, 3, generator=g, dtype=torch.float64)).Q
+    U, S, V = warm_triplets(W, V0)
+    assert 0 < S.min() and S.max() < 1
+    for i in range(3):
+        Wn, Un, Sn, Vn = (t.numpy() for t in (W, U, S, V))
+        ref = [np.linalg.norm(Wn[j] @ Vn[j, :, i] - Sn[j, i] * Un[j, :, i]) / Sn[j, i] for j in range(2)]
+        assert min(ref) > 1e-3                                  # one iteration from a random start
+        assert ritz_residual(W, U, S, V, i).tolist() == pytest.approx(ref, rel=1e-12)
+    e = torch.eye(4, dtype=torch.float64)[:, :1].unsqueeze(0)      # u = v = e_0, sigma = 0
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    W = torch.zeros(1, 4, 4, dtype=torch.float64)
+    assert ritz_residual(W, e, zero, e, 0).tolist() == [0.0]
+    W[0, 1, 0] = 2.0                                            # W e_0 = 2 e_1
+    assert ritz_residual(W, e, zero, e, 0).tolist() == [math.inf]
