@@ -90,3 +90,18 @@ def test_ritz_residual_matches_a_float64_reference_and_its_zero_value_rule():
     assert ritz_residual(W, e, zero, e, 0).tolist() == [0.0]
     W[0, 1, 0] = 2.0                                            # W e_0 = 2 e_1
     assert ritz_residual(W, e, zero, e, 0).tolist() == [math.inf]
+
+
+def test_a_zero_ritz_value_has_a_zero_right_vector():
+    """On a rank-1 W with k = 3, eigh's smallest eigenvalue of Z^T Z comes out <= 0: its Ritz value is
+    exactly 0, and its v is exactly 0 (no division by a zero sigma), so it contributes nothing."""
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.zeros(1, 8, 6, dtype=torch.float64)
+        W[0, :, 0] = torch.randn(8, generator=g, dtype=torch.float64)
+        V0 = torch.linalg.qr(torch.randn(1, 6, 3, generator=g, dtype=torch.float64)).Q
+        U, S, V = warm_triplets(W, V0)
+        assert S[0, 0].item() == pytest.approx(W.norm().item(), rel=1e-12)
+        zero = S[0] == 0
+        assert zero.any()
+        assert torch.equal(V[0][:, zero], torch.zeros(6, int(zero.sum()), dtype=torch.float64))
