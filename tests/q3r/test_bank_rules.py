@@ -67,3 +67,16 @@ def test_the_width_grows_when_r_env_nears_it_and_shrinks_when_far_below():
     group.width = 30                                          # width for r_env 13: 14 + 8 = 22 = 30 - 8: kept
     assert not bank._resize(group, 13) and group.width == 30
     assert not bank._resize(group, 12) and group.width == 21    # 21 < 22: shrunk
+    assert not bank._resize(group, 1) and group.width == 12     # at least rank + 1 columns: 4 + 8
+
+
+def test_the_first_fit_counts_r_env_strictly_above_eps():
+    """Paper rule: the first eps is sigma_{r+1} itself, which is not above itself: r_env = r, k_apply = r, and
+    the width is r + 1 + oversample."""
+    bank, params = _bank([flat(48, 40, 4), flat(48, 40, 5)], 4)
+    bank.refresh()
+    group = bank.groups[0]
+    exact = torch.linalg.svdvals(torch.stack([p.detach() for p in params]))
+    assert group.eps.tolist() == pytest.approx(exact[:, 4].tolist(), rel=1e-12)
+    assert torch.equal(group.eps, group.sigma[:, 4])
+    assert (group.k_apply, group.width) == (4, 4 + 1 + 8)
