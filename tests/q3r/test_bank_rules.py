@@ -80,3 +80,18 @@ def test_the_first_fit_counts_r_env_strictly_above_eps():
     assert group.eps.tolist() == pytest.approx(exact[:, 4].tolist(), rel=1e-12)
     assert torch.equal(group.eps, group.sigma[:, 4])
     assert (group.k_apply, group.width) == (4, 4 + 1 + 8)
+
+
+def test_the_documented_defaults():
+    """target_rank 0.2, the paper's eps rule, warm SVDs with one power iteration, 8 spare columns, ritz_tol
+    0.005, two refinement iterations, no packing."""
+    from q3r.ranks import target_rank
+    from q3r.schedules import PaperEps
+
+    bank, _ = _bank([flat(48, 40, 0)], 0.2)
+    default = OperatorBank(bank.targets)
+    assert default.groups[0].rank == target_rank((48, 40), 0.2) == bank.groups[0].rank
+    assert type(default.schedule) is PaperEps
+    assert (default.svd, default.power_iters, default.oversample) == ("warm", 1, 8)
+    assert (default.ritz_tol, default.refine_iters) == (0.005, 2)
+    assert default.groups[0].packed is None and default.groups[0].width == target_rank((48, 40), 0.2) + 1 + 8
