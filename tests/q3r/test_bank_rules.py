@@ -95,3 +95,17 @@ def test_the_documented_defaults():
     assert (default.svd, default.power_iters, default.oversample) == ("warm", 1, 8)
     assert (default.ritz_tol, default.refine_iters) == (0.005, 2)
     assert default.groups[0].packed is None and default.groups[0].width == target_rank((48, 40), 0.2) + 1 + 8
+    assert dict(default.fits) == {"refresh": 0, "refine": 0, "svd": 0} and default.reweightings == 0
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"svd": "fast"}, "svd must be one of ('warm', 'exact'), but got svd='fast'"),
+    ({"power_iters": 0}, "power_iters must be >= 1, but got power_iters=0"),
+    ({"oversample": -1}, "oversample must be >= 0, but got oversample=-1"),
+    ({"ritz_tol": 0.0}, "ritz_tol must be > 0, but got ritz_tol=0.0"),
+    ({"refine_iters": -1}, "refine_iters must be >= 0, but got refine_iters=-1"),
+])
+def test_bad_options_are_refused_naming_the_value(option, message):
+    with pytest.raises(ValueError) as info:
+        _bank([flat(12, 9, 0)], 3, **option)
+    assert str(info.value) == message
