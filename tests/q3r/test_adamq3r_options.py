@@ -40,3 +40,11 @@ def test_a_target_outside_the_optimizers_parameters_is_named():
     with pytest.raises(ValueError) as info:
         AdamQ3R([w], targets=[Target(other, "stray")])
     assert str(info.value) == "target 'stray': its parameter is not among the optimizer's params"
+
+
+def test_a_tensor_learning_rate_is_refused():
+    w = nn.Parameter(torch.randn(8, 6, dtype=torch.float64))
+    lr = torch.tensor(0.01)
+    with pytest.raises(ValueError) as info:
+        AdamQ3R([w], lr=lr, targets=[Target(w, "w")])
+    assert str(info.value) == f"AdamQ3R takes a float learning rate, but got lr={lr!r}"
