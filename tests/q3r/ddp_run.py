@@ -92,10 +92,29 @@ PRELOAD = ["torch", __name__, "tuning.trial.recipe", "tuning.trial.parallel", "t
            "tests.trial.test_parallel"]                  # what the processes of every launch import
 
 
+_FORK_SERVER_OF = None          # the pid of the process that started multiprocessing's fork server
+
+
+def _own_fork_server() -> None:
+    """multiprocessing's fork server is one per process, kept in a module global; a process forked from the one
+    that started it (a mutmut worker: `make mutants`, tests/MUTANTS.md) inherits that global but cannot
+    ``waitpid`` a server that is not its child, so its next launch fails with ChildProcessError whatever the
+    code under test. There the inherited server is forgotten (private attributes of CPython's
+    ``multiprocessing.forkserver``; the parent keeps its server) and the launch starts one of this process."""
+    global _FORK_SERVER_OF
+    from multiprocessing import forkserver
+    server = forkserver._forkserver
+    if _FORK_SERVER_OF not in (None, os.getpid()) and server._forkserver_pid is not None:
+        os.close(server._forkserver_alive_fd)          # this process's copy; the parent's keeps its server alive
+        server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+    _FORK_SERVER_OF = os.getpid()
+
+
 def launch(fn, world: int, *args) -> None:
     """``fn(rank, world, *args)`` in ``world`` processes joined in a gloo group. The processes are forked from a
     fork server that has imported ``fn``'s module and torch, but never run autograd (a fork of this process is
     refused once autograd has run in it, as it has under pytest-xdist; spawning imports torch again per process)."""
+    _own_fork_server()
     mp.get_context("forkserver").set_forkserver_preload(PRELOAD + [fn.__module__])    # read once, at its start
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_join, args=(fn, world, os.path.join(tmp, "rendezvous"), args), nprocs=world,

@@ -82,3 +82,40 @@ def test_full_svd_tall_wide_square_against_numpy(shape):
         torch.testing.assert_close(Vh[i] @ Vh[i].mT, eye, rtol=0, atol=1e-12)
         torch.testing.assert_close((U[i] * S[i]) @ Vh[i], W[i], rtol=0, atol=1e-12)
 
+
+def test_ritz_residual_matches_a_float64_reference_and_its_zero_value_rule():
+    """||W v_i - sigma_i u_i|| / sigma_i, computed per matrix with numpy, on Ritz values below 1; a zero Ritz
+    value gives +inf when W v_i is not 0, else 0."""
+    from q3r.decomposition import ritz_residual
+
+    g = torch.Generator().manual_seed(3)
+    W = 0.05 * torch.randn(2, 9, 6, generator=g, dtype=torch.float64)
+    V0 = torch.linalg.qr(torch.randn(2, 6, 3, generator=g, dtype=torch.float64)).Q
+    U, S, V = warm_triplets(W, V0)
+    assert 0 < S.min() and S.max() < 1
+    for i in range(3):
+        Wn, Un, Sn, Vn = (t.numpy() for t in (W, U, S, V))
+        ref = [np.linalg.norm(Wn[j] @ Vn[j, :, i] - Sn[j, i] * Un[j, :, i]) / Sn[j, i] for j in range(2)]
+        assert min(ref) > 1e-3                                  # one iteration from a random start
+        assert ritz_residual(W, U, S, V, i).tolist() == pytest.approx(ref, rel=1e-12)
+    e = torch.eye(4, dtype=torch.float64)[:, :1].unsqueeze(0)      # u = v = e_0, sigma = 0
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    W = torch.zeros(1, 4, 4, dtype=torch.float64)
+    assert ritz_residual(W, e, zero, e, 0).tolist() == [0.0]
+    W[0, 1, 0] = 2.0                                            # W e_0 = 2 e_1
+    assert ritz_residual(W, e, zero, e, 0).tolist() == [math.inf]
+
+
+def test_a_zero_ritz_value_has_a_zero_right_vector():
+    """On a rank-1 W with k = 3, eigh's smallest eigenvalue of Z^T Z comes out <= 0: its Ritz value is
+    exactly 0, and its v is exactly 0 (no division by a zero sigma), so it contributes nothing."""
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.zeros(1, 8, 6, dtype=torch.float64)
+        W[0, :, 0] = torch.randn(8, generator=g, dtype=torch.float64)
+        V0 = torch.linalg.qr(torch.randn(1, 6, 3, generator=g, dtype=torch.float64)).Q
+        U, S, V = warm_triplets(W, V0)
+        assert S[0, 0].item() == pytest.approx(W.norm().item(), rel=1e-12)
+        zero = S[0] == 0
+        assert zero.any()
+        assert torch.equal(V[0][:, zero], torch.zeros(6, int(zero.sum()), dtype=torch.float64))

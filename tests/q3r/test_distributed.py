@@ -35,6 +35,9 @@ OPTIONS = {"": {}, "narrow": {"oversample": 0}, "narrow-exact": {"oversample": 0
            "narrow-lagged": {"oversample": 0}}
 
 pytestmark = pytest.mark.xdist_group("ddp_runs")        # under pytest-xdist, one worker builds the module's fixtures
+# the tests of the two-rank runs (the ``runs`` fixture: ~30 s, and a fork server per process) are left out of
+# `make mutants`; the functions they run in this process are run by faster tests too (tests/MUTANTS.md)
+DDP_RUNS = pytest.mark.mutation_slow
 
 
 
@@ -152,6 +155,7 @@ def _equal(a, b, path=""):
         assert a == b, f"{path}: {a} != {b}"
 
 
+@DDP_RUNS
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_replicas_and_banks_stay_bitwise_equal(runs, case):
     r0, r1 = runs[0][case], runs[1][case]
@@ -164,6 +168,7 @@ def test_replicas_and_banks_stay_bitwise_equal(runs, case):
     assert owners == ([0, 1, 0, 1, 0, 1] if case[1] in ("share", True) else [0, 0, 0])   # True: the default, share
 
 
+@DDP_RUNS
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_one_message_per_rank_and_reweighting_carries_the_host_values(runs, case):
     """The host values travel at the head of the operators' message (no all-reduce), sized before the
@@ -180,6 +185,7 @@ def test_one_message_per_rank_and_reweighting_carries_the_host_values(runs, case
             assert counts["reweightings"] < counts["messages"] < 2 * counts["reweightings"]
 
 
+@DDP_RUNS
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_two_ranks_match_one_process_at_the_same_global_batch(runs, case):
     """To rounding, except where a part's width differs from its whole group's: with a narrow warm
@@ -207,11 +213,13 @@ def test_two_ranks_match_one_process_at_the_same_global_batch(runs, case):
     assert runs[0][case]["fits"][0]["refresh"] == banks(opt, penalty)[0].fits["refresh"]   # summed over ranks
 
 
+@DDP_RUNS
 def test_state_dict_round_trips_under_the_distributed_mode(runs):
     assert all(runs[0]["resume"]["same"]) and all(runs[1]["resume"]["same"])
     _equal(runs[0]["resume"]["saved"], runs[1]["resume"]["saved"], "saved")
 
 
+@DDP_RUNS
 def test_two_rank_checkpoint_loads_into_a_one_process_optimizer(runs):
     """The shared-out bank's parts regroup on load (padded to the widest): the operators are the saved ones."""
     saved = runs[0]["resume"]

@@ -222,3 +222,18 @@ def test_ddp_wrapped_model(tmp_path):
         assert all(inside(t.param, g.packed.buffer()) for g in opt_b.banks[0].groups for t in g.targets)
     finally:
         dist.destroy_process_group()
+
+
+def test_a_group_with_one_replaced_parameter_is_packed_again_whole():
+    """One parameter gets data of its own, the other is still a view of the old buffer: both are copied
+    into a new buffer, values kept (the old buffer's view counts as packable: it is this group's)."""
+    a, b = (nn.Parameter(torch.randn(6, 4, dtype=torch.float64)) for _ in range(2))
+    packed = PackedWeights([Target(a, "a"), Target(b, "b")])
+    old = packed.buffer()
+    assert inside(a, old) and inside(b, old)
+    values = [a.detach().clone(), b.detach().clone()]
+    a.data = a.data.clone()
+    new = packed.buffer()
+    assert new is not None and new.data_ptr() != old.data_ptr()
+    assert inside(a, new) and inside(b, new)
+    assert torch.equal(a, values[0]) and torch.equal(b, values[1])

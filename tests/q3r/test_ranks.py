@@ -73,3 +73,26 @@ def test_resolve_rank_int_and_fraction():
     for bad in (0, 20, 25, -3):
         with pytest.raises(ValueError, match=str(bad)):
             resolve_rank((20, 30), bad)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (3, 1, 8)])
+def test_a_side_under_two_is_refused_naming_the_matrix_shape(shape):
+    with pytest.raises(ValueError) as info:
+        target_rank(shape, 0.5)
+    d1, d2 = shape[-2:]
+    assert str(info.value) == f"a rank-regularized matrix needs both sides >= 2, but got shape={(d1, d2)}"
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_resolve_rank_refuses_a_bool_naming_it(flag):
+    """True is an int to isinstance: refused as a bool first, not taken as the absolute rank 1."""
+    with pytest.raises(ValueError) as info:
+        resolve_rank((20, 30), flag)
+    assert str(info.value) == f"target rank must be a fraction in (0, 1] or an int >= 1, but got rank={flag}"
+
+
+def test_resolve_rank_names_the_allowed_range_of_an_absolute_rank():
+    with pytest.raises(ValueError) as info:
+        resolve_rank((30, 20, 50), 25)
+    assert str(info.value) == ("an absolute target rank must lie in [1, min(d1, d2) - 1] = [1, 19] "
+                               "for shape (20, 50), but got rank=25")

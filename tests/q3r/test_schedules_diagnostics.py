@@ -143,3 +143,18 @@ def test_schedule_bounds_are_the_documented_ones():
     for final in (0.0, -1.0):
         with pytest.raises(ValueError, match="final"):
             make_schedule({"name": "linear", "steps": 3, "final": final})
+
+
+def test_schedule_errors_name_the_value_and_a_dict_without_name_is_the_paper_rule():
+    from q3r.schedules import LinearEps, PaperEps
+
+    with pytest.raises(ValueError) as info:
+        GeometricEps(floor=-1e-3)
+    assert str(info.value) == "geometric eps floor must be >= 0, but got floor=-0.001"
+    with pytest.raises(ValueError) as info:
+        LinearEps(steps=10, final=-1.0)
+    assert str(info.value) == "linear eps final must be > 0, but got final=-1.0"
+    with pytest.raises(ValueError) as info:
+        make_schedule(3)
+    assert str(info.value) == "eps schedule must be a name, a dict or a callable, but got 3"
+    assert type(make_schedule({})) is PaperEps

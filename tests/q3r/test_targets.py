@@ -219,3 +219,73 @@ def test_named_in_finds_the_parameter_name_and_keeps_the_rows():
     t = Target(model[1].weight, "middle", row_start=2, row_end=4).named_in(model)
     assert (t.param_name, t.row_start, t.row_end, t.shape) == ("1.weight", 2, 4, (2, 4))
     assert torch.equal(t.weight, model[1].weight[2:4])
+
+
+def test_a_targets_rows_and_parameter_name_for_fused_and_root_linears():
+    from q3r.targets import linear_targets
+    import copy
+
+    qkv = nn.Linear(4, 12)
+    ts = linear_targets("blocks.0.attn.qkv", qkv)
+    assert [(t.name, t.param_name, t.rows) for t in ts] == [
+        (f"blocks.0.attn.qkv[{p}]", "blocks.0.attn.qkv.weight", slice(4 * i, 4 * i + 4)) for i, p in enumerate("qkv")]
+    assert all(torch.equal(qkv.weight[t.rows], t.weight) for t in ts)
+    root = nn.Linear(4, 6)                         # a model that is one Linear: its parameter is "weight"
+    (t,) = select_targets(root, "*")
+    assert (t.name, t.param_name, t.rows) == ("", "weight", slice(0, 6))
+    other = copy.deepcopy(root)
+    assert t.rebind(other).param is other.weight
+
+
+def test_the_errors_name_the_target_and_the_model():
+    model = nn.Sequential(nn.Linear(4, 4))
+    stray = Target(nn.Parameter(torch.randn(3, 5)), "stray")
+    with pytest.raises(ValueError) as info:
+        stray.named_in(model)
+    assert str(info.value) == "target 'stray' (shape (3, 5)) is not a parameter of Sequential"
+    with pytest.raises(ValueError) as info:
+        stray.rebind(model)
+    assert str(info.value) == "target 'stray' has no param_name, so it cannot be found in another model"
+    with pytest.raises(KeyError) as info:
+        Target(model[0].weight, "first", "1.weight").rebind(model)
+    assert info.value.args == ("target 'first': no parameter '1.weight' in Sequential",)
+    w = nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError) as info:
+        as_targets([Target(w, "a"), Target(w, "a")])
+    assert str(info.value) == "target names must be unique, but got ['a', 'a']"
+    with pytest.raises(TypeError) as info:
+        as_targets([w, 3])
+    assert str(info.value) == "targets must be Targets, nn.Linear modules or 2-D tensors, but got int"
+    with pytest.raises(ValueError) as info:
+        Target(nn.Parameter(torch.randn(2, 3, 4)), "conv")
+    assert str(info.value) == "target 'conv' must be a 2-D weight, but got shape (2, 3, 4)"
+
+
+def test_all_but_head_is_every_linear_but_the_head_and_adds_the_named_extras(vit):
+    default = [t.name for t in select_targets(vit, "all-but-head")]
+    assert default == [t.name for t in select_targets(vit, None)] == [t.name for t in select_targets(vit, "vit")]
+    assert "head" not in default
+    both = select_targets(vit, ["all-but-head", "head", "qkv"])     # qkv's targets are in already: not twice
+    assert [t.name for t in both] == default + ["head"]
+    assert both[-1].param is vit.head.weight
+    whole = [t.name for t in select_targets(vit, ["all-but-head"], split_fused=False)]
+    assert whole == [t.name for t in select_targets(vit, "vit", split_fused=False)]
+    assert "blocks.0.attn.qkv" in whole
+
+
+def test_a_model_with_nothing_but_a_head_names_it_in_the_error():
+    with pytest.raises(ValueError) as info:
+        select_targets(nn.Sequential(nn.ReLU(), nn.Linear(4, 2)), None)
+    assert str(info.value) == ("Sequential has nothing to regularize: Q3R acts on nn.Linear weights and its only "
+                               "nn.Linear is the classifier head '1'")
+    with pytest.raises(ValueError) as info:
+        select_targets(nn.Sequential(nn.ReLU()), None)
+    assert str(info.value) == "Sequential has nothing to regularize: Q3R acts on nn.Linear weights and it has none"
+
+
+def test_a_pattern_that_matches_nothing_names_the_model_and_its_first_12_linears():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(14)])
+    with pytest.raises(ValueError) as info:
+        select_targets(model, ["fc9", "vit"])
+    assert str(info.value) == ("no nn.Linear in Sequential matches modules=('fc9', 'qkv', 'proj', 'fc1', 'fc2'); "
+                               f"Linear layers present: {[str(i) for i in range(12)]}")

@@ -58,6 +58,7 @@ def shadow_run(lmbda, lr, target, shadows, reweightings=REWEIGHTINGS, period=5, 
 
 # lambda 30, lr 3e-3 (the default space's strong corner): measured max deviation without the
 # convergence check 8.8% (target 0.05) and 4.9% (target 0.2); with it 0.02% and 0.03%
+@pytest.mark.mutation_slow                      # 200 reweightings: ~30 s each
 @pytest.mark.parametrize("target", [0.05, 0.2])
 def test_default_warm_eps_stays_within_1_percent_of_exact(target):
     devs = shadow_run(30.0, 3e-3, target, {"default": {}, "unchecked": {"ritz_tol": math.inf}})

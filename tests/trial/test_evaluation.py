@@ -206,3 +206,24 @@ def test_accuracy_under_amp_is_that_of_the_bf16_logits():
     loader = DataLoader(TensorDataset(torch.ones(4, 1), torch.ones(4, dtype=torch.long)), batch_size=2)
     assert accuracy(head, loader, torch.device("cpu")) == 1.0
     assert accuracy(head, loader, torch.device("cpu"), amp=True) == 0.0
+
+
+def test_task_loss_is_cross_entropy_or_the_regression_heads_squared_error_in_float64_reference():
+    from tuning.trial.evaluation import task_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0])
+    ref = [-torch.log_softmax(logits[i], 0)[y[i]].item() for i in range(5)]
+    assert task_loss(logits, y, reduction="sum").item() == pytest.approx(sum(ref), rel=1e-6)
+    assert task_loss(logits, y).item() == pytest.approx(sum(ref) / 5, rel=1e-6)
+    out, target = torch.randn(5, 1, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    sq = [(out[i, 0].item() - target[i].item()) ** 2 for i in range(5)]
+    assert task_loss(out, target, reduction="sum").item() == pytest.approx(sum(sq), rel=1e-6)
+    assert task_loss(out, target).item() == pytest.approx(sum(sq) / 5, rel=1e-6)
+
+
+def test_the_builtin_evaluate_is_pure():
+    """The same weights score the same: score_metric may evaluate once for levels with the same weights."""
+    from tuning.trial.evaluation import builtin_evaluate
+
+    assert builtin_evaluate([], torch.device("cpu")).pure is True

@@ -56,6 +56,7 @@ def finetune_tail_energy(folder, lmbda, rank=2, steps=90):
     return sum(tails) / len(tails), loss.item()
 
 
+@pytest.mark.mutation_slow                      # ~5 s
 def test_q3r_shrinks_the_tail_energy_of_delta_w_on_a_tiny_hf_encoder(tmp_path):
     folder = tiny_encoder_folder(tmp_path / "encoder")
     assert technique_options(config.TechniqueSpec(name="adamq3r", finetune=True, period=3), 90)["eps_schedule"] \

@@ -208,3 +208,9 @@ def test_a_batch_of_sequences_gets_the_same_per_segment_outputs():
     As, Bs = [a.detach() for a in layer.A], [b.detach() for b in layer.B]
     expected = torch.stack([slow_paper_lora(xb, As, Bs, 0.5) for xb in x])
     torch.testing.assert_close(layer(x).detach(), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_the_segments_error_names_them_and_the_rows():
+    with pytest.raises(ValueError) as info:
+        PaperLoRALinear(nn.Linear(4, 6), [(0, 4, 2)])
+    assert str(info.value) == "segments [(0, 4, 2)] must cover the 6 rows in order, each with a rank >= 1"

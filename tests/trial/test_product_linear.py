@@ -66,3 +66,17 @@ def test_the_output_form_keeps_the_original_bias_and_computes_the_original_layer
     assert torch.equal(layer.bias.detach(), lin.bias.detach())
     x = torch.randn(4, 5, dtype=torch.float64)
     torch.testing.assert_close(layer(x), lin(x), rtol=1e-12, atol=1e-14)
+
+
+def test_the_errors_name_the_value():
+    lin = nn.Linear(4, 6)
+    for depth in (0, True, 2.0):
+        with pytest.raises(ValueError) as info:
+            ProductLinear(lin, depth)
+        assert str(info.value) == f"LoRITa depth must be an int >= 1, but got depth={depth!r}"
+    with pytest.raises(ValueError) as info:
+        ProductLinear(lin, 2, form="middle")
+    assert str(info.value) == "LoRITa form must be one of ('input', 'output'), but got form='middle'"
+    with pytest.raises(ValueError) as info:
+        ProductLinear(lin, 2, segments=[(0, 2), (2, 5)])
+    assert str(info.value) == "segments [(0, 2), (2, 5)] must cover the 6 rows of the weight"
