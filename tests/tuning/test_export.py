@@ -67,7 +67,7 @@ FRESH = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")     # session, not module: under xdist another module's tests can run
 def exported(tiny_sweep, tmp_path_factory):
     """``q3r-tune export tiny --budget 0.5 -o DIR --register tiny-export-model``: (folder, its output)."""
     import contextlib
