@@ -227,3 +227,34 @@ def test_the_builtin_evaluate_is_pure():
     from tuning.trial.evaluation import builtin_evaluate
 
     assert builtin_evaluate([], torch.device("cpu")).pure is True
+
+
+def test_forward_batch_moves_an_image_batch_and_its_labels_to_the_device():
+    """The meta device (no data, any machine) stands for the GPU: inputs and labels must both reach it."""
+    from tuning.trial.evaluation import forward_batch
+
+    meta = torch.device("meta")
+    out, y = forward_batch(nn.Identity(), (torch.ones(3, 2), torch.zeros(3, dtype=torch.long)), meta)
+    assert out.device == meta and y.device == meta
+
+
+def test_accuracy_counts_a_label_outside_the_classes_as_wrong_without_a_loss():
+    """Accuracy needs no loss: a label no logit stands for (GLUE's unlabelled -1) is a wrong answer,
+    where cross-entropy would refuse it."""
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.0], [1.0]]))                       # always class 1
+    loader = DataLoader(TensorDataset(torch.ones(4, 1), torch.tensor([1, -1, 1, -1])), batch_size=2)
+    assert accuracy(head, loader, torch.device("cpu")) == 0.5
+
+
+def test_a_bad_value_of_the_full_model_is_named_at_retention_1(setup):
+    """Without level 1 the full model gets its own pass; a bad value there is named as level 1."""
+    from tuning.trial.evaluation import score_metric
+
+    model, targets, _ = setup
+    calls = []
+    evaluate = lambda m: "bad" if calls.append(1) or len(calls) > 1 else 0.5   # noqa: E731
+    with pytest.raises(TypeError, match="at retention 1 it returned 'bad'"):
+        score_metric(model, targets, evaluate, [0.05])
+    assert len(calls) == 2

@@ -214,3 +214,11 @@ def test_the_segments_error_names_them_and_the_rows():
     with pytest.raises(ValueError) as info:
         PaperLoRALinear(nn.Linear(4, 6), [(0, 4, 2)])
     assert str(info.value) == "segments [(0, 4, 2)] must cover the 6 rows in order, each with a rank >= 1"
+
+
+def test_the_factors_are_on_the_layers_device():
+    """A layer on the GPU gets its factors there, not on the CPU: the meta device (no data, any machine)
+    stands for it."""
+    layer = PaperLoRALinear(nn.Linear(5, 6, device="meta", dtype=torch.float64), [(0, 2, 1), (2, 6, 2)])
+    assert {(p.device.type, p.dtype) for p in layer.parameters()} == {("meta", torch.float64)}
+    assert layer.to_linear().weight.device.type == "meta"

@@ -80,3 +80,14 @@ def test_the_errors_name_the_value():
     with pytest.raises(ValueError) as info:
         ProductLinear(lin, 2, segments=[(0, 2), (2, 5)])
     assert str(info.value) == "segments [(0, 2), (2, 5)] must cover the 6 rows of the weight"
+
+
+@pytest.mark.parametrize("form", ProductLinear.FORMS)
+def test_the_factors_bias_and_merged_linear_are_on_the_layers_device(form):
+    """A layer on the GPU gets its factors there, not on the CPU: the meta device (no data, any machine)
+    stands for it. Its merged nn.Linear (``plain_linear``) is built there too."""
+    layer = ProductLinear(nn.Linear(5, 6, device="meta", dtype=torch.float64), 2, segments=[(0, 2), (2, 6)],
+                          form=form)
+    assert {(p.device.type, p.dtype) for p in layer.parameters()} == {("meta", torch.float64)}
+    merged = layer.to_linear()
+    assert {(p.device.type, p.dtype) for p in merged.parameters()} == {("meta", torch.float64)}

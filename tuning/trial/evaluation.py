@@ -82,7 +82,8 @@ def score(model: nn.Module, targets: Sequence[Target], loader: Iterable, retenti
     ``base``: {target name: W0}, the pretrained matrices; then each target's update W - W0 is
     truncated (W0 + [W - W0]_r(p)) and params@p counts the update's factors in place of the matrix.
     """
-    return score_metric(model, targets, builtin_evaluate(loader, device, amp, metric), retentions, base, metric)
+    # the built-in evaluate returns named values ({"acc": ...}), so score_metric needs no metric to name them
+    return score_metric(model, targets, builtin_evaluate(loader, device, amp, metric), retentions, base)
 
 
 def builtin_evaluate(loader: Iterable, device: torch.device, amp: bool = False,

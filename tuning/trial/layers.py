@@ -194,7 +194,7 @@ def replace_modules(model: nn.Module, names: Sequence[str],
     new = {}
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
+        parent = model.get_submodule(parent_name)              # "" is the model itself
         new[name] = build(name, getattr(parent, leaf))
         setattr(parent, leaf, new[name])
     return new
