@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuning.trial.layers import DeltaLinear
+from tuning.trial.layers import DeltaLinear, merge_layers, replace_modules
 
 
 def test_forward_merge_and_freezing_with_a_nonzero_update_and_bias():
@@ -30,3 +30,15 @@ def test_a_bias_free_layer_merges_into_a_bias_free_linear():
     lin = nn.Linear(4, 2, bias=False, dtype=torch.float64)
     merged = DeltaLinear(lin).to_linear()
     assert merged.bias is None and torch.equal(merged.weight, lin.weight)
+
+
+def test_replace_modules_swaps_a_top_level_and_a_nested_layer_in_place_and_merge_undoes_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4, dtype=torch.float64), nn.Sequential(nn.Linear(4, 2, dtype=torch.float64)))
+    old = [model[0], model[1][0]]
+    new = replace_modules(model, ["0", "1.0"], lambda name, lin: DeltaLinear(lin))
+    assert list(new) == ["0", "1.0"] and new["0"] is model[0] and new["1.0"] is model[1][0]
+    assert [m.base_layer for m in new.values()] == old
+    merged = merge_layers(model)
+    assert type(merged[0]) is nn.Linear and type(merged[1][0]) is nn.Linear and type(model[0]) is DeltaLinear
+    assert torch.equal(merged[0].weight, old[0].weight) and torch.equal(merged[1][0].bias, old[1].bias)
