@@ -43,7 +43,8 @@ def test_two_laggards_of_three_are_refined_and_refitted_each_by_its_own_index():
     assert g.eps[1].item() == pytest.approx(eps1, rel=1e-12)     # its warm estimate of the same matrix
 
 
-@pytest.mark.parametrize("schedule, refit", [("paper", False), ({"name": "linear", "steps": 10}, True)])
+@pytest.mark.parametrize("schedule, refit", [("paper", False), ({"name": "linear", "steps": 10}, True)],
+                         ids=["paper", "linear"])
 def test_members_without_operator_refit_the_group_only_when_r_env_reaches_the_width(schedule, refit):
     """Rank 1, no spare columns (width 2): member 0 fitted, members 1-3 zero (no operator), then given
     weights. Their first fits (full SVDs) count r_env = 1 each, strictly above eps = sigma_2: not too
