@@ -1,5 +1,6 @@
 """OperatorBank's host-side rules (q3r/bank.py): the counts in ``fits``, k_apply's floor of one column,
-the width's grow and shrink thresholds, ``values(detach=True)`` and the error before the first fit."""
+the width's grow and shrink thresholds, ``values(detach=True)`` and the error before the first fit, the applied
+factors' cut to k_apply columns, a packed group's stacked buffer, and ritz_tol's boundary."""
 import pytest
 import torch
 from torch import nn
