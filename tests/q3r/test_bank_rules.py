@@ -1,5 +1,6 @@
 """OperatorBank's host-side rules (q3r/bank.py): the counts in ``fits``, k_apply's floor of one column,
-the width's grow and shrink thresholds, ``values(detach=True)`` and the error before the first fit."""
+the width's grow and shrink thresholds, ``values(detach=True)`` and the error before the first fit, the applied
+factors' cut to k_apply columns, a packed group's stacked buffer, and ritz_tol's boundary."""
 import pytest
 import torch
 from torch import nn
@@ -38,6 +39,60 @@ def test_fits_count_refreshes_refinements_and_full_svds(refine_iters):
         params[0].copy_(0.5 * flat(48, 40, 6))
     bank.refresh()
     assert dict(bank.fits) == {"refresh": 4, "refine": 1 if refine_iters else 0, "svd": 3}
+    bank.refresh()                                  # the same weights: both converge, the counts add nothing
+    assert dict(bank.fits) == {"refresh": 6, "refine": 1 if refine_iters else 0, "svd": 3}
+
+
+def test_an_exact_bank_counts_a_full_svd_per_matrix_per_refresh():
+    bank, _ = _bank([flat(12, 9, s) for s in range(3)], 3, svd="exact")
+    for _ in range(2):
+        bank.refresh()
+    assert dict(bank.fits) == {"refresh": 6, "refine": 0, "svd": 6}
+
+
+def test_the_applied_factors_are_cut_to_the_columns_with_a_nonzero_shift():
+    """After the first fit r_env = r = 4 of 13 carried columns: U, V, s come cut to k_apply = 4 columns,
+    every one of them with s < 0, and the columns left out have s = 0 (they would add nothing)."""
+    bank, _ = _bank([flat(48, 40, 4), flat(48, 40, 5)], 4)
+    bank.refresh()
+    group = bank.groups[0]
+    U, V, s = group.factors()
+    assert (group.k_apply, group.width) == (4, 13)
+    assert (U.shape, V.shape, s.shape) == ((2, 48, 4), (2, 40, 4), (2, 4))
+    assert torch.equal(U, group.U[..., :4]) and torch.equal(V, group.V[..., :4]) and torch.equal(s, group.s[..., :4])
+    assert (s < 0).all() and (group.s[..., 4:] == 0).all()
+
+
+def test_a_packed_group_reads_its_buffer_and_otherwise_a_copy():
+    """pack=True: the constructor packs the weights (the parameters are views of one buffer from then on);
+    stacked() is that buffer itself, detached; stacked(detach=False) a copy that carries gradients. Unpacked:
+    stacked() is a detached copy."""
+    bank, params = _bank([flat(12, 9, s) for s in range(2)], 3, pack=True)
+    group = bank.groups[0]
+    assert params[0].untyped_storage().data_ptr() == params[1].untyped_storage().data_ptr()
+    W = group.stacked()
+    assert W is group.packed.buffer() and not W.requires_grad
+    assert W.data_ptr() == params[0].data_ptr() and torch.equal(W[1], params[1].detach())
+    attached = group.stacked(detach=False)
+    assert attached.requires_grad and attached.data_ptr() != W.data_ptr() and torch.equal(attached.detach(), W)
+    plain, params = _bank([flat(12, 9, s) for s in range(2)], 3)
+    W = plain.groups[0].stacked()
+    assert not W.requires_grad and W.data_ptr() != params[0].data_ptr()
+    assert torch.equal(W, torch.stack([p.detach() for p in params]))
+
+
+def test_a_ritz_residual_equal_to_ritz_tol_counts_as_converged():
+    """At most ritz_tol: W = diag(3, 1), the second Ritz triplet (e2, 0.5, e2) has residual
+    |1 - 0.5| / 0.5 = 1 exactly, converged at ritz_tol 1, not at 0.999 (s = 0.25: residual 3)."""
+    W = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)).unsqueeze(0)
+    eye = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+    for tol, expected in ((1.0, True), (0.999, False)):
+        bank, _ = _bank([W[0]], 1, ritz_tol=tol, oversample=0)
+        group = bank.groups[0]
+        assert group.rank == 1
+        for s, conv in ((0.5, expected), (0.25, False)):
+            S = torch.tensor([[3.0, s]], dtype=torch.float64)
+            assert bank._converged(group, W, eye, S, eye).tolist() == [conv]
 
 
 def test_a_matrix_without_operator_applies_one_column():
