@@ -198,4 +198,5 @@ def test_power_iterations_renormalize_so_a_tiny_or_huge_float32_matrix_keeps_its
     for c in (2.0 ** -80, 2.0 ** 70):
         Uc, Sc, Vc = warm_triplets(W * c, V0, iters)
         torch.testing.assert_close(Sc / c, S, rtol=1e-5, atol=0)
-        torch.testing.assert_close((Uc * (Sc / c).unsqueeze(-2)) @ Vc.mT, (U * S.unsqueeze(-2)) @ V.mT, rtol=0, atol=1e-4)
+        product = (Uc * (Sc / c).unsqueeze(-2)) @ Vc.mT
+        torch.testing.assert_close(product, (U * S.unsqueeze(-2)) @ V.mT, rtol=0, atol=1e-4)
