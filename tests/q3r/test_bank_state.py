@@ -73,3 +73,13 @@ def test_a_state_missing_targets_names_them():
     with pytest.raises(KeyError) as info:
         _bank(1).load_state_dict(state)
     assert info.value.args == ("Q3R state has no operator for targets ['w0', 'w2']",)
+
+
+def test_an_empty_bank_saves_and_loads_an_empty_state():
+    """A bank with no target saves nothing; loading that gives reweightings 0 (no entry records a count)."""
+    bank = OperatorBank([], target_rank=3)
+    bank.refresh()
+    bank.refresh()
+    assert bank.reweightings == 2 and bank.state_dict() == {}
+    bank.load_state_dict({})
+    assert bank.reweightings == 0 and bank.groups == []

@@ -104,6 +104,8 @@ def test_ritz_residual_matches_a_float64_reference_and_its_zero_value_rule():
     assert ritz_residual(W, e, zero, e, 0).tolist() == [0.0]
     W[0, 1, 0] = 2.0                                            # W e_0 = 2 e_1
     assert ritz_residual(W, e, zero, e, 0).tolist() == [math.inf]
+    W[0, 1, 0] = 0.5                                            # a residual below 1 is not 0 either
+    assert ritz_residual(W, e, zero, e, 0).tolist() == [math.inf]
 
 
 def test_a_zero_ritz_value_has_a_zero_right_vector():
@@ -119,3 +121,82 @@ def test_a_zero_ritz_value_has_a_zero_right_vector():
         zero = S[0] == 0
         assert zero.any()
         assert torch.equal(V[0][:, zero], torch.zeros(6, int(zero.sum()), dtype=torch.float64))
+
+
+def test_full_svd_takes_one_matrix_as_well_as_a_batch():
+    """``(..., d1, d2)``: a single 2-D matrix (tall, wide, square) against numpy."""
+    for shape in [(30, 12), (12, 30), (16, 16)]:
+        W = decaying(1, *shape, seed=5)[0][0]
+        U, S, Vh = full_svd(W)
+        k = min(shape)
+        assert U.shape == (shape[0], k) and S.shape == (k,) and Vh.shape == (k, shape[1])
+        np.testing.assert_allclose(S.numpy(), singular_values(W), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close((U * S) @ Vh, W, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30), (16, 16)])
+def test_full_svd_takes_a_wide_matrix_by_its_transpose_and_the_others_directly(shape):
+    """The route the module docstring names (the wide one is the faster): a wide W's factors are, bitwise,
+    those of W^T's SVD transposed, a tall or square W's those of torch's own call (the two routes differ
+    in rounding and in the signs of the vector pairs, so they are told apart)."""
+    W, _ = decaying(3, *shape, seed=6)
+    if shape[0] < shape[1]:
+        Ut, St, Vht = torch.linalg.svd(W.mT, full_matrices=False)
+        expected = (Vht.mT, St, Ut.mT)
+    else:
+        expected = torch.linalg.svd(W, full_matrices=False)
+    for ours, ref in zip(full_svd(W), expected):
+        assert torch.equal(ours, ref)
+
+
+def test_one_iteration_by_default_is_rayleigh_ritz_on_the_span_of_W_V0():
+    """Default iters = 1: with Q = orth(W V0), the Ritz values are the singular values of Q^T W and
+    U diag(sigma) V^T = Q Q^T W (numpy, float64); a second iteration would give other values."""
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(2, 10, 8, generator=g, dtype=torch.float64)
+    V0 = torch.linalg.qr(torch.randn(2, 8, 3, generator=g, dtype=torch.float64)).Q
+    U, S, V = warm_triplets(W, V0)
+    for i in range(2):
+        Wn = W[i].numpy()
+        Q = np.linalg.qr(Wn @ V0[i].numpy())[0]
+        np.testing.assert_allclose(S[i].numpy(), np.linalg.svd(Q.T @ Wn, compute_uv=False), rtol=1e-12)
+        np.testing.assert_allclose(((U[i] * S[i]) @ V[i].mT).numpy(), Q @ Q.T @ Wn, rtol=0, atol=1e-12)
+    assert not torch.allclose(warm_triplets(W, V0, 2)[1], S, rtol=1e-6, atol=0)
+
+
+def test_warm_triplets_and_ritz_residual_take_any_leading_batch_shape():
+    """One matrix (2-D) and a (B, G) batch give, matrix by matrix, what the (G,) batch gives."""
+    from q3r.decomposition import ritz_residual
+
+    g = torch.Generator().manual_seed(8)
+    W = torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64)
+    V0 = torch.linalg.qr(torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64)).Q
+    U, S, V = warm_triplets(W, V0)
+    res = ritz_residual(W, U, S, V, 2)
+    assert U.shape == (2, 3, 9, 4) and S.shape == (2, 3, 4) and V.shape == (2, 3, 7, 4) and res.shape == (2, 3)
+    for b in range(2):
+        Ub, Sb, Vb = warm_triplets(W[b], V0[b])
+        torch.testing.assert_close(S[b], Sb, rtol=1e-12, atol=0)
+        torch.testing.assert_close(res[b], ritz_residual(W[b], Ub, Sb, Vb, 2), rtol=1e-9, atol=0)
+        for j in range(3):
+            Uj, Sj, Vj = warm_triplets(W[b, j], V0[b, j])
+            assert Sj.shape == (4,)
+            torch.testing.assert_close(Sj, Sb[j], rtol=1e-12, atol=0)
+            torch.testing.assert_close((Uj * Sj) @ Vj.mT, (Ub[j] * Sb[j]) @ Vb[j].mT, rtol=0, atol=1e-12)
+            rj = ritz_residual(W[b, j], Uj, Sj, Vj, 2)
+            assert rj.shape == () and rj.item() == pytest.approx(res[b, j].item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("iters", [2, 3])
+def test_power_iterations_renormalize_so_a_tiny_or_huge_float32_matrix_keeps_its_triplets(iters):
+    """Between iterations V is orthonormalized, so W W^T never forms: at a norm of 2^-80 (W W^T V would
+    underflow in float32) or 2^70 (it would overflow) the Ritz values are those of W scaled."""
+    g = torch.Generator().manual_seed(9)
+    W = torch.randn(2, 12, 9, generator=g)
+    V0 = torch.linalg.qr(torch.randn(2, 9, 4, generator=g)).Q
+    U, S, V = warm_triplets(W, V0, iters)
+    for c in (2.0 ** -80, 2.0 ** 70):
+        Uc, Sc, Vc = warm_triplets(W * c, V0, iters)
+        torch.testing.assert_close(Sc / c, S, rtol=1e-5, atol=0)
+        product = (Uc * (Sc / c).unsqueeze(-2)) @ Vc.mT
+        torch.testing.assert_close(product, (U * S.unsqueeze(-2)) @ V.mT, rtol=0, atol=1e-4)

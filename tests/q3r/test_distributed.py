@@ -5,20 +5,25 @@ Checked: the replicas and their banks stay bitwise equal across ranks for AdamQ3
 strategies; packed before or after wrapping) and for Adam + Q3RPenalty; a two-rank run at the
 same global batch matches a one-process run (losses, eps, weights); a bank's state_dict
 round-trips under the distributed mode and loads into a one-process bank; targets resolve
-through the DDP wrapper."""
+through the DDP wrapper. Without the slow runs: ``plan``'s cuts and midpoint rule, ``cost``, and
+``workers`` on two forked ranks with a process group of its own."""
 import copy
+import os
+import tempfile
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import q3r.bank
 import q3r.distributed
 from q3r.bank import OperatorBank
-from q3r.distributed import cost, plan, workers
+from q3r.distributed import Workers, cost, plan, workers
 from q3r.targets import Target, select_targets
 
 from .ddp_run import STEPS, banks, build, launch, make, train
@@ -269,6 +274,52 @@ def test_plan_cuts_every_group_into_one_run_of_whole_parameters_per_rank():
             load = [cost(ts, 5) for ts, _ in mine]
             biggest = max(cost([t for t in members if t.param is u.param], 5) for u in members)
             assert max(load) - min(load) <= biggest                            # one parameter, at most
+
+
+def test_plan_deals_the_small_groups_by_the_exact_midpoint_rule():
+    """Groups smaller than the number of ranks, laid end to end: each parameter goes to rank
+    floor((cost before it + half its cost) * world / total), in exact fractions; a midpoint half a unit
+    before a cut stays below it, one exactly on a cut goes above."""
+    def reference(costs, world):
+        total, done, ranks = sum(costs), Fraction(0), []
+        for c in costs:
+            ranks.append(int((done + Fraction(c, 2)) * world // total))
+            done += c
+        return ranks
+
+    def dealt(shapes, width, world):
+        groups = [([Target(nn.Parameter(torch.zeros(*s)), f"t{i}")], width) for i, s in enumerate(shapes)]
+        return [r for _, _, r in plan(groups, world)], [cost(ts, w) for ts, w in groups]
+
+    ranks, costs = dealt([(2, 4), (3, 3), (3, 3)], 1, 2)       # costs a, b, a + 1: 2a + b = total - 1
+    assert ranks == reference(costs, 2) == [0, 0, 1]
+    ranks, costs = dealt([(2, 4), (3, 3), (2, 4)], 1, 2)       # costs a, b, a: b's midpoint on the cut
+    assert ranks == reference(costs, 2) == [0, 1, 1]
+    g = torch.Generator().manual_seed(0)
+    for world in (2, 3, 4):
+        shapes = [tuple(int(d) for d in torch.randint(2, 40, (2,), generator=g)) for _ in range(world - 1)]
+        ranks, costs = dealt(shapes, 3, world)
+        assert ranks == reference(costs, world)
+
+
+def _two_ranks(rank, world, rendezvous):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        alone, both = dist.new_group([0]), dist.new_group([0, 1])      # every rank creates every group
+        assert workers(True) == Workers("share", rank, 2, None)       # True: the default strategy
+        assert workers("broadcast", both) == Workers("broadcast", rank, 2, both)
+        if rank == 0:
+            assert workers("share", alone) is None                      # one rank in the given group
+    finally:
+        dist.destroy_process_group()
+
+
+def test_workers_read_the_strategy_and_the_given_process_group_on_two_ranks():
+    """Two forked processes on gloo (no autograd in them, so a plain fork; ~0.3 s, unlike ``runs``): the
+    ranks and the world come from the process group passed, not from the default one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_two_ranks, args=(2, os.path.join(tmp, "rendezvous")), nprocs=2, start_method="fork")
 
 
 def test_cost_is_d1_d2_k_per_matrix_plus_the_fixed_part():

@@ -42,6 +42,34 @@ def test_reweight_and_value_of_a_batch_equal_the_reference_matrix_by_matrix():
         assert val[i].item() == pytest.approx(q3r_value_ref(Ws[i], eps, Zs[i]), rel=1e-10)
 
 
+def test_shift_is_zero_wherever_sigma_does_not_exceed_eps_even_at_zero_or_infinity():
+    """s_i = eps / sigma_i - 1 for sigma_i > eps, else exactly 0: also at sigma_i = eps = 0 (a zero padding
+    column under eps = 0) and at sigma_i = eps = inf, where eps / sigma_i would be NaN."""
+    inf = math.inf
+    sigma = torch.tensor([[inf, 2.0, 0.5, 0.0], [inf, 2.0, 0.5, 0.0], [inf, 2.0, 0.5, 0.0]])
+    eps = torch.tensor([0.0, 0.5, inf])
+    expected = [[0 / inf - 1, 0 / 2.0 - 1, 0 / 0.5 - 1, 0.0], [0.5 / inf - 1, 0.5 / 2.0 - 1, 0.0, 0.0], [0.0] * 4]
+    assert shift(sigma, eps).tolist() == expected
+
+
+def test_a_bfloat16_batch_is_reweighted_with_one_rounding():
+    """R(Z) = Z + X Y of a (G, d1, d2) batch is rounded once to bf16 (within half a bf16 unit of the float64
+    value of Z + X Y, up to float32 accumulation), also where Z and X Y nearly cancel (s near -1)."""
+    from q3r.functional import reweight_factors
+
+    g = torch.Generator().manual_seed(1)
+    Z = torch.randn(3, 16, 12, generator=g).bfloat16()
+    U = torch.linalg.qr(torch.randn(3, 16, 4, generator=g)).Q.bfloat16()
+    V = torch.linalg.qr(torch.randn(3, 12, 4, generator=g)).Q.bfloat16()
+    s = (-0.999 + 0.1 * torch.rand(3, 4, generator=g)).bfloat16()
+    X, Y = (t.double() for t in reweight_factors(Z, U, V, s))
+    ref = Z.double() + X @ Y
+    out = reweight(Z, U, V, s)
+    assert out.dtype == torch.bfloat16
+    bound = 2.0 ** -8 * ref.abs() + 1e-6 * (Z.double().abs() + X.abs() @ Y.abs())
+    assert ((out.double() - ref).abs() <= bound).all()
+
+
 def test_diagnostics_of_a_batch_match_a_numpy_hand_computation():
     sigma = torch.tensor([[4.0, 2.0, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0]])
     for row, e, t in zip(sigma.numpy(), effective_rank(sigma), tail_ratio(sigma, 2)):
