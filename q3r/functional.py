@@ -47,7 +47,11 @@ def reweight(Z: Tensor, U: Tensor, V: Tensor, s: Tensor) -> Tensor:
     Expanded, this is Z + U S (U^T Z + (U^T Z V) S V^T) + (Z V) S V^T.
     """
     X, Y = reweight_factors(Z, U, V, s)
-    return torch.baddbmm(Z, X, Y) if Z.ndim == 3 else Z + X @ Y
+    if Z.ndim == 3:
+        return torch.baddbmm(Z, X, Y)              # one rounding of Z + X Y (matters in bf16)
+    if Z.ndim == 2:
+        return torch.addmm(Z, X, Y)
+    return Z + X @ Y
 
 
 def q3r_value(Z: Tensor, U: Tensor, V: Tensor, s: Tensor) -> Tensor:

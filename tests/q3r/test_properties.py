@@ -52,16 +52,18 @@ def test_shift_is_zero_wherever_sigma_does_not_exceed_eps_even_at_zero_or_infini
     assert shift(sigma, eps).tolist() == expected
 
 
-def test_a_bfloat16_batch_is_reweighted_with_one_rounding():
-    """R(Z) = Z + X Y of a (G, d1, d2) batch is rounded once to bf16 (within half a bf16 unit of the float64
-    value of Z + X Y, up to float32 accumulation), also where Z and X Y nearly cancel (s near -1)."""
+@pytest.mark.parametrize("batch", [(3,), ()], ids=["batch", "one-matrix"])
+def test_bfloat16_is_reweighted_with_one_rounding(batch):
+    """R(Z) = Z + X Y of a (G, d1, d2) batch and of one (d1, d2) matrix (what ``ReweightingOperator``
+    passes) is rounded once to bf16 (within half a bf16 unit of the float64 value of Z + X Y, up to
+    float32 accumulation), also where Z and X Y nearly cancel (s near -1)."""
     from q3r.functional import reweight_factors
 
     g = torch.Generator().manual_seed(1)
-    Z = torch.randn(3, 16, 12, generator=g).bfloat16()
-    U = torch.linalg.qr(torch.randn(3, 16, 4, generator=g)).Q.bfloat16()
-    V = torch.linalg.qr(torch.randn(3, 12, 4, generator=g)).Q.bfloat16()
-    s = (-0.999 + 0.1 * torch.rand(3, 4, generator=g)).bfloat16()
+    Z = torch.randn(*batch, 16, 12, generator=g).bfloat16()
+    U = torch.linalg.qr(torch.randn(*batch, 16, 4, generator=g)).Q.bfloat16()
+    V = torch.linalg.qr(torch.randn(*batch, 12, 4, generator=g)).Q.bfloat16()
+    s = (-0.999 + 0.1 * torch.rand(*batch, 4, generator=g)).bfloat16()
     X, Y = (t.double() for t in reweight_factors(Z, U, V, s))
     ref = Z.double() + X @ Y
     out = reweight(Z, U, V, s)
