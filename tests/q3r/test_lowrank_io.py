@@ -187,3 +187,18 @@ def test_a_layer_loaded_without_bias_is_rebuilt_without_bias(tmp_path):
     q3r.load_lowrank(model, second, strict=False)
     assert model[0].bias is None
     assert_same_weights(model, bias_free)
+
+
+@pytest.mark.filterwarnings("ignore:for 0")          # loading into meta parameters copies nothing (a no-op)
+def test_a_second_load_rebuilds_the_layer_on_its_device(tmp_path):
+    """On the meta device (any device but the CPU): the rebuilt Linear, and so the new segments, are not
+    made on the default device."""
+    torch.manual_seed(0)
+    A, B = torch.randn(4, 2), torch.randn(2, 6)
+    path = q3r.save_lowrank(nn.Sequential(q3r.LowRankLinear.from_linear(nn.Linear(6, 4), [(0, 4, (A, B))])),
+                            tmp_path / "m.safetensors")
+    model = nn.Sequential(nn.Linear(6, 4, device="meta"))
+    q3r.load_lowrank(model, path)
+    q3r.load_lowrank(model, path)
+    assert isinstance(model[0], q3r.LowRankLinear)
+    assert {p.device.type for p in model.parameters()} == {"meta"}

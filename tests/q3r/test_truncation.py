@@ -162,3 +162,12 @@ def test_parameter_counts_take_a_float64_weights_rank_in_float64():
     assert rank == 2
     counts = parameter_counts(linear, [linear], 1.0)
     assert counts["targets"]["linear0"] == (64, rank * (8 + 8))
+
+
+def test_to_linear_makes_the_linear_on_the_layers_device():
+    """On the meta device (any device but the CPU): the merged Linear is not made on the default device."""
+    A, B = torch.empty(4, 2, device="meta"), torch.empty(2, 6, device="meta")
+    layer = q3r.LowRankLinear.from_linear(nn.Linear(6, 4, device="meta"), [(0, 4, (A, B))])
+    merged = layer.to_linear()
+    assert merged.weight.device.type == "meta" and merged.bias.device.type == "meta"
+    assert merged.weight.shape == (4, 6)
