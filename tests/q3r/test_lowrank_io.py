@@ -162,3 +162,43 @@ def factor_state(**segments):
 def test_lowrank_layers_refuses_malformed_segments(segments):
     with pytest.raises(ValueError, match="m: segment"):
         lowrank_layers(factor_state(**segments))
+
+
+def test_a_malformed_segment_error_shows_the_segments_shapes():
+    with pytest.raises(ValueError) as info:
+        lowrank_layers(factor_state(A0=(4, 2), B0=(3, 6)))
+    assert str(info.value) == ("m: segment 0 is neither dense nor a factor pair A (d_out, r), B (r, d_in): "
+                               "{'A': (4, 2), 'B': (3, 6)}")
+
+
+def test_a_layer_loaded_without_bias_is_rebuilt_without_bias(tmp_path):
+    """A second load starts again from the LowRankLinear's shape, bias included: a layer a first file left
+    bias-free does not take the bias of a second file (strict: an unexpected key; not strict: ignored)."""
+    torch.manual_seed(0)
+    A, B = torch.randn(4, 2), torch.randn(2, 6)
+    bias_free = nn.Sequential(q3r.LowRankLinear.from_linear(nn.Linear(6, 4, bias=False), [(0, 4, (A, B))]))
+    with_bias = nn.Sequential(q3r.LowRankLinear.from_linear(nn.Linear(6, 4), [(0, 4, (A, B))]))
+    first = q3r.save_lowrank(bias_free, tmp_path / "free.safetensors")
+    second = q3r.save_lowrank(with_bias, tmp_path / "bias.safetensors")
+    model = q3r.load_lowrank(nn.Sequential(nn.Linear(6, 4)), first)
+    assert model[0].bias is None
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "0.bias"'):
+        q3r.load_lowrank(model, second)
+    q3r.load_lowrank(model, second, strict=False)
+    assert model[0].bias is None
+    assert_same_weights(model, bias_free)
+
+
+@pytest.mark.filterwarnings("ignore:for 0")          # loading into meta parameters copies nothing (a no-op)
+def test_a_second_load_rebuilds_the_layer_on_its_device(tmp_path):
+    """On the meta device (any device but the CPU): the rebuilt Linear, and so the new segments, are not
+    made on the default device."""
+    torch.manual_seed(0)
+    A, B = torch.randn(4, 2), torch.randn(2, 6)
+    path = q3r.save_lowrank(nn.Sequential(q3r.LowRankLinear.from_linear(nn.Linear(6, 4), [(0, 4, (A, B))])),
+                            tmp_path / "m.safetensors")
+    model = nn.Sequential(nn.Linear(6, 4, device="meta"))
+    q3r.load_lowrank(model, path)
+    q3r.load_lowrank(model, path)
+    assert isinstance(model[0], q3r.LowRankLinear)
+    assert {p.device.type for p in model.parameters()} == {"meta"}

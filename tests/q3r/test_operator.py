@@ -342,3 +342,11 @@ def test_fit_passes_eps_first_to_the_linear_schedule():
     restart = ReweightingOperator.fit(W, 5, eps=eps_old, schedule=schedule)
     assert restart.eps == pytest.approx(max(eps_old * (final / eps_old) ** (1 / steps), final), rel=1e-12)
     assert op.rank == int((singular_values(W) > op.eps).sum())
+
+
+def test_factors_that_disagree_on_the_rank_are_refused_with_their_shapes():
+    U, sigma, V = randn(5, 3, seed=0), torch.ones(2, dtype=torch.float64), randn(4, 3, seed=1)
+    with pytest.raises(ValueError) as info:
+        ReweightingOperator(U, sigma, V, 0.5)
+    assert str(info.value).startswith("U, sigma, V disagree on the rank: U.shape=torch.Size([5, 3]), "
+                                      "sigma.shape=torch.Size([2])")

@@ -237,3 +237,12 @@ def test_a_group_with_one_replaced_parameter_is_packed_again_whole():
     assert new is not None and new.data_ptr() != old.data_ptr()
     assert inside(a, new) and inside(b, new)
     assert torch.equal(a, values[0]) and torch.equal(b, values[1])
+
+
+def test_the_buffer_is_made_on_the_parameters_device():
+    """On the meta device (any device but the CPU: the buffer is not the default device's)."""
+    weights = [nn.Parameter(torch.empty(4, 3, device="meta")) for _ in range(2)]
+    packed = PackedWeights([Target(w, f"w{i}") for i, w in enumerate(weights)])
+    buffer = packed.buffer()
+    assert buffer.device.type == "meta" and buffer.shape == (2, 4, 3)
+    assert all(w.device.type == "meta" for w in weights)

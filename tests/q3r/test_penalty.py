@@ -81,3 +81,10 @@ def test_penalty_state_dict_holds_step_period_and_operators():
     pen.penalty(); pen.penalty()
     state = pen.state_dict()
     assert (state["step"], state["period"]) == (2, 4) and set(state) == {"step", "period", "operators"}
+
+
+def test_penalty_hands_its_distributed_strategy_to_the_bank():
+    """The bank checks the strategy (one process, no process group: nothing is shared either way)."""
+    with pytest.raises(ValueError, match="distributed='allreduce'"):
+        q3r.Q3RPenalty([nn.Linear(4, 4)], distributed="allreduce")
+    assert q3r.Q3RPenalty([nn.Linear(4, 4)], distributed="share").bank.workers is None

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import q3r
-from q3r.schedules import GeometricEps, make_schedule
+from q3r.schedules import GeometricEps, make_schedule, next_eps
 
 
 def test_paper_schedule_is_min_and_starts_at_sigma_next():
@@ -158,3 +158,12 @@ def test_schedule_errors_name_the_value_and_a_dict_without_name_is_the_paper_rul
         make_schedule(3)
     assert str(info.value) == "eps schedule must be a name, a dict or a callable, but got 3"
     assert type(make_schedule({})) is PaperEps
+
+
+def test_the_default_schedule_is_the_paper_rule_and_next_eps_counts_from_zero():
+    assert make_schedule() == q3r.schedules.PaperEps()
+    eps_old, sigma, inf = (torch.tensor(v, dtype=torch.float64) for v in (0.5, 2.0, math.inf))
+    warmup = make_schedule({"name": "warmup", "reweightings": 1})
+    # the first reweighting (count 0 by default) is still in the warm-up: eps follows sigma_{r+1} upward
+    assert next_eps(warmup, eps_old, sigma, inf).item() == 2.0
+    assert next_eps(warmup, eps_old, sigma, inf, count=1).item() == 0.5     # then the running minimum

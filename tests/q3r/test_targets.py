@@ -289,3 +289,17 @@ def test_a_pattern_that_matches_nothing_names_the_model_and_its_first_12_linears
         select_targets(model, ["fc9", "vit"])
     assert str(info.value) == ("no nn.Linear in Sequential matches modules=('fc9', 'qkv', 'proj', 'fc1', 'fc2'); "
                                f"Linear layers present: {[str(i) for i in range(12)]}")
+
+
+def test_all_but_head_extras_follow_split_fused():
+    """An extra pattern that names a fused qkv already in the default selection adds nothing, split or not."""
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.fc1, self.head = nn.Linear(4, 12), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    model = Tiny()
+    whole = select_targets(model, ["all-but-head", "qkv"], split_fused=False)
+    assert [(t.name, t.rows) for t in whole] == [("qkv", slice(0, 12)), ("fc1", slice(0, 4))]
+    split = select_targets(model, ["all-but-head", "qkv"])
+    assert [t.name for t in split] == ["qkv[q]", "qkv[k]", "qkv[v]", "fc1"]

@@ -140,3 +140,34 @@ def test_low_rank_of_a_bfloat16_weight_comes_back_in_bfloat16():
     lin = nn.Linear(8, 6).to(torch.bfloat16)
     cache = SpectralCache([q3r.Target(lin.weight, "w", "weight")])
     assert cache.low_rank("w", 0.3).dtype == torch.bfloat16
+
+
+def test_numerical_rank_is_matrix_ranks_count_at_the_tolerance_and_of_an_empty_matrix():
+    """Strictly above sigma_1 max(d1, d2) eps, as torch.linalg.matrix_rank counts: a singular value equal
+    to the tolerance (2 * 2^-52 for a 2 x 2 float64 matrix with sigma_1 = 1) is not counted."""
+    from q3r.truncation import numerical_rank
+
+    D = torch.diag(torch.tensor([1.0, 2.0 ** -51], dtype=torch.float64))
+    assert numerical_rank(torch.linalg.svdvals(D), D.shape) == int(torch.linalg.matrix_rank(D)) == 1
+    empty = torch.zeros(0, 3, dtype=torch.float64)
+    assert numerical_rank(torch.linalg.svdvals(empty), empty.shape) == int(torch.linalg.matrix_rank(empty)) == 0
+
+
+def test_parameter_counts_take_a_float64_weights_rank_in_float64():
+    """sigma_2 = 1e-9 is above float64's tolerance (8 * 2.2e-16) but below float32's (8 * 1.2e-7)."""
+    linear = nn.Linear(8, 8, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.diag(torch.tensor([1.0, 1e-9] + [0.0] * 6, dtype=torch.float64)))
+    rank = int(torch.linalg.matrix_rank(linear.weight.detach()))
+    assert rank == 2
+    counts = parameter_counts(linear, [linear], 1.0)
+    assert counts["targets"]["linear0"] == (64, rank * (8 + 8))
+
+
+def test_to_linear_makes_the_linear_on_the_layers_device():
+    """On the meta device (any device but the CPU): the merged Linear is not made on the default device."""
+    A, B = torch.empty(4, 2, device="meta"), torch.empty(2, 6, device="meta")
+    layer = q3r.LowRankLinear.from_linear(nn.Linear(6, 4, device="meta"), [(0, 4, (A, B))])
+    merged = layer.to_linear()
+    assert merged.weight.device.type == "meta" and merged.bias.device.type == "meta"
+    assert merged.weight.shape == (4, 6)
