@@ -48,3 +48,32 @@ def test_a_tensor_learning_rate_is_refused():
     with pytest.raises(ValueError) as info:
         AdamQ3R([w], lr=lr, targets=[Target(w, "w")])
     assert str(info.value) == f"AdamQ3R takes a float learning rate, but got lr={lr!r}"
+
+
+def test_an_unknown_distributed_strategy_reaches_the_bank_and_is_refused():
+    w = nn.Parameter(torch.randn(8, 6, dtype=torch.float64))
+    with pytest.raises(ValueError) as info:
+        AdamQ3R([w], targets=[Target(w, "w")], distributed="allreduce")
+    assert str(info.value) == ("distributed must be one of ('share', 'broadcast'), True or None, "
+                               "but got distributed='allreduce'")
+
+
+def test_a_group_without_targets_has_no_bank_and_its_state_round_trips():
+    w, b = (nn.Parameter(torch.randn(*shape, dtype=torch.float64)) for shape in ((8, 6), (6,)))
+    opt = AdamQ3R([{"params": [w]}, {"params": [b]}], lr=1e-2, targets=[Target(w, "w")], target_rank=0.5)
+    assert len(opt.banks) == 1 and opt.banks[0].targets[0].param is w
+    for p in (w, b):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    state = opt.state_dict()
+    again = AdamQ3R([{"params": [w]}, {"params": [b]}], lr=1e-2, targets=[Target(w, "w")], target_rank=0.5)
+    again.load_state_dict(state)
+    assert again.operators()["w"].eps == opt.operators()["w"].eps
+
+
+def test_a_state_without_the_q3r_entry_is_refused_in_words():
+    w = nn.Parameter(torch.randn(8, 6, dtype=torch.float64))
+    opt = AdamQ3R([w], targets=[Target(w, "w")])
+    with pytest.raises(KeyError) as info:
+        opt.load_state_dict(torch.optim.Adam([w]).state_dict())
+    assert info.value.args == ("this state_dict has no 'q3r' entry: it was not saved by AdamQ3R",)
