@@ -56,7 +56,7 @@ def test_descend_keeps_its_buffers_while_the_key_is_unchanged():
     X, Y = buffers._X, buffers._Y
     want = expected(W, point, 0.3)
     buffers.descend(W, U, V, s, 0.3, key(U, V, s))        # an equal key, built anew (as the bank does)
-    assert buffers._X is X and buffers._Y is Y
+    assert buffers._X is X and buffers._Y is Y, "X and Y were allocated again under an unchanged key"
     torch.testing.assert_close(W, want, rtol=1e-12, atol=1e-12)
 
 
