@@ -6,7 +6,7 @@ strategies; packed before or after wrapping) and for Adam + Q3RPenalty; a two-ra
 same global batch matches a one-process run (losses, eps, weights); a bank's state_dict
 round-trips under the distributed mode and loads into a one-process bank; targets resolve
 through the DDP wrapper. Without the slow runs: ``plan``'s cuts and midpoint rule, ``cost``, and
-``workers`` on two forked ranks with a process group of its own."""
+``workers`` on two forked ranks with a process group of its own, also as AdamQ3R hands it on."""
 import copy
 import os
 import tempfile
@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import q3r.bank
 import q3r.distributed
+from q3r.adamq3r import AdamQ3R
 from q3r.bank import OperatorBank
 from q3r.distributed import Workers, cost, plan, workers
 from q3r.targets import Target, select_targets
@@ -311,13 +312,18 @@ def _two_ranks(rank, world, rendezvous):
         assert workers("broadcast", both) == Workers("broadcast", rank, 2, both)
         if rank == 0:
             assert workers("share", alone) is None                      # one rank in the given group
+        solo = [alone, dist.new_group([1])][rank]
+        w = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+        opt = AdamQ3R([w], targets=[Target(w, "w")], distributed="share", process_group=solo)
+        assert opt.banks[0].workers is None                            # AdamQ3R hands its process_group on
     finally:
         dist.destroy_process_group()
 
 
 def test_workers_read_the_strategy_and_the_given_process_group_on_two_ranks():
     """Two forked processes on gloo (no autograd in them, so a plain fork; ~0.3 s, unlike ``runs``): the
-    ranks and the world come from the process group passed, not from the default one."""
+    ranks and the world come from the process group passed, not from the default one, also the one
+    AdamQ3R is given."""
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_two_ranks, args=(2, os.path.join(tmp, "rendezvous")), nprocs=2, start_method="fork")
 
