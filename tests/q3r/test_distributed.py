@@ -25,6 +25,7 @@ import q3r.distributed
 from q3r.adamq3r import AdamQ3R
 from q3r.bank import OperatorBank
 from q3r.distributed import Workers, cost, plan, workers
+from q3r.penalty import Q3RPenalty
 from q3r.targets import Target, select_targets
 
 from .ddp_run import STEPS, banks, build, launch, make, train
@@ -316,6 +317,10 @@ def _two_ranks(rank, world, rendezvous):
         w = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
         opt = AdamQ3R([w], targets=[Target(w, "w")], distributed="share", process_group=solo)
         assert opt.banks[0].workers is None                            # AdamQ3R hands its process_group on
+        penalty = Q3RPenalty([Target(w, "w")], distributed="share", process_group=solo)
+        assert penalty.bank.workers is None                            # so does Q3RPenalty
+        assert OperatorBank([Target(w, "w")], distributed="share", process_group=solo).workers is None
+        assert OperatorBank([Target(w, "w")], distributed="share", process_group=both).workers.world == 2
     finally:
         dist.destroy_process_group()
 
