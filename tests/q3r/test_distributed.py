@@ -328,7 +328,13 @@ def _two_ranks(rank, world, rendezvous):
 def test_workers_read_the_strategy_and_the_given_process_group_on_two_ranks():
     """Two forked processes on gloo (no autograd in them, so a plain fork; ~0.3 s, unlike ``runs``): the
     ranks and the world come from the process group passed, not from the default one, also the one
-    AdamQ3R is given."""
+    AdamQ3R, Q3RPenalty and OperatorBank are given."""
+    # The same calls in this process, without a process group: mutmut maps a test to the functions its own
+    # process runs (not its forked ranks'), and runs the test for their mutants only (tests/MUTANTS.md).
+    w = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    assert workers(True) is None and workers("share", None) is None
+    assert AdamQ3R([w], targets=[Target(w, "w")], distributed="share", process_group=None).banks[0].workers is None
+    assert Q3RPenalty([Target(w, "w")], distributed="share", process_group=None).bank.workers is None
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_two_ranks, args=(2, os.path.join(tmp, "rendezvous")), nprocs=2, start_method="fork")
 
