@@ -19,18 +19,19 @@ class StepBuffers:
     """X (G, d1, 2k) and Y (G, 2k, d2) of one group, their fixed halves filled at each refit."""
 
     def __init__(self):
-        self._key: Optional[tuple] = None
+        self._key: Optional[int] = None
         self._X: Optional[Tensor] = None
         self._Y: Optional[Tensor] = None
 
-    def descend(self, W: Tensor, U: Tensor, V: Tensor, s: Tensor, scale: float, key: tuple) -> None:
+    def descend(self, W: Tensor, U: Tensor, V: Tensor, s: Tensor, scale: float, key: int) -> None:
         """W <- (1 - scale) W - scale X Y = W - scale R(W), in place. U (G, d1, k), V (G, d2, k) and
-        s (G, k) are the group's factors cut to k columns; ``key`` names the operators (the
-        group's full U, V, s tensors, their versions and k): when it changes, the fixed halves
-        are written again."""
+        s (G, k) are the group's factors cut to k columns; ``key`` names the operators (the bank's
+        count of their assignments): when it changes, or W's dtype or device does, the fixed
+        halves are written again."""
         k = U.shape[-1]
         sr = s.unsqueeze(-2)                                  # (G, 1, k)
-        if not _same(key, self._key) or self._X is None or self._X.dtype != W.dtype:
+        X = self._X
+        if key != self._key or X is None or X.dtype != W.dtype or X.device != W.device:
             G, d1, d2 = W.shape
             self._X = W.new_empty(G, d1, 2 * k)
             self._Y = W.new_empty(G, 2 * k, d2)
@@ -46,9 +47,3 @@ class StepBuffers:
         B.mul_(sr)                                            # B S
         W.baddbmm_(X, Y, beta=1.0 - scale, alpha=-scale)
 
-
-def _same(a: Optional[tuple], b: Optional[tuple]) -> bool:
-    """Keys equal element by element, tensors by identity (a tensor's == is elementwise)."""
-    if a is None or b is None or len(a) != len(b):
-        return False
-    return all(x is y if isinstance(x, Tensor) else x == y for x, y in zip(a, b))

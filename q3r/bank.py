@@ -58,6 +58,7 @@ from .schedules import EpsSchedule, make_schedule, next_eps
 from .targets import Target
 
 SVD_MODES = ("warm", "exact")
+_OPERATOR_FIELDS = frozenset({"U", "V", "s", "k_apply"})
 
 
 @dataclass(eq=False)
@@ -77,6 +78,12 @@ class _Group:
     fresh: list[int] = field(default_factory=list)  # members with eps = +inf: no operator yet (host)
     packed: Optional[PackedWeights] = field(default=None, repr=False)  # the weights in one buffer, if packed
     buffers: StepBuffers = field(default_factory=StepBuffers, repr=False)  # descend's X, Y (apply.py)
+    fit: int = field(default=0, repr=False)  # counts assignments to U, V, s, k_apply: the key of ``buffers``
+
+    def __setattr__(self, name, value):
+        if name in _OPERATOR_FIELDS:            # whoever sets the operators (a refresh, a loaded state, another
+            object.__setattr__(self, "fit", getattr(self, "fit", 0) + 1)  # rank's message) starts a new fit
+        object.__setattr__(self, name, value)
 
     @property
     def max_width(self) -> int:
@@ -360,8 +367,7 @@ class OperatorBank:
         for g in self.groups:
             buffer = g.packed.buffer() if g.packed is not None else None
             W = buffer if buffer is not None else g.copies()           # (G, d1, d2): the packed buffer, or a copy
-            key = (g.U, g.U._version, g.V, g.V._version, g.s, g.s._version, g.k_apply)
-            g.buffers.descend(W, *g.factors(), scale, key)             # R(W) = W + X Y, in place
+            g.buffers.descend(W, *g.factors(), scale, g.fit)             # R(W) = W + X Y, in place
             if buffer is None:
                 torch._foreach_copy_([t.weight.detach() for t in g.targets], W.unbind(0))
 

@@ -195,22 +195,23 @@ def exchange(bank, fits_before: dict, m: Message) -> None:
     chunks = _gather(send, length, w, src, m.posted)
     hosts = {r: head if r == w.rank else chunks[r][: heads[r]].view(torch.int64).tolist() for r in senders}
     at = dict(heads)
+    own = send[heads.get(w.rank, 0):]
     if any(hosts[r][0] > space[r] for r in senders):            # a group outgrew its room: once more, exactly
         length = max(hosts[r][0] for r in senders)
-        send = send.new_empty(length)
+        send = own = send.new_empty(length)
         _write(groups, mine, sizes, send)
         chunks, at = _gather(send, length, w, src), dict.fromkeys(senders, 0)
+    at[w.rank] = 0
     for j, k in enumerate(FITS):
         bank.fits[k] = fits_before[k] + sum(hosts[r][1 + j] for r in senders)
-    for r in senders:
-        if r == w.rank:
-            continue
-        values = hosts[r][1 + len(FITS):]
+    for r in senders:                      # this rank's own groups too, from the bytes it sent: every rank then
+        data = own if r == w.rank else chunks[r]   # holds each operator in the same layout, so the same
+        values = hosts[r][1 + len(FITS):]          # matmuls round alike and the replicas stay bitwise equal
         for i in owned[r]:
             n = _META + len(groups[i].targets)
             meta, values = values[:n], values[n:]
             size = _nbytes(groups[i], meta[1], bool(meta[3]))
-            _adopt(groups[i], meta, chunks[r][at[r]: at[r] + size])
+            _adopt(groups[i], meta, data[at[r]: at[r] + size])
             at[r] += size
 
 
