@@ -226,3 +226,16 @@ def pytest_collection_modifyitems(config, items):
         if "tiny_sweep" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("tiny_sweep"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(trylast=True)                  # after xdist has named each grouped test's group in its id
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` every test marked ``xdist_group`` must carry its group in its id, or xdist
+    splits the group and each worker builds its shared fixtures again (pytest 9.2 with xdist 3.8 did this
+    silently: the suite took a third longer)."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist did not group {len(lost)} tests marked xdist_group (first: {lost[0]}); "
+                                "check the pytest and pytest-xdist versions (pyproject.toml pins them)")
