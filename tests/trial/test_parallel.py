@@ -92,6 +92,14 @@ def test_rank_batches_put_together_are_the_one_worker_batches():
     assert tiny_last == [[4], [4]]                                      # one example lent round: none empty
 
 
+def test_every_registered_technique_runs_on_two_workers_here():
+    """The two-worker sweep test (tests/tuning/test_sweep_workers.py) runs two techniques through Ray Train and
+    leaves the rest to this file."""
+    from tuning.trial.registry import TECHNIQUES as REGISTRY
+
+    assert sorted(TECHNIQUES) == sorted(REGISTRY.names())
+
+
 @pytest.mark.parametrize("technique", TECHNIQUES)
 def test_two_workers_match_one_at_the_same_global_batch(technique, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
