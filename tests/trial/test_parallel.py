@@ -93,8 +93,7 @@ def test_rank_batches_put_together_are_the_one_worker_batches():
 
 
 def test_every_registered_technique_runs_on_two_workers_here():
-    """The two-worker sweep test (tests/tuning/test_sweep_workers.py) runs two techniques through Ray Train and
-    leaves the rest to this file."""
+    """A technique added to the registry is compared here on two ranks against one."""
     from tuning.trial.registry import TECHNIQUES as REGISTRY
 
     assert sorted(TECHNIQUES) == sorted(REGISTRY.names())
