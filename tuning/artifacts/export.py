@@ -20,6 +20,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -187,8 +188,10 @@ def log_model(client, run_id: str, export: Export, name: str, register: Optional
     try:
         with _tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
             if result.example is not None:
-                return mlflow.pytorch.log_model(result.model, input_example=result.example, serialization_format="pt2",
-                                                pip_requirements=[torch_req], **common)
+                with warnings.catch_warnings():      # torch's pt2 archive on CPU weights: "may cause issues when your
+                    warnings.filterwarnings("ignore", message="No complete tensor found")   # weights are not on CPU"
+                    return mlflow.pytorch.log_model(result.model, input_example=result.example,
+                                                    serialization_format="pt2", pip_requirements=[torch_req], **common)
             import q3r
             return mlflow.pytorch.log_model(result.model, serialization_format="pickle",
                                             code_paths=[str(Path(q3r.__file__).parent)],
