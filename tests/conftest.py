@@ -232,7 +232,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_finish(session):
     """Under ``--dist loadgroup`` every test marked ``xdist_group`` must carry its group in its id, or xdist
     splits the group and each worker builds its shared fixtures again (pytest 9.2 with xdist 3.8 did this
-    silently: the suite took a third longer)."""
+    silently: both workers ran the shared tiny sweep, the DDP runs and the dashboards' stores)."""
     if not getattr(session.config.option, "loadgroup", False):        # set on xdist's workers only
         return
     lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
