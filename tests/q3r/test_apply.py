@@ -2,7 +2,9 @@
 import torch
 
 from q3r.apply import StepBuffers
+from q3r.bank import OperatorBank
 from q3r.functional import shift
+from q3r.targets import Target
 
 from tests.reference import reweight_ref
 
@@ -23,9 +25,7 @@ def expected(W, point, scale):
                         for i in range(W.shape[0])])
 
 
-def key(fit):
-    """The bank's key: its count of assignments to a group's operators (``_Group.fit``)."""
-    return fit
+# descend's key is the bank's count of assignments to a group's operators (``_Group.fit``): any int here
 
 
 def test_descend_matches_reference_and_follows_new_operators():
@@ -35,16 +35,16 @@ def test_descend_matches_reference_and_follows_new_operators():
         U, V, s, point = factors(3, d1, d2, 4, seed=d1)
         for step in range(2):                                # the fixed halves reused
             want = expected(W, point, 0.3)
-            buffers.descend(W, U, V, s, 0.3, key(1))
+            buffers.descend(W, U, V, s, 0.3, 1)
             torch.testing.assert_close(W, want, rtol=1e-12, atol=1e-12)
         U2, V2, s2, point = factors(3, d1, d2, 3, seed=d1 + 1)  # refitted: new tensors, fewer columns
         want = expected(W, point, 0.3)
-        buffers.descend(W, U2, V2, s2, 0.3, key(2))
+        buffers.descend(W, U2, V2, s2, 0.3, 2)
         torch.testing.assert_close(W, want, rtol=1e-12, atol=1e-12)
         U3, V3, s3, point = factors(3, d1, d2, 3, seed=d1 + 2)  # the same shapes, written into the same tensors
         U2.copy_(U3), V2.copy_(V3), s2.copy_(s3)
         want = expected(W, point, 0.3)
-        buffers.descend(W, U2, V2, s2, 0.3, key(3))
+        buffers.descend(W, U2, V2, s2, 0.3, 3)
         torch.testing.assert_close(W, want, rtol=1e-12, atol=1e-12)
 
 
@@ -53,10 +53,10 @@ def test_descend_keeps_its_buffers_while_the_key_is_unchanged():
     buffers = StepBuffers()
     W = torch.randn(3, 7, 5, dtype=torch.float64)
     U, V, s, point = factors(3, 7, 5, 4, seed=3)
-    buffers.descend(W, U, V, s, 0.3, key(10 ** 6))
+    buffers.descend(W, U, V, s, 0.3, 10 ** 6)
     X, Y = buffers._X, buffers._Y
     want = expected(W, point, 0.3)
-    buffers.descend(W, U, V, s, 0.3, key(int("1000000")))  # an equal key that is another object
+    buffers.descend(W, U, V, s, 0.3, int("1000000"))  # an equal key that is another object
     assert buffers._X is X and buffers._Y is Y, "X and Y were allocated again under an unchanged key"
     torch.testing.assert_close(W, want, rtol=1e-12, atol=1e-12)
 
@@ -67,11 +67,11 @@ def test_descend_rewrites_the_buffers_for_operators_retyped_in_place():
     buffers = StepBuffers()
     W = torch.randn(3, 7, 5, dtype=torch.float64)
     U, V, s, point = factors(3, 7, 5, 4, seed=4)
-    buffers.descend(W, U, V, s, 0.3, key(1))
+    buffers.descend(W, U, V, s, 0.3, 1)
     for t in (U, V, s):
         t.data = t.data.float()
     W32 = W.float()
-    buffers.descend(W32, U, V, s, 0.3, key(1))
+    buffers.descend(W32, U, V, s, 0.3, 1)
     assert buffers._X.dtype == torch.float32
     torch.testing.assert_close(W32.double(), expected(W, point, 0.3), rtol=1e-5, atol=1e-5)
 
@@ -80,9 +80,6 @@ def test_the_bank_starts_a_new_fit_whenever_a_groups_operators_are_set():
     """``_Group.fit`` is descend's key: every assignment to U, V, s or k_apply (a refresh, a loaded
     state, another rank's message) moves it, and nothing else does; a stale key would apply old
     operators to the weights silently."""
-    from q3r.bank import OperatorBank
-    from q3r.targets import Target
-
     params = [torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float64)) for _ in range(2)]
     bank = OperatorBank([Target(p, f"w{i}") for i, p in enumerate(params)], target_rank=2)
     bank.refresh()
