@@ -9,8 +9,9 @@ s = 0 and contribute nothing).
 Refreshing uses a full SVD for a matrix's first fit (eps = +inf: no operator yet, which
 includes a Delta W that has just left zero) and, after that, subspace iteration
 warm-started from the previous right singular subspace (``svd="warm"``), or always a full
-SVD (``svd="exact"``). When r_env grows past the width, the group is refitted with a full
-SVD at a larger width.
+SVD (``svd="exact"``). When r_env comes near the width, the group carries more columns: on
+CPU only the members at the edge are fitted by full SVD (the others keep their triplets and get
+new start columns), on an accelerator the whole group is refitted at the next reweighting.
 
 eps is a running minimum (eps <- min(eps, sigma_{r+1})), and a Ritz value is a lower bound
 of the singular value it estimates, so one unconverged estimate would pull eps below the
@@ -25,8 +26,8 @@ tolerance must be well below the gaps it should resolve; at the former 0.02, gap
 passed (issue 23, tests/q3r/test_warm_eps.py). On CPU the matrices that miss it (mostly in the first reweightings, while
 Adam still moves the weights fast) get up to ``refine_iters`` more iterations and then a
 full SVD, each only for those matrices, so every eps is set from a converged value. (A Ritz
-value at or above eps cannot lower it, whatever its error: such a matrix gets the extra
-iterations but never the full SVD.) Measured
+value at or above eps cannot lower it, whatever its error: such a matrix gets neither; early in
+training, while singular values grow, that is most of them.) Measured
 (``benchmarks/warm_eps.py``, docs/benchmarks.md): eps against a full SVD's at every
 reweighting, at the corners of the default search space, widths 64, 192 and 384.
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .apply import StepBuffers
@@ -123,8 +125,9 @@ class OperatorBank:
         ritz_tol: the largest relative residual ||W v - sigma u|| / sigma of the (r+1)-th Ritz
             triplet at which its value may set eps (``math.inf``: always, the behaviour before
             this check; it lets eps drift below the exact one, see the module docstring).
-        refine_iters: extra subspace iterations, on the unconverged matrices only, before
-            those fall back to a full SVD (CPU; an accelerator refits them at the next reweighting).
+        refine_iters: extra subspace iterations, only on the unconverged matrices whose Ritz value
+            could lower eps, before those fall back to a full SVD (CPU; an accelerator refits them
+            at the next reweighting).
         pack: keep each shape group's weights in one buffer whose views are the parameters, so
             ``descend`` updates them in place instead of stacking and copying back (see ``packing.py``).
         distributed: under torch.distributed, "share" (each rank refreshes a part of every group,
@@ -234,20 +237,23 @@ class OperatorBank:
             g.fresh = torch.nonzero(infinite).flatten().tolist()
             g.pending = None
         redo.update(g.fresh)                                       # no operator yet: a full SVD, never warm
-        if full or self._warm(g, W, redo, now):
+        if full:
             self._exact(g, W)
+        else:
+            self._warm(g, W, redo, now)
 
     def _reads_now(self, W: Tensor) -> bool:
         """Whether the host may read the device's answers at once (free on CPU)."""
         return W.device.type == "cpu"
 
-    def _warm(self, g: _Group, W: Tensor, redo: set, now: bool) -> bool:
+    def _warm(self, g: _Group, W: Tensor, redo: set, now: bool) -> None:
         """Warm refresh of group g; full SVDs for the members in ``redo`` (and, on CPU, for
         those whose sigma_{r+1} did not converge in ``refine_iters`` more iterations and whose
-        Ritz value could lower eps). True means: refit the whole group exactly."""
+        Ritz value could lower eps); on CPU, wider (``_widen``) when r_env came near the width."""
         U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
         ok = self._converged(g, W, U, S, V)                        # (G,)
-        if now:                                                    # converge the laggards now
+        if now:                                                    # converge the laggards that could lower eps
+            ok |= self._settled(g, S[:, g.rank])
             bad = [i for i in torch.nonzero(~ok).flatten().tolist() if i not in redo]
             self.fits["refine"] += len(bad) if self.refine_iters else 0
             for _ in range(self.refine_iters):
@@ -266,36 +272,74 @@ class OperatorBank:
             redo.update(bad)
         else:
             ok |= self._settled(g, S[:, g.rank])
+        exact = None                                               # (members, U, S, Vh): fitted by full SVD
         if redo:                                                   # first fits and laggards: full SVDs
-            idx = torch.tensor(sorted(redo), device=W.device)
-            Ue, Se, Vhe = full_svd(W[idx])
-            self.fits["svd"] += len(idx)
-            if now:                                                # their r_env outgrew the width: refit all
-                eps_idx = self._next_eps(g, Se[:, g.rank], idx)
-                if self._too_narrow(g, int((Se > eps_idx.unsqueeze(-1)).sum(-1).max())):
-                    return True
+            exact = self._svd(W, torch.tensor(sorted(redo), device=W.device))
             w = g.width
+            idx, Ue, Se, Vhe = exact
             U[idx], S[idx], V[idx] = Ue[..., :w], Se[..., :w], Vhe[..., :w, :].mT
             ok[idx] = True
         sigma_next = S[:, g.rank]                                  # sigma_{r+1}(W)
         if not now:                                                # an unconverged Ritz value is only a lower
             sigma_next = torch.where(ok, sigma_next, torch.maximum(sigma_next, g.eps))  # bound: it cannot lower eps
         eps = self._next_eps(g, sigma_next)
-        r_env_max = (S > eps.unsqueeze(-1)).sum(-1).max()
+        r_env = (S > eps.unsqueeze(-1)).sum(-1)                    # (G,); Ritz values: a lower bound
         if now:                                                    # free to look now
-            if self._resize(g, int(r_env_max)):                    # r_env reached the width: refit
-                return True
-            k_apply = max(1, int(r_env_max))
+            if exact is not None:                                  # exact counts, which may pass the width
+                r_env[exact[0]] = (exact[2] > eps[exact[0]].unsqueeze(-1)).sum(-1)
+            if self._too_narrow(g, int(r_env.max())):              # r_env reached the width: carry more
+                return self._widen(g, W, U, S, V, eps, r_env, exact)
+            self._resize(g, int(r_env.max()))                      # (only shrinks here)
+            k_apply = max(1, int(r_env.max()))
             g.fresh = _infinite(eps)
         else:                                                      # read back without blocking, used next time
-            g.answers = (r_env_max, ~ok, torch.isinf(eps))
+            g.answers = (r_env.max(), ~ok, torch.isinf(eps))
             g.pending = read_later(g.answers, W.device)
             k_apply = g.width
+        self._set(g, U, S, V, eps, k_apply)
+
+    def _svd(self, W: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Full SVDs of the members ``idx``: (idx, U, S, Vh)."""
+        self.fits["svd"] += len(idx)
+        return (idx, *full_svd(W[idx]))
+
+    def _widen(self, g: _Group, W: Tensor, U: Tensor, S: Tensor, V: Tensor, eps: Tensor, r_env: Tensor,
+               exact: Optional[tuple]) -> None:
+        """r_env came too close to the width (CPU): carry more columns. Only the members at the edge
+        (r_env + 1 > width - oversample/2) are fitted by full SVD, their eps set from it, as are
+        members already fitted so this time; the others keep their warm triplets, whose r_env lies
+        well inside the old width, padded with zero columns (s = 0: nothing applied) and new start
+        columns in V for the next warm refresh to converge."""
+        w, G = g.width, len(g.targets)
+        edge = r_env + 1 > w - self.oversample // 2
+        if exact is not None:
+            edge[exact[0]] = False
+        fitted = [exact] if exact is not None else []
+        if edge.any():
+            near = self._svd(W, torch.nonzero(edge).flatten())
+            eps[near[0]] = self._next_eps(g, near[2][:, g.rank], near[0])
+            r_env[near[0]] = (near[2] > eps[near[0]].unsqueeze(-1)).sum(-1)
+            fitted.append(near)
+        r_env_max = int(r_env.max())
+        width = self._width_for(g, r_env_max)
+        gen = torch.Generator(W.device).manual_seed(self.reweightings)       # start columns: never the user's RNG
+        start = torch.randn(G, W.shape[-1], width - w, generator=gen, device=W.device, dtype=W.dtype)
+        for _ in range(2):                                          # towards the next singular vectors
+            start = W.mT @ (W @ start)
+            start = torch.linalg.qr(start - V @ (V.mT @ start)).Q
+        Vn = torch.cat([V, torch.linalg.qr(torch.cat([V, start], -1)).Q[..., w:]], -1)   # orthonormal to V
+        Un, Sn = F.pad(U, (0, width - w)), F.pad(S, (0, width - w))
+        for idx, Ue, Se, Vhe in fitted:
+            Un[idx], Sn[idx], Vn[idx] = Ue[..., :width], Se[..., :width], Vhe[..., :width, :].mT
+        g.width = width
+        g.fresh = _infinite(eps)
+        self._set(g, Un, Sn, Vn, eps, max(1, r_env_max))
+
+    def _set(self, g: _Group, U: Tensor, S: Tensor, V: Tensor, eps: Tensor, k_apply: int) -> None:
         g.U, g.sigma, g.V, g.eps = U, S, V, eps
         g.eps_first = torch.where(torch.isinf(g.eps_first), eps, g.eps_first)
         g.s = shift(S, eps)
         g.k_apply = k_apply
-        return False
 
     def _converged(self, g: _Group, W: Tensor, U: Tensor, S: Tensor, V: Tensor) -> Tensor:
         """Whether each Ritz value of sigma_{r+1} has converged, (G,)."""
@@ -315,12 +359,8 @@ class OperatorBank:
         self.fits["svd"] += len(g.targets)
         eps = self._next_eps(g, S[:, g.rank])
         r_env_max = int((S > eps.unsqueeze(-1)).sum(-1).max())    # a host read, on this rare path only
-        g.width = self._width_for(g, r_env_max)
-        g.U, g.sigma, g.V = U[..., : g.width], S[..., : g.width], Vh[..., : g.width, :].mT
-        g.eps = eps
-        g.eps_first = torch.where(torch.isinf(g.eps_first), eps, g.eps_first)
-        g.s = shift(g.sigma, eps)
-        g.k_apply = max(1, r_env_max)
+        g.width = w = self._width_for(g, r_env_max)
+        self._set(g, U[..., :w], S[..., :w], Vh[..., :w, :].mT, eps, max(1, r_env_max))
         g.pending = None
         g.fresh = _infinite(eps)
 

@@ -1,7 +1,8 @@
 """OperatorBank's warm path with several members (q3r/bank.py): laggards refined and refitted by their own
 index, members without operator at the width's limit, one subspace iteration per refinement, the settled rule
 for small weights, the accelerator path's converged members, and a device checkpoint resumed on CPU.
-References: numpy's float64 SVD of each matrix."""
+Widening: only the members at the width's edge by full SVD. References: numpy's float64 SVD of each matrix
+and the operator of tests/reference.py."""
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from q3r.bank import OperatorBank
 from q3r.targets import Target
+from tests.reference import reweight_ref
 
 
 def flat(d1, d2, seed):
@@ -45,12 +47,13 @@ def test_two_laggards_of_three_are_refined_and_refitted_each_by_its_own_index():
 
 @pytest.mark.parametrize("schedule, refit", [("paper", False), ({"name": "linear", "steps": 10}, True)],
                          ids=["paper", "linear"])
-def test_members_without_operator_refit_the_group_only_when_r_env_reaches_the_width(schedule, refit):
+def test_members_without_operator_widen_the_group_only_when_r_env_reaches_the_width(schedule, refit):
     """Rank 1, no spare columns (width 2): member 0 fitted, members 1-3 zero (no operator), then given
     weights. Their first fits (full SVDs) count r_env = 1 each, strictly above eps = sigma_2: not too
-    narrow for width 2, whatever the number of such members. Paper rule: no refit of the group. Linear
-    schedule: member 0's eps decays below its sigma_2, its r_env reaches the width: all four refitted
-    exactly, at the full width 9 (eps decayed by (1e-5 / eps_0)^(1/10): r_env 8)."""
+    narrow for width 2, whatever the number of such members. Paper rule: the width stays. Linear
+    schedule: member 0's eps decays below its sigma_2, its r_env reaches the width: the group widens to
+    the full width 9 (eps decayed by (1e-5 / eps_0)^(1/10): r_env 8), member 0 by one more full SVD, the
+    three first fits from their own; every member holds its exact leading triplets."""
     bank, params = _bank([flat(12, 9, 0)] + [torch.zeros(12, 9, dtype=torch.float64)] * 3, 1, oversample=0,
                          eps_schedule=schedule)
     bank.refresh()
@@ -60,10 +63,49 @@ def test_members_without_operator_refit_the_group_only_when_r_env_reaches_the_wi
         for i in (1, 2, 3):
             params[i].copy_(flat(12, 9, 10 + i))
     bank.refresh()
-    assert dict(bank.fits) == {"refresh": 8, "refine": 0, "svd": 4 + 3 + (4 if refit else 0)}
+    assert dict(bank.fits) == {"refresh": 8, "refine": 0, "svd": 4 + 3 + (1 if refit else 0)}
     assert (g.width, g.k_apply, g.fresh) == ((9, 8, []) if refit else (2, 1, []))
+    for i in range(4):
+        np.testing.assert_allclose(g.sigma[i].numpy(), svdvals(params[i])[: g.width], rtol=1e-12)
     for i in (1, 2, 3):                                # every schedule's first eps is sigma_{r+1}
         assert g.eps[i].item() == pytest.approx(svdvals(params[i])[1], rel=1e-12)
+
+
+def spectrum(s, seed, d1=48, d2=40):
+    """A d1 x d2 matrix with singular values s (then zeros) on the singular vectors of flat(d1, d2, seed)."""
+    U, _, Vh = torch.linalg.svd(flat(d1, d2, seed), full_matrices=False)
+    s = torch.tensor(list(s) + [0.0] * (d2 - len(s)), dtype=torch.float64)
+    return (U * s) @ Vh
+
+
+def test_only_the_member_at_the_edge_gets_a_full_svd_when_the_group_widens():
+    """Rank 4, oversample 8: width 13. Member 0's singular values 5-12 grow above eps = 6 on the same singular
+    vectors (its warm estimate is exact): r_env 12 > 13 - 4 - 1, so the group carries 12 + 1 + 8 = 21 columns.
+    Member 0 takes them from one full SVD; member 1 (unchanged, r_env 4) keeps its warm triplets, padded:
+    zero U and sigma columns, V's new columns orthonormal to its old ones. Both operators equal the
+    reference operator at their own eps."""
+    tail = [0.5 * 0.9 ** i for i in range(20)]
+    bank, params = _bank([spectrum([10, 9, 8, 7, 6] + tail, 1), spectrum([10, 9, 8, 7, 6] + tail, 2)], 4,
+                         oversample=8)
+    bank.refresh()
+    g = bank.groups[0]
+    assert (g.width, g.k_apply) == (13, 4)
+    with torch.no_grad():
+        params[0].copy_(spectrum([10, 9, 8, 7, 6.8, 6.7, 6.6, 6.5, 6.4, 6.3, 6.2, 6.1] + tail, 1))
+    warm = {k: getattr(g, k)[1].clone() for k in ("U", "sigma", "V")}
+    bank.refresh()
+    assert dict(bank.fits) == {"refresh": 4, "refine": 0, "svd": 2 + 1}
+    assert (g.width, g.k_apply) == (21, 12)
+    np.testing.assert_allclose(g.eps.numpy(), [6.0, 6.0], rtol=1e-12)
+    np.testing.assert_allclose(g.sigma[0].numpy(), svdvals(params[0])[:21], rtol=1e-12)
+    np.testing.assert_allclose(g.sigma[1, :13].numpy(), warm["sigma"].numpy(), rtol=1e-12)
+    assert not g.sigma[1, 13:].any() and not g.U[1, :, 13:].any()
+    V1 = g.V[1].numpy()
+    np.testing.assert_allclose(V1.T @ V1, np.eye(21), atol=1e-12)
+    Z = flat(48, 40, 9)
+    for i, name in enumerate(("w0", "w1")):
+        want = reweight_ref(params[i].detach(), g.eps[i].item(), Z)
+        np.testing.assert_allclose(bank.operators()[name](Z).numpy(), want, atol=1e-10)
 
 
 def test_one_refinement_is_one_subspace_iteration():
@@ -86,7 +128,7 @@ def test_one_refinement_is_one_subspace_iteration():
 
 def test_an_unconverged_estimate_at_or_above_eps_gets_no_full_svd_for_small_weights():
     """The settled rule does not depend on the scale: singular values below 1 (weights / 100) as in
-    test_warm_eps.py's test at scale 1: refined, no full SVD, eps kept exactly."""
+    test_warm_eps.py's test at scale 1: neither refined nor fitted by full SVD, eps kept exactly."""
     bank, params = _bank([flat(48, 40, 2) / 100, flat(48, 40, 3) / 100], 4)
     bank.refresh()
     g = bank.groups[0]
@@ -95,7 +137,7 @@ def test_an_unconverged_estimate_at_or_above_eps_gets_no_full_svd_for_small_weig
     with torch.no_grad():
         params[0].copy_(1.1 * flat(48, 40, 4) / 100)      # a new matrix, larger singular values
     bank.refresh()
-    assert dict(bank.fits) == {"refresh": 4, "refine": 1, "svd": 2}
+    assert dict(bank.fits) == {"refresh": 4, "refine": 0, "svd": 2}
     assert eps0[0] < g.sigma[0, 4] <= svdvals(params[0])[4] * (1 + 1e-12)
     assert g.eps[0] == eps0[0]                                    # = min(eps, sigma_{r+1}) exactly
     assert g.eps[1].item() == pytest.approx(eps0[1].item(), rel=1e-12)
