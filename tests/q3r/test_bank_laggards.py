@@ -79,33 +79,34 @@ def spectrum(s, seed, d1=48, d2=40):
 
 
 def test_only_the_member_at_the_edge_gets_a_full_svd_when_the_group_widens():
-    """Rank 4, oversample 8: width 13. Member 0's singular values 5-12 grow above eps = 6 on the same singular
-    vectors (its warm estimate is exact): r_env 12 > 13 - 4 - 1, so the group carries 12 + 1 + 8 = 21 columns.
-    Member 0 takes them from one full SVD; member 1 (unchanged, r_env 4) keeps its warm triplets, padded:
-    zero U and sigma columns, V's new columns orthonormal to its old ones. Both operators equal the
-    reference operator at their own eps."""
+    """Rank 4, oversample 8: width 13, the edge at r_env + 1 > 13 - 4. Members 0 and 2 grow singular values
+    above eps = 6 on the same singular vectors (their warm estimates are exact): member 0 to r_env 12, past
+    the edge, so the group carries 12 + 1 + 8 = 21 columns; member 2 to r_env 8, just inside it. Member 0 takes
+    its columns from one full SVD; members 1 (unchanged, r_env 4) and 2 keep their warm triplets, padded: zero
+    U and sigma columns, V's new columns orthonormal to its old ones. Every operator equals the reference
+    operator at its own eps."""
     tail = [0.5 * 0.9 ** i for i in range(20)]
-    bank, params = _bank([spectrum([10, 9, 8, 7, 6] + tail, 1), spectrum([10, 9, 8, 7, 6] + tail, 2)], 4,
-                         oversample=8)
+    start = [10, 9, 8, 7, 6] + tail
+    bank, params = _bank([spectrum(start, seed) for seed in (1, 2, 3)], 4, oversample=8)
     bank.refresh()
     g = bank.groups[0]
     assert (g.width, g.k_apply) == (13, 4)
     with torch.no_grad():
         params[0].copy_(spectrum([10, 9, 8, 7, 6.8, 6.7, 6.6, 6.5, 6.4, 6.3, 6.2, 6.1] + tail, 1))
-    warm = {k: getattr(g, k)[1].clone() for k in ("U", "sigma", "V")}
+        params[2].copy_(spectrum([10, 9, 8, 7, 6.8, 6.6, 6.4, 6.2] + tail, 3))
     bank.refresh()
-    assert dict(bank.fits) == {"refresh": 4, "refine": 0, "svd": 2 + 1}
+    assert dict(bank.fits) == {"refresh": 6, "refine": 0, "svd": 3 + 1}
     assert (g.width, g.k_apply) == (21, 12)
-    np.testing.assert_allclose(g.eps.numpy(), [6.0, 6.0], rtol=1e-12)
+    np.testing.assert_allclose(g.eps.numpy(), [6.0, 6.0, 6.0], rtol=1e-12)
     np.testing.assert_allclose(g.sigma[0].numpy(), svdvals(params[0])[:21], rtol=1e-12)
-    np.testing.assert_allclose(g.sigma[1, :13].numpy(), warm["sigma"].numpy(), rtol=1e-12)
-    assert not g.sigma[1, 13:].any() and not g.U[1, :, 13:].any()
-    V1 = g.V[1].numpy()
-    np.testing.assert_allclose(V1.T @ V1, np.eye(21), atol=1e-12)
+    for i in (1, 2):
+        np.testing.assert_allclose(g.sigma[i, :13].numpy(), svdvals(params[i])[:13], rtol=1e-12)
+        assert not g.sigma[i, 13:].any() and not g.U[i, :, 13:].any()
+        np.testing.assert_allclose(g.V[i].numpy().T @ g.V[i].numpy(), np.eye(21), atol=1e-12)
     Z = flat(48, 40, 9)
-    for i, name in enumerate(("w0", "w1")):
+    for i in range(3):
         want = reweight_ref(params[i].detach(), g.eps[i].item(), Z)
-        np.testing.assert_allclose(bank.operators()[name](Z).numpy(), want, atol=1e-10)
+        np.testing.assert_allclose(bank.operators()[f"w{i}"](Z).numpy(), want, atol=1e-10)
 
 
 def test_one_refinement_is_one_subspace_iteration():
