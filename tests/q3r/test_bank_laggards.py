@@ -78,33 +78,39 @@ def spectrum(s, seed, d1=48, d2=40):
     return (U * s) @ Vh
 
 
-def test_only_the_member_at_the_edge_gets_a_full_svd_when_the_group_widens():
-    """Rank 4, oversample 8: width 13, the edge at r_env + 1 > 13 - 4. Members 0 and 2 grow singular values
-    above eps = 6 on the same singular vectors (their warm estimates are exact): member 0 to r_env 12, past
-    the edge, so the group carries 12 + 1 + 8 = 21 columns; member 2 to r_env 8, just inside it. Member 0 takes
-    its columns from one full SVD; members 1 (unchanged, r_env 4) and 2 keep their warm triplets, padded: zero
-    U and sigma columns, V's new columns orthonormal to its old ones. Every operator equals the reference
-    operator at its own eps."""
+def test_only_the_members_at_the_edge_get_a_full_svd_when_the_group_widens():
+    """Rank 4, oversample 7: width 12, the edge at r_env + 1 > 12 - 3. Members 0, 2 and 3 grow singular
+    values above eps = 6 on the same singular vectors (their warm estimates are exact): member 0 to r_env 12
+    and member 3 to 9, past the edge, so the group carries 12 + 1 + 7 = 20 columns; member 2 to 8, just
+    inside it. Members 0 and 3 take their columns from a full SVD each; members 1 (unchanged, r_env 4) and 2
+    keep their warm triplets, padded: zero U and sigma columns, V's new columns orthonormal to its old ones,
+    drawn without touching torch's global random state. Every operator equals the reference operator at
+    its own eps."""
     tail = [0.5 * 0.9 ** i for i in range(20)]
     start = [10, 9, 8, 7, 6] + tail
-    bank, params = _bank([spectrum(start, seed) for seed in (1, 2, 3)], 4, oversample=8)
+    bank, params = _bank([spectrum(start, seed) for seed in (1, 2, 3, 4)], 4, oversample=7)
     bank.refresh()
     g = bank.groups[0]
-    assert (g.width, g.k_apply) == (13, 4)
+    assert (g.width, g.k_apply) == (12, 4)
+    grown = [10, 9, 8, 7, 6.8, 6.7, 6.6, 6.5, 6.4, 6.3, 6.2, 6.1]     # 12 singular values above 6
     with torch.no_grad():
-        params[0].copy_(spectrum([10, 9, 8, 7, 6.8, 6.7, 6.6, 6.5, 6.4, 6.3, 6.2, 6.1] + tail, 1))
-        params[2].copy_(spectrum([10, 9, 8, 7, 6.8, 6.6, 6.4, 6.2] + tail, 3))
+        params[0].copy_(spectrum(grown + tail, 1))
+        params[2].copy_(spectrum(grown[:8] + tail, 3))
+        params[3].copy_(spectrum(grown[:9] + tail, 4))
+    rng = torch.random.get_rng_state()
     bank.refresh()
-    assert dict(bank.fits) == {"refresh": 6, "refine": 0, "svd": 3 + 1}
-    assert (g.width, g.k_apply) == (21, 12)
-    np.testing.assert_allclose(g.eps.numpy(), [6.0, 6.0, 6.0], rtol=1e-12)
-    np.testing.assert_allclose(g.sigma[0].numpy(), svdvals(params[0])[:21], rtol=1e-12)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert dict(bank.fits) == {"refresh": 8, "refine": 0, "svd": 4 + 2}
+    assert (g.width, g.k_apply) == (20, 12)
+    np.testing.assert_allclose(g.eps.numpy(), [6.0] * 4, rtol=1e-12)
+    for i in (0, 3):
+        np.testing.assert_allclose(g.sigma[i].numpy(), svdvals(params[i])[:20], rtol=1e-12)
     for i in (1, 2):
-        np.testing.assert_allclose(g.sigma[i, :13].numpy(), svdvals(params[i])[:13], rtol=1e-12)
-        assert not g.sigma[i, 13:].any() and not g.U[i, :, 13:].any()
-        np.testing.assert_allclose(g.V[i].numpy().T @ g.V[i].numpy(), np.eye(21), atol=1e-12)
+        np.testing.assert_allclose(g.sigma[i, :12].numpy(), svdvals(params[i])[:12], rtol=1e-12)
+        assert not g.sigma[i, 12:].any() and not g.U[i, :, 12:].any()
+        np.testing.assert_allclose(g.V[i].numpy().T @ g.V[i].numpy(), np.eye(20), atol=1e-12)
     Z = flat(48, 40, 9)
-    for i in range(3):
+    for i in range(4):
         want = reweight_ref(params[i].detach(), g.eps[i].item(), Z)
         np.testing.assert_allclose(bank.operators()[f"w{i}"](Z).numpy(), want, atol=1e-10)
 
