@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import shift
+from .group import _Done
 
 
 def bank_state(bank) -> dict:
@@ -35,8 +36,6 @@ def bank_state(bank) -> dict:
 
 
 def load_bank_state(bank, state: dict) -> None:
-    from .bank import _Done                                    # bank imports this module
-
     missing = [t.name for t in bank.targets if t.name not in state]
     if missing:
         raise KeyError(f"Q3R state has no operator for targets {missing}")

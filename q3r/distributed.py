@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .group import read_later
+
 STRATEGIES = ("share", "broadcast")
 DEFAULT = "share"                           # what distributed=True means: chosen by measurement (docs/distributed.md)
 FITS = ("refresh", "refine", "svd")
@@ -288,5 +290,4 @@ def _adopt(g, head, data: Tensor) -> None:
     if answers:                                                # an accelerator's answers, read next time
         r_env, unconverged, infinite = values[6].long(), values[7] > 0.5, values[8] > 0.5
         g.answers = (r_env, unconverged, infinite)
-        from .bank import read_later                           # bank imports this module
         g.pending = read_later(g.answers, g.eps.device)
