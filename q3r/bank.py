@@ -253,11 +253,11 @@ class OperatorBank:
 
     def _widen(self, g: _Group, W: Tensor, U: Tensor, S: Tensor, V: Tensor, eps: Tensor, r_env: Tensor,
                exact: Optional[tuple]) -> None:
-        """r_env came too close to the width (CPU): carry more columns. Only the members at the edge
-        (r_env + 1 > width - oversample/2) are fitted by full SVD, their eps set from it, as are
-        members already fitted so this time; the others keep their warm triplets, whose r_env lies
-        well inside the old width, padded with zero columns (s = 0: nothing applied) and new start
-        columns in V for the next warm refresh to converge."""
+        """r_env came too close to the width (CPU): carry more columns. The members at the edge
+        (r_env + 1 > width - oversample/2) are fitted by full SVD and their eps set from it; members
+        already fitted by full SVD in this refresh (``exact``) take their own; the others keep their
+        warm triplets, whose r_env lies well inside the old width, padded with zero columns (s = 0:
+        nothing applied) and new start columns in V for the next warm refresh to converge."""
         w, G = g.width, len(g.targets)
         edge = r_env + 1 > w - self.oversample // 2
         if exact is not None:
