@@ -199,9 +199,8 @@ class OperatorBank:
         those whose sigma_{r+1} did not converge in ``refine_iters`` more iterations and whose
         Ritz value could lower eps); on CPU, wider (``_widen``) when r_env came near the width."""
         U, S, V = warm_triplets(W, g.V[..., : g.width], self.power_iters)
-        ok = self._converged(g, W, U, S, V)                        # (G,)
+        ok = self._converged(g, W, U, S, V) | self._settled(g, S[:, g.rank])   # (G,): may set eps, or cannot move it
         if now:                                                    # converge the laggards that could lower eps
-            ok |= self._settled(g, S[:, g.rank])
             bad = [i for i in torch.nonzero(~ok).flatten().tolist() if i not in redo]
             self.fits["refine"] += len(bad) if self.refine_iters else 0
             for _ in range(self.refine_iters):
@@ -218,8 +217,6 @@ class OperatorBank:
                 settled = self._settled(g, S[idx, g.rank], idx).tolist()
                 bad = [i for i, b in zip(bad, settled) if not b]
             redo.update(bad)
-        else:
-            ok |= self._settled(g, S[:, g.rank])
         exact = None                                               # (members, U, S, Vh): fitted by full SVD
         if redo:                                                   # first fits and laggards: full SVDs
             exact = self._svd(W, torch.tensor(sorted(redo), device=W.device))
@@ -235,10 +232,11 @@ class OperatorBank:
         if now:                                                    # free to look now
             if exact is not None:                                  # exact counts, which may pass the width
                 r_env[exact[0]] = (exact[2] > eps[exact[0]].unsqueeze(-1)).sum(-1)
-            if self._too_narrow(g, int(r_env.max())):              # r_env reached the width: carry more
+            r_env_max = int(r_env.max())                           # one host read
+            if self._too_narrow(g, r_env_max):                     # r_env reached the width: carry more
                 return self._widen(g, W, U, S, V, eps, r_env, exact)
-            self._resize(g, int(r_env.max()))                      # (only shrinks here)
-            k_apply = max(1, int(r_env.max()))
+            self._resize(g, r_env_max)                             # (only shrinks here)
+            k_apply = max(1, r_env_max)
             g.fresh = _infinite(eps)
         else:                                                      # read back without blocking, used next time
             g.answers = (r_env.max(), ~ok, torch.isinf(eps))

@@ -1,4 +1,4 @@
-"""StepBuffers.descend (apply.py) against W - scale R(W) from the float64 reference."""
+"""StepBuffers.descend (apply.py) against W - scale R(W) from the float64 reference; its key (the bank's ``_Group.fit``) is a plain int here."""
 import torch
 
 from q3r.apply import StepBuffers
@@ -24,8 +24,6 @@ def expected(W, point, scale):
     return torch.stack([W[i] - scale * torch.from_numpy(reweight_ref(Wp[i], float(eps[i]), W[i]))
                         for i in range(W.shape[0])])
 
-
-# descend's key is the bank's count of assignments to a group's operators (``_Group.fit``): any int here
 
 
 def test_descend_matches_reference_and_follows_new_operators():
