@@ -1,4 +1,5 @@
-"""StepBuffers.descend (apply.py) against W - scale R(W) from the float64 reference; its key (the bank's ``_Group.fit``) is a plain int here."""
+"""StepBuffers.descend (apply.py) against W - scale R(W) from the float64 reference; its key (the bank's
+``_Group.fit``) is a plain int here."""
 import torch
 
 from q3r.apply import StepBuffers
