@@ -30,10 +30,12 @@ def main(argv=None) -> None:
     b.add_argument("--epochs", type=int, default=table.EPOCHS)
     b.add_argument("--cpus", type=int, default=2)
     b.add_argument("--seed", type=int, default=0, help="the trials' seed (the spec's seed)")
-    b.add_argument("--grid", choices=("full", "seeds"), default="full",
-                   help="full: table.GRID; seeds: table.SEED_GRID, the configurations trained with 3 seeds")
+    b.add_argument("--grid", choices=("full", "seeds"), default=None,
+                   help="full: table.GRID (the default when training); seeds: table.SEED_GRID, the configurations "
+                   "trained with 3 seeds (the default with --seeded)")
     b.add_argument("--seeded", nargs="+", type=Path, default=None, metavar="TABLE",
-                   help="no training: write --out from these tables' runs of SEED_GRID (confirmations as their seed's runs)")
+                   help="no training: write --out from these tables' runs of the grid's configurations "
+                   "(confirmations as their seed's runs)")
     b.add_argument("--only", nargs="+", default=None, help="techniques of the grid to build (default: all)")
     b.add_argument("--collapsed", action="store_true", help="build only the configurations that collapsed in --out "
                    "(with a shorter collapse patience) and merge them in")
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.command == "build":
         if args.seeded:
-            table.seeded(args.seeded, args.out)
+            table.seeded(args.seeded, args.out, table.GRID if args.grid == "full" else table.SEED_GRID)
             return
         full = table.SEED_GRID if args.grid == "seeds" else table.GRID
         grid = {t: full[t] for t in (args.only or full)}

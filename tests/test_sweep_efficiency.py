@@ -205,6 +205,27 @@ def seeded_table(tmp_path: Path, epochs: int = 3) -> Path:
     return table.write(rows, tmp_path / "seeded.csv.gz")
 
 
+def test_build_seeded_keeps_the_chosen_grids_runs_and_the_last_sources(tmp_path):
+    from benchmarks import sweep_efficiency
+
+    q3r = {"lr": 2.0e-3, "lmbda": 1.0, "target_rank": 0.1, "period": 5}        # in GRID, not in SEED_GRID
+    lora = {"lr": 2.0e-3, "target_rank": 0.05}                                 # in both
+    first = table.write([row("a", "adamq3r", q3r, 1, [0.2, 0.3, 0.4]), row("b", "lora", lora, 1, [0.5, 0.5, 0.5]),
+                         row("c", "lora", lora, 1, [0.6, 0.6, 0.6], role="confirmation", confirms="b", seed=1),
+                         row("d", "lora", {"lr": 7e-3, "target_rank": 0.05}, 1, [0.1, 0.1, 0.1])],   # in no grid
+                        tmp_path / "first.csv.gz")
+    second = table.write([row("e", "lora", lora, 1, [0.7, 0.7, 0.7], seed=1)], tmp_path / "second.csv.gz")
+    sources = [str(first), str(second)]
+    sweep_efficiency.main(["build", "--seeded", *sources, "--out", str(tmp_path / "s.csv.gz")])
+    runs = table.load(tmp_path / "s.csv.gz")                                  # SEED_GRID unless --grid full
+    assert sorted((r.technique, r.seed, r.rows[-1]["acc@0.1"]) for r in runs) == [("lora", 0, 0.5), ("lora", 1, 0.7)]
+    sweep_efficiency.main(["build", "--seeded", *sources, "--grid", "full", "--out", str(tmp_path / "f.csv.gz")])
+    runs = table.load(tmp_path / "f.csv.gz")
+    assert sorted((r.technique, r.seed, r.rows[-1]["acc@0.1"]) for r in runs) == \
+        [("adamq3r", 0, 0.2), ("lora", 0, 0.5), ("lora", 1, 0.7)]
+    assert all(r.role == "trial" for r in runs)
+
+
 def test_seeded_table_means_and_noise(tmp_path):
     from benchmarks.efficiency import confidence
 
