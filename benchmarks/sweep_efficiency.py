@@ -85,14 +85,10 @@ def main(argv=None) -> None:
             table.build(args.out, args.workdir, args.epochs, grid, num_cpus=args.cpus, seed=args.seed)
     elif args.command == "bound":
         from benchmarks.efficiency.cli import bound_main
-        if args.json:
-            import contextlib
-            import json
-            with contextlib.redirect_stdout(sys.stderr):
-                result = bound_main(args, log=lambda *a: print(*a, file=sys.stderr))
-            print(json.dumps(result, default=str))
-        else:
-            bound_main(args)
+        try:
+            _bound(args, bound_main)
+        except ValueError as e:
+            raise SystemExit(f"bound: {e}") from None
     else:
         from benchmarks.efficiency.cli import replay_main
         if args.smoke_test:
@@ -108,6 +104,17 @@ def main(argv=None) -> None:
             print(json.dumps(confidence_json(results, config_noise(table.load(args.table)))))
         else:
             replay_main(args)
+
+
+def _bound(args, bound_main) -> None:
+    if args.json:
+        import contextlib
+        import json
+        with contextlib.redirect_stdout(sys.stderr):
+            result = bound_main(args, log=lambda *a: print(*a, file=sys.stderr))
+        print(json.dumps(result, default=str))
+    else:
+        bound_main(args)
 
 
 if __name__ == "__main__":

@@ -352,6 +352,24 @@ def test_the_bound_is_the_best_any_choice_of_the_reachable_trials_scores(tmp_pat
     assert out["0.5"]["floor"]["regret@0.2"] == 0.0
 
 
+def test_the_bound_refuses_a_search_too_large_to_end_and_still_bounds_the_rest(tmp_path, monkeypatch):
+    """On the 44-configuration grid at 25% the exact bound would try ~3e9 sets; it says so, per fraction."""
+    from benchmarks.efficiency import ceiling, confidence
+    from benchmarks.efficiency.ceiling import bound, floor, lines
+
+    means = confidence.mean_records(table.load(seeded_table(tmp_path)))
+    monkeypatch.setattr(ceiling, "MAX_CHOICES", 3)                  # 3 configurations: 3 sets of one, 6 of up to 2
+    assert floor(means, ["adamw", "lora"], 1)["hv_ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="6 sets of up to 2 of 3 configurations"):
+        floor(means, ["adamw", "lora"], 2)
+    spec = strategy_spec(table.grid_dict(3, {"adamw": {"lr": [1e-3, 2e-3]}, "lora": {"lr": 1e-3}}), 0, "tpe",
+                         {"kind": "fifo"}, 3)
+    out = bound(means, spec, 9, 3, fractions=(0.5, 1.0))              # 1 trial ended by 0.5, 3 by 1.0
+    assert out["0.5"]["floor"]["regret@0.2"] == 0.0 and "refused" not in out["0.5"]
+    assert out["1"]["ended"] == 3 and "floor" not in out["1"] and "more than 3" in out["1"]["refused"]
+    assert lines(out)[-1].startswith("at 1: at most 3 trials ended") and "not bounded: " in lines(out)[-1]
+
+
 def test_start_points_are_snapped_to_the_tables_grid():
     from benchmarks.efficiency.replay import snap
 

@@ -12,6 +12,7 @@ reachable technique recommended alone, and the front of the best ``spend // epoc
 from __future__ import annotations
 
 import itertools
+import math
 
 from tuning.analysis.records import TrialRecord
 from tuning.spec.sweep import SweepSpec
@@ -35,11 +36,20 @@ def reachable(spend: float, epochs: int, slots: int) -> tuple[int, int]:
     return (ended + slots - 1 if ended else 0), ended
 
 
+MAX_CHOICES = 200_000       # sets of configurations whose hypervolume ``floor`` tries: about 2.5 minutes here
+
+
 def floor(means: dict[tuple, TrialRecord], techniques: list[str], ended: int, budgets=BUDGETS) -> dict:
     """The best scores of ``ended`` trials of ``techniques`` (one configuration each, any of its technique's,
-    judged by its mean): {"regret@b": lowest regret, "hv_ratio": highest ratio, "configs": the front reaching it}."""
+    judged by its mean): {"regret@b": lowest regret, "hv_ratio": highest ratio, "configs": the front reaching it}.
+    The hypervolume is maximised by trying every set, so a large table at a late fraction is refused (ValueError)."""
     grid = list(means.values())
     pool = [key for key in means if key[0] in techniques]
+    sets = sum(math.comb(len(pool), n) for n in range(1, ended + 1))
+    if sets > MAX_CHOICES:
+        raise ValueError(f"{sets:.3g} sets of up to {ended} of {len(pool)} configurations to try, more than "
+                         f"{MAX_CHOICES:,}: the exact bound is for small tables (fewer configurations or an earlier "
+                         f"fraction)")
     out = {}
     for b in budgets:
         out[f"regret@{b:g}"] = min((mean_regret([means[k]], means, b) for k in pool), default=mean_regret([], means, b))
@@ -71,9 +81,12 @@ def bound(means: dict[tuple, TrialRecord], spec: SweepSpec, total: float, epochs
             continue
         techniques = first_techniques(spec, started)
         learned = sum(t in techniques[:i] for i, t in enumerate(techniques))
-        anywhere = floor(means, list(spec.spaces) * ended, ended)
-        out[f"{f:g}"] = {"ended": ended, "started": started, "techniques": techniques, "learned": learned,
-                         "floor": floor(means, techniques, ended), "any_techniques": anywhere}
+        out[f"{f:g}"] = {"ended": ended, "started": started, "techniques": techniques, "learned": learned}
+        try:
+            out[f"{f:g}"].update(floor=floor(means, techniques, ended),
+                                 any_techniques=floor(means, list(spec.spaces) * ended, ended))
+        except ValueError as e:                     # too many sets to try at this fraction: say so, go on
+            out[f"{f:g}"]["refused"] = str(e)
     return out
 
 
@@ -88,8 +101,11 @@ def lines(result: dict) -> list[str]:
         if not b["ended"]:
             out.append(f"at {f}: no trial can have ended")
             continue
-        out.append(f"at {f}: at most {b['ended']} trials ended, of the first {b['started']} "
-                   f"({', '.join(b['techniques'])}; {b['learned']} after an earlier trial of its technique): "
-                   f"{one(b['floor'])}")
+        head = (f"at {f}: at most {b['ended']} trials ended, of the first {b['started']} "
+                f"({', '.join(b['techniques'])}; {b['learned']} after an earlier trial of its technique): ")
+        if "refused" in b:
+            out.append(head + f"not bounded: {b['refused']}")
+            continue
+        out.append(head + one(b["floor"]))
         out.append(f"  the same number of trials of any techniques: {one(b['any_techniques'])}")
     return out
